@@ -1,0 +1,177 @@
+//! Checkpoint containers: a header block (the commit record) and a binary
+//! payload listing every indexed entry.
+
+use super::{DeviceId, Dec, Enc, FORMAT_VERSION};
+
+pub const MAGIC: [u8; 8] = *b"RBCHKPT\x01";
+/// Encoded length of the header; the rest of its block is zero.
+pub const HEADER_ENCODED_BYTES: usize = 64;
+/// Bytes of one payload entry besides its key: key_len u16, slot u64,
+/// generation u64, payload_len u64, payload_crc u32.
+pub const ENTRY_FIXED_BYTES: u64 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    pub device_id: DeviceId,
+    pub sequence: u64,
+    pub payload_len: u64,
+    pub entry_count: u64,
+    pub payload_crc: u32,
+}
+
+impl CheckpointHeader {
+    pub fn encode(&self, block: &mut [u8]) {
+        block.fill(0);
+        Enc::new(block)
+            .bytes(&MAGIC)
+            .u32(FORMAT_VERSION)
+            .u32(0)
+            .bytes(&self.device_id)
+            .u64(self.sequence)
+            .u64(self.payload_len)
+            .u64(self.entry_count)
+            .u32(self.payload_crc)
+            .crc_of_written();
+    }
+
+    /// `None` unless the block holds a well-formed header of this format version.
+    pub fn decode(block: &[u8]) -> Option<CheckpointHeader> {
+        let mut d = Dec::new(block);
+        if d.array::<8>()? != MAGIC {
+            return None;
+        }
+        let version = d.u32()?;
+        let _flags = d.u32()?;
+        let device_id = d.array::<16>()?;
+        let sequence = d.u64()?;
+        let payload_len = d.u64()?;
+        let entry_count = d.u64()?;
+        let payload_crc = d.u32()?;
+        if !d.crc_matches_prefix()? || version != FORMAT_VERSION {
+            return None;
+        }
+        Some(CheckpointHeader { device_id, sequence, payload_len, entry_count, payload_crc })
+    }
+}
+
+/// One indexed entry as a checkpoint records it; the key borrows from the
+/// payload buffer (decoding allocates nothing per entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointEntry<'a> {
+    pub key: &'a [u8],
+    pub slot: u64,
+    pub generation: u64,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+}
+
+impl CheckpointEntry<'_> {
+    pub fn encoded_len(&self) -> u64 {
+        ENTRY_FIXED_BYTES + self.key.len() as u64
+    }
+}
+
+/// Encodes `entries` into the start of `out`, returning the bytes written.
+/// `out` must hold the sum of their `encoded_len`; keys are at most u16::MAX bytes.
+pub fn encode_payload<'a>(entries: impl IntoIterator<Item = CheckpointEntry<'a>>, out: &mut [u8]) -> usize {
+    let mut e = Enc::new(out);
+    for entry in entries {
+        e.u16(u16::try_from(entry.key.len()).expect("key length checked at put"))
+            .bytes(entry.key)
+            .u64(entry.slot)
+            .u64(entry.generation)
+            .u64(entry.payload_len)
+            .u32(entry.payload_crc);
+    }
+    e.pos()
+}
+
+/// Decodes exactly `count` entries filling all of `payload`.
+pub fn decode_payload(payload: &[u8], count: u64) -> Result<Vec<CheckpointEntry<'_>>, String> {
+    // Every entry takes at least ENTRY_FIXED_BYTES, which bounds an absurd count.
+    if count > payload.len() as u64 / ENTRY_FIXED_BYTES {
+        return Err(format!("{count} entries cannot fit in {} payload bytes", payload.len()));
+    }
+    let mut d = Dec::new(payload);
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let entry = (|| {
+            let key_len = d.u16()? as usize;
+            Some(CheckpointEntry {
+                key: d.bytes(key_len)?,
+                slot: d.u64()?,
+                generation: d.u64()?,
+                payload_len: d.u64()?,
+                payload_crc: d.u32()?,
+            })
+        })()
+        .ok_or_else(|| format!("entry {i} runs past the end of the payload"))?;
+        out.push(entry);
+    }
+    if d.remaining() != 0 {
+        return Err(format!("{} bytes follow the last entry", d.remaining()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(keys: &[Vec<u8>]) -> Vec<CheckpointEntry<'_>> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| CheckpointEntry {
+                key: k,
+                slot: i as u64 * 3,
+                generation: 1000 + i as u64,
+                payload_len: 4096 * i as u64 + 1,
+                payload_crc: i as u32 ^ 0xA5A5,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn header_round_trip_and_bit_flips() {
+        let h = CheckpointHeader {
+            device_id: *b"abcdefghijklmnop",
+            sequence: 9,
+            payload_len: 123,
+            entry_count: 4,
+            payload_crc: 77,
+        };
+        let mut block = vec![0u8; 4096];
+        h.encode(&mut block);
+        assert_eq!(CheckpointHeader::decode(&block), Some(h));
+        for byte in 0..HEADER_ENCODED_BYTES {
+            let mut b = block.clone();
+            b[byte] ^= 0x80;
+            assert_eq!(CheckpointHeader::decode(&b), None, "flip at {byte}");
+        }
+        assert_eq!(CheckpointHeader::decode(&[0u8; 4096]), None);
+    }
+
+    #[test]
+    fn payload_round_trip() {
+        let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("key-{i}").repeat(i % 7 + 1).into_bytes()).collect();
+        let es = entries(&keys);
+        let len: u64 = es.iter().map(|e| e.encoded_len()).sum();
+        let mut buf = vec![0u8; len as usize];
+        assert_eq!(encode_payload(es.iter().copied(), &mut buf), len as usize);
+        assert_eq!(decode_payload(&buf, es.len() as u64).unwrap(), es);
+    }
+
+    #[test]
+    fn payload_rejects_truncation_and_trailing_bytes() {
+        let keys = vec![b"a".to_vec(), b"bb".to_vec()];
+        let es = entries(&keys);
+        let mut buf = vec![0u8; es.iter().map(|e| e.encoded_len()).sum::<u64>() as usize];
+        encode_payload(es.iter().copied(), &mut buf);
+        assert!(decode_payload(&buf[..buf.len() - 1], 2).is_err());
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(decode_payload(&longer, 2).is_err());
+        assert!(decode_payload(&buf, 3).is_err());
+        assert!(decode_payload(&buf, u64::MAX).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Where everything lives on the device, derived from a few numbers.
+
+use super::{checkpoint, round_up, slot_header};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_HEADER_BYTES: u32 = 4096;
+pub const DEFAULT_SLOT_BYTES: u64 = 1 << 20;
+/// Long enough for LMCache-style keys (model, worker, chunk hash) with room to spare.
+pub const DEFAULT_MAX_KEY_BYTES: u32 = 1024;
+pub const MIN_BLOCK_SIZE: u32 = 4096;
+pub const MAX_BLOCK_SIZE: u32 = 64 * 1024;
+
+/// What a caller asks for when formatting; 0 means "the default".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeometryRequest {
+    pub block_size: u32,
+    pub header_bytes: u32,
+    pub slot_bytes: u64,
+    /// Size of the whole metadata region (superblock + both checkpoint containers).
+    pub meta_bytes: u64,
+    pub max_key_bytes: u32,
+}
+
+/// The fixed layout of a formatted device. Construct with [`Geometry::plan`]
+/// or decode from a superblock; both validate, so a `Geometry` is always usable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_size: u32,
+    pub header_bytes: u32,
+    pub slot_bytes: u64,
+    pub slot_count: u64,
+    /// Bytes of one checkpoint container (its header block plus payload area).
+    pub container_bytes: u64,
+    pub max_key_bytes: u32,
+}
+
+impl Geometry {
+    /// Lays out a device of `capacity` bytes whose logical block size is `device_block`.
+    pub fn plan(req: &GeometryRequest, capacity: u64, device_block: u32) -> Result<Geometry> {
+        let block_size = match req.block_size {
+            0 => device_block.max(MIN_BLOCK_SIZE),
+            b => b,
+        };
+        let header_bytes = if req.header_bytes == 0 { DEFAULT_HEADER_BYTES.max(block_size) } else { req.header_bytes };
+        let slot_bytes = if req.slot_bytes == 0 { DEFAULT_SLOT_BYTES } else { req.slot_bytes };
+        let max_key_bytes = if req.max_key_bytes == 0 {
+            DEFAULT_MAX_KEY_BYTES.min(slot_header::key_capacity(header_bytes))
+        } else {
+            req.max_key_bytes
+        };
+        let bad = |m: String| Error::InvalidArgument(m);
+        if slot_bytes == 0 || capacity < slot_bytes {
+            return Err(bad(format!("capacity {capacity} bytes holds no slot of {slot_bytes} bytes")));
+        }
+        let block = block_size as u64;
+        let container_bytes = if req.meta_bytes == 0 {
+            // Sized so a checkpoint of every slot with a maximal key fits.
+            let upper_slots = capacity / slot_bytes;
+            let per_entry = checkpoint::ENTRY_FIXED_BYTES + max_key_bytes as u64;
+            block + round_up(upper_slots.saturating_mul(per_entry), block.max(1))
+        } else {
+            if req.meta_bytes < block * 5 {
+                return Err(bad(format!("meta_bytes {} is below the minimum of 5 blocks", req.meta_bytes)));
+            }
+            ((req.meta_bytes - block) / 2) / block * block
+        };
+        let meta_bytes = block + 2 * container_bytes;
+        if meta_bytes >= capacity {
+            return Err(bad(format!(
+                "capacity {capacity} bytes is too small: the metadata region alone needs {meta_bytes}"
+            )));
+        }
+        let slot_count = (capacity - meta_bytes) / slot_bytes;
+        let g = Geometry { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
+        g.validate(device_block).map_err(bad)?;
+        Ok(g)
+    }
+
+    /// Checks every invariant the rest of the crate relies on.
+    pub fn validate(&self, device_block: u32) -> std::result::Result<(), String> {
+        let b = self.block_size;
+        if !b.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&b) {
+            return Err(format!("block size {b} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"));
+        }
+        if device_block != 0 && b % device_block != 0 {
+            return Err(format!("block size {b} is not a multiple of the device's logical block size {device_block}"));
+        }
+        if self.header_bytes < b || self.header_bytes % b != 0 {
+            return Err(format!("header bytes {} must be a non-zero multiple of the block size {b}", self.header_bytes));
+        }
+        if self.slot_bytes % b as u64 != 0 || self.slot_bytes <= self.header_bytes as u64 {
+            return Err(format!(
+                "slot bytes {} must be a multiple of the block size {b} and larger than the header ({})",
+                self.slot_bytes, self.header_bytes
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > slot_header::key_capacity(self.header_bytes) {
+            return Err(format!(
+                "max key bytes {} must be in 1..={} for {}-byte headers",
+                self.max_key_bytes,
+                slot_header::key_capacity(self.header_bytes),
+                self.header_bytes
+            ));
+        }
+        if self.container_bytes < 2 * b as u64 || self.container_bytes % b as u64 != 0 {
+            return Err(format!("checkpoint container of {} bytes is too small or unaligned", self.container_bytes));
+        }
+        if self.slot_count == 0 {
+            return Err("the device holds no slot".into());
+        }
+        self.slot_count
+            .checked_mul(self.slot_bytes)
+            .and_then(|d| d.checked_add(self.data_base()))
+            .ok_or_else(|| "geometry overflows 64-bit offsets".to_string())?;
+        Ok(())
+    }
+
+    pub fn superblock_bytes(&self) -> u64 {
+        self.block_size as u64
+    }
+
+    /// Offset of checkpoint container 0 (A) or 1 (B).
+    pub fn container_offset(&self, which: usize) -> u64 {
+        self.superblock_bytes() + which as u64 * self.container_bytes
+    }
+
+    /// Largest checkpoint payload a container holds.
+    pub fn checkpoint_capacity(&self) -> u64 {
+        self.container_bytes - self.block_size as u64
+    }
+
+    pub fn meta_bytes(&self) -> u64 {
+        self.superblock_bytes() + 2 * self.container_bytes
+    }
+
+    pub fn data_base(&self) -> u64 {
+        self.meta_bytes()
+    }
+
+    pub fn slot_offset(&self, slot: u64) -> u64 {
+        self.data_base() + slot * self.slot_bytes
+    }
+
+    pub fn max_payload(&self) -> u64 {
+        self.slot_bytes - self.header_bytes as u64
+    }
+
+    /// Bytes the device must have for this geometry.
+    pub fn device_bytes(&self) -> u64 {
+        self.data_base() + self.slot_count * self.slot_bytes
+    }
+
+    /// Bytes of one slot's on-device record (header + payload padded to the block).
+    pub fn record_bytes(&self, payload_len: u64) -> u64 {
+        self.header_bytes as u64 + round_up(payload_len, self.block_size as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_a_full_checkpoint() {
+        let cap = 64u64 << 30;
+        let g = Geometry::plan(&GeometryRequest::default(), cap, 512).unwrap();
+        assert_eq!(g.block_size, 4096);
+        assert_eq!(g.header_bytes, 4096);
+        assert_eq!(g.slot_bytes, 1 << 20);
+        assert_eq!(g.max_key_bytes, DEFAULT_MAX_KEY_BYTES);
+        assert!(g.checkpoint_capacity() >= g.slot_count * (checkpoint::ENTRY_FIXED_BYTES + 1024));
+        assert!(g.device_bytes() <= cap);
+        assert_eq!(g.slot_count, (cap - g.meta_bytes()) / g.slot_bytes);
+        assert_eq!(g.data_base() % 4096, 0);
+        assert_eq!(g.slot_offset(3), g.data_base() + 3 * (1 << 20));
+    }
+
+    #[test]
+    fn explicit_meta_bytes_sets_the_containers() {
+        let req = GeometryRequest { meta_bytes: 4096 * 9, slot_bytes: 64 * 1024, ..Default::default() };
+        let g = Geometry::plan(&req, 16 << 20, 4096).unwrap();
+        assert_eq!(g.container_bytes, 4096 * 4);
+        assert_eq!(g.meta_bytes(), 4096 * 9);
+    }
+
+    #[test]
+    fn rejects_bad_geometry() {
+        let plan = |req: GeometryRequest, cap| Geometry::plan(&req, cap, 4096);
+        assert!(plan(GeometryRequest::default(), 1 << 20).is_err(), "too small for a slot plus metadata");
+        assert!(plan(GeometryRequest { block_size: 3000, ..Default::default() }, 1 << 30).is_err());
+        assert!(plan(GeometryRequest { header_bytes: 5000, ..Default::default() }, 1 << 30).is_err());
+        assert!(plan(GeometryRequest { slot_bytes: 4096, ..Default::default() }, 1 << 30).is_err(), "slot == header");
+        assert!(plan(GeometryRequest { slot_bytes: 10_000, ..Default::default() }, 1 << 30).is_err(), "unaligned slot");
+        assert!(plan(GeometryRequest { max_key_bytes: 4096, ..Default::default() }, 1 << 30).is_err());
+        assert!(plan(GeometryRequest { meta_bytes: 4096, ..Default::default() }, 1 << 30).is_err());
+        assert!(Geometry::plan(&GeometryRequest { block_size: 4096, ..Default::default() }, 1 << 30, 8192).is_err());
+    }
+
+    #[test]
+    fn large_logical_blocks_raise_the_block_size() {
+        let g = Geometry::plan(&GeometryRequest::default(), 1 << 30, 8192).unwrap();
+        assert_eq!(g.block_size, 8192);
+        assert_eq!(g.header_bytes, 8192);
+    }
+}

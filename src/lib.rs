@@ -1,0 +1,21 @@
+//! rawblock: fixed-size KV-cache slots on a raw block device, with an index
+//! that is rebuilt after a restart at the speed of the device.
+//!
+//! Data flows one way through the modules:
+//! - [`format`]: the bytes on the device (superblock, checkpoints, slot headers);
+//! - [`device`]: opening a block device or file, aligned positional I/O;
+//! - [`engine`]: how batches of header reads happen (POSIX, io_uring);
+//! - [`store`]: what the bytes mean (index, allocation, put/get, checkpoint, recovery);
+//! - `ffi`: the C boundary, which only converts and delegates.
+
+pub mod aligned;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod store;
+
+mod ffi;
+
+pub use error::{Error, Result, Status};
+// pub use store::{OpenOptions, Store};
