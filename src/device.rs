@@ -1,0 +1,260 @@
+//! Opening a path (block device or regular file) and positional I/O on it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    BlockDevice,
+    RegularFile,
+}
+
+/// How to open a device path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    /// Create a regular file that does not exist (formatting only).
+    pub create: bool,
+    /// Open without O_DIRECT.
+    pub buffered: bool,
+    /// Open with O_DSYNC: every write is durable when it returns.
+    pub sync_writes: bool,
+}
+
+/// An open device with its size and logical block size.
+#[derive(Debug)]
+pub struct Device {
+    file: File,
+    path: PathBuf,
+    kind: DeviceKind,
+    capacity: u64,
+    logical_block: u32,
+    direct: bool,
+    writable: bool,
+}
+
+impl Device {
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Device> {
+        let shown = path.display();
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && mode.create => None,
+            Err(e) => return Err(Error::io(format!("cannot open {shown}"), e)),
+        };
+        let kind = match &meta {
+            Some(m) if m.file_type().is_block_device() => DeviceKind::BlockDevice,
+            Some(m) if m.is_file() => DeviceKind::RegularFile,
+            None => DeviceKind::RegularFile,
+            Some(m) if m.is_dir() => {
+                return Err(Error::InvalidArgument(format!("{shown} is a directory, not a block device or file")))
+            }
+            Some(_) => {
+                return Err(Error::InvalidArgument(format!("{shown} is neither a block device nor a regular file")))
+            }
+        };
+        let mut flags = libc::O_CLOEXEC;
+        if !mode.buffered {
+            flags |= libc::O_DIRECT;
+        }
+        if mode.sync_writes {
+            flags |= libc::O_DSYNC;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(mode.write)
+            .create(mode.create && mode.write && kind == DeviceKind::RegularFile)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
+                    " (the filesystem may not support O_DIRECT; RB_OPEN_BUFFERED turns it off)"
+                } else {
+                    ""
+                };
+                Error::io(format!("cannot open {shown}{hint}"), e)
+            })?;
+        let (capacity, logical_block) = match kind {
+            DeviceKind::BlockDevice => block_device_geometry(file.as_raw_fd())
+                .map_err(|e| Error::io(format!("cannot read the size of block device {shown}"), e))?,
+            DeviceKind::RegularFile => {
+                let len = file.metadata().map_err(|e| Error::io(format!("cannot stat {shown}"), e))?.len();
+                (len, 512)
+            }
+        };
+        Ok(Device {
+            file,
+            path: path.to_path_buf(),
+            kind,
+            capacity,
+            logical_block,
+            direct: !mode.buffered,
+            writable: mode.write,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    pub fn logical_block(&self) -> u32 {
+        self.logical_block
+    }
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Takes an advisory lock for the life of the handle: exclusive for a
+    /// writer, shared for a reader, so two writers never share a device.
+    pub fn lock(&self) -> Result<()> {
+        let op = if self.writable { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+        // SAFETY: flock on a descriptor this Device owns; no memory is passed.
+        if unsafe { libc::flock(self.fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let held = if self.writable { "in use" } else { "open for writing" };
+            Err(Error::Busy(format!("{} is {held} by another handle or process", self.path.display())))
+        } else {
+            Err(Error::io(format!("cannot lock {}", self.path.display()), e))
+        }
+    }
+
+    /// Grows a regular file (sparsely) to `len` bytes.
+    pub fn extend_to(&mut self, len: u64) -> Result<()> {
+        if self.kind == DeviceKind::RegularFile && self.capacity < len {
+            self.file.set_len(len).map_err(|e| Error::io(format!("cannot extend {} to {len} bytes", self.path.display()), e))?;
+            self.capacity = len;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`; EINTR is retried, a short read is an error.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes all of `buf` at `offset`; EINTR is retried.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Makes completed writes durable (fdatasync).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// The errno an I/O error carries, or EIO when it carries none (e.g. a short read).
+pub fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn block_device_geometry(fd: RawFd) -> io::Result<(u64, u32)> {
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    let mut lbs: libc::c_int = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, BLKGETSIZE64 as _, &mut size as *mut u64) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BLKSSZGET writes one int through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, BLKSSZGET as _, &mut lbs as *mut libc::c_int) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((size, lbs.max(512) as u32))
+}
+
+/// Draws a random 128-bit device id from the kernel.
+pub fn random_device_id() -> Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    let mut filled = 0;
+    while filled < id.len() {
+        // SAFETY: getrandom writes at most the given length into the valid buffer tail.
+        let n = unsafe { libc::getrandom(id[filled..].as_mut_ptr().cast(), id.len() - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io("getrandom failed", e));
+        }
+        filled += n as usize;
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aligned::AlignedBuf;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/device"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn file_round_trip_with_o_direct() {
+        let p = tmp("rt.img");
+        let mode = OpenMode { write: true, create: true, ..Default::default() };
+        let mut d = Device::open(&p, mode).unwrap();
+        assert_eq!(d.kind(), DeviceKind::RegularFile);
+        assert!(d.is_direct());
+        d.extend_to(1 << 20).unwrap();
+        assert_eq!(d.capacity(), 1 << 20);
+        let mut w = AlignedBuf::zeroed(8192);
+        w.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        d.write_at(&w, 4096).unwrap();
+        let mut r = AlignedBuf::zeroed(8192);
+        d.read_at(&mut r, 4096).unwrap();
+        assert_eq!(&r[..], &w[..]);
+        let e = d.read_at(&mut r, 1 << 20).unwrap_err();
+        assert_eq!(errno_of(&e), libc::EIO, "short read at end of device");
+    }
+
+    #[test]
+    fn missing_path_and_directory() {
+        let e = Device::open(Path::new("/nonexistent/rawblock"), OpenMode::default()).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        let e = Device::open(Path::new("/"), OpenMode::default()).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+
+    #[test]
+    fn second_writer_is_busy() {
+        let p = tmp("lock.img");
+        let mode = OpenMode { write: true, create: true, ..Default::default() };
+        let a = Device::open(&p, mode).unwrap();
+        a.lock().unwrap();
+        let b = Device::open(&p, mode).unwrap();
+        assert!(matches!(b.lock(), Err(Error::Busy(_))));
+        drop(a);
+        b.lock().unwrap();
+    }
+
+    #[test]
+    fn device_ids_differ() {
+        assert_ne!(random_device_id().unwrap(), random_device_id().unwrap());
+    }
+}

@@ -1,0 +1,183 @@
+//! The io_uring engine: a small pool of rings, each with one aligned arena of
+//! `queue_depth` record buffers registered once (fixed buffers) and the
+//! device registered as a fixed file where the kernel allows it.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use io_uring::{opcode, types, IoUring};
+
+use super::window::{self, ReadQueue};
+use super::{BatchStats, Decoder, ReadCtx, MAX_QUEUE_DEPTH};
+use crate::aligned::AlignedBuf;
+use crate::device::Device;
+
+/// Rings a handle keeps at most; more concurrent callers wait for one.
+const MAX_RINGS: usize = 4;
+
+pub struct UringEngine {
+    fd: RawFd,
+    depth: usize,
+    record_len: usize,
+    pool: Mutex<RingPool>,
+    ring_free: Condvar,
+}
+
+struct RingPool {
+    idle: Vec<UringQueue>,
+    created: usize,
+}
+
+impl UringEngine {
+    /// Sets up the first ring; an error here means io_uring is unusable.
+    pub fn new(dev: &Device, queue_depth: usize, record_len: usize) -> io::Result<UringEngine> {
+        let depth = queue_depth.clamp(1, MAX_QUEUE_DEPTH);
+        let first = UringQueue::new(dev.fd(), depth, record_len)?;
+        Ok(UringEngine {
+            fd: dev.fd(),
+            depth,
+            record_len,
+            pool: Mutex::new(RingPool { idle: vec![first], created: 1 }),
+            ring_free: Condvar::new(),
+        })
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth
+    }
+
+    pub(super) fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[u64], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
+        let mut q = match self.checkout() {
+            Ok(q) => q,
+            Err(_) => return self.read_without_ring(ctx, slots, out, decode),
+        };
+        let mut stats = BatchStats {
+            registered_buffers: q.fixed_buffers,
+            registered_file: q.fixed_file,
+            ..Default::default()
+        };
+        window::drive(&mut q, ctx, slots, &mut |idx, r| out[idx] = decode(idx, slots[idx], r), &mut stats);
+        self.checkin(q);
+        stats
+    }
+
+    /// When no ring can be set up at all: every read goes per slot.
+    fn read_without_ring<T>(&self, ctx: ReadCtx<'_>, slots: &[u64], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
+        let mut stats = BatchStats::default();
+        let mut buf = AlignedBuf::zeroed(ctx.plan.len);
+        for (idx, (&slot, o)) in slots.iter().zip(out.iter_mut()).enumerate() {
+            let r = ctx.sync_fallback(slot, &mut buf, &mut stats);
+            *o = decode(idx, slot, r.map(|()| &buf[..]));
+        }
+        stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RingPool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self) -> io::Result<UringQueue> {
+        let mut pool = self.lock();
+        loop {
+            if let Some(q) = pool.idle.pop() {
+                return Ok(q);
+            }
+            if pool.created < MAX_RINGS {
+                pool.created += 1;
+                drop(pool);
+                let q = UringQueue::new(self.fd, self.depth, self.record_len);
+                if q.is_err() {
+                    self.lock().created -= 1;
+                }
+                return q;
+            }
+            pool = self.ring_free.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn checkin(&self, q: UringQueue) {
+        let mut pool = self.lock();
+        if q.poisoned {
+            pool.created -= 1;
+            // Reads may still be in flight into its arena: never free that memory.
+            std::mem::forget(q);
+        } else {
+            pool.idle.push(q);
+        }
+        self.ring_free.notify_one();
+    }
+}
+
+/// One ring and the arena its reads land in. Field order matters: the ring
+/// is dropped (and its requests torn down) before the arena is freed.
+pub(crate) struct UringQueue {
+    ring: IoUring,
+    arena: AlignedBuf,
+    record_len: usize,
+    depth: usize,
+    fd: RawFd,
+    fixed_buffers: bool,
+    fixed_file: bool,
+    poisoned: bool,
+}
+
+impl UringQueue {
+    fn new(fd: RawFd, depth: usize, record_len: usize) -> io::Result<UringQueue> {
+        let entries = depth.next_power_of_two() as u32;
+        // COOP_TASKRUN avoids interrupting the task for completions; SINGLE_ISSUER and
+        // DEFER_TASKRUN would pin a ring to one thread, which a shared pool cannot promise.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))?;
+        let mut arena = AlignedBuf::zeroed(depth * record_len);
+        let iov = libc::iovec { iov_base: arena.as_mut_ptr().cast(), iov_len: arena.len() };
+        // SAFETY: the arena outlives the ring (field order) and is never reallocated.
+        let fixed_buffers = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+        let fixed_file = ring.submitter().register_files(&[fd]).is_ok();
+        Ok(UringQueue { ring, arena, record_len, depth, fd, fixed_buffers, fixed_file, poisoned: false })
+    }
+}
+
+impl ReadQueue for UringQueue {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn buffer(&self, buf: usize) -> &[u8] {
+        &self.arena[buf * self.record_len..(buf + 1) * self.record_len]
+    }
+
+    fn buffer_mut(&mut self, buf: usize) -> &mut [u8] {
+        let len = self.record_len;
+        &mut self.arena[buf * len..(buf + 1) * len]
+    }
+
+    fn push(&mut self, user_data: u64, offset: u64, buf: usize) {
+        let ptr = self.buffer_mut(buf).as_mut_ptr();
+        let len = self.record_len as u32;
+        let sqe = match (self.fixed_buffers, self.fixed_file) {
+            (true, true) => opcode::ReadFixed::new(types::Fixed(0), ptr, len, 0).offset(offset).build(),
+            (true, false) => opcode::ReadFixed::new(types::Fd(self.fd), ptr, len, 0).offset(offset).build(),
+            (false, true) => opcode::Read::new(types::Fixed(0), ptr, len).offset(offset).build(),
+            (false, false) => opcode::Read::new(types::Fd(self.fd), ptr, len).offset(offset).build(),
+        };
+        // SAFETY: the target buffer lies in this queue's arena, which lives as long as the
+        // ring; the window driver keeps the buffer reserved until the read completes.
+        let pushed = unsafe { self.ring.submission().push(&sqe.user_data(user_data)) };
+        pushed.expect("the submission queue holds queue_depth entries and at most that many are queued");
+    }
+
+    fn submit_and_wait(&mut self, wait: usize) -> io::Result<usize> {
+        self.ring.submit_and_wait(wait)
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+
+    fn poison(&mut self) {
+        self.poisoned = true;
+    }
+}
