@@ -36,6 +36,10 @@ pub struct Device {
     logical_block: u32,
     direct: bool,
     writable: bool,
+    /// A second descriptor that holds the advisory lock. io_uring may keep the
+    /// main descriptor alive after close (registered files are released
+    /// asynchronously), so the lock must not live on it.
+    lock_file: Option<File>,
 }
 
 impl Device {
@@ -94,6 +98,7 @@ impl Device {
             logical_block,
             direct: !mode.buffered,
             writable: mode.write,
+            lock_file: None,
         })
     }
 
@@ -121,10 +126,16 @@ impl Device {
 
     /// Takes an advisory lock for the life of the handle: exclusive for a
     /// writer, shared for a reader, so two writers never share a device.
-    pub fn lock(&self) -> Result<()> {
+    pub fn lock(&mut self) -> Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(|e| Error::io(format!("cannot open {} to lock it", self.path.display()), e))?;
         let op = if self.writable { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
-        // SAFETY: flock on a descriptor this Device owns; no memory is passed.
-        if unsafe { libc::flock(self.fd(), op) } == 0 {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            self.lock_file = Some(file);
             return Ok(());
         }
         let e = io::Error::last_os_error();
@@ -245,9 +256,9 @@ mod tests {
     fn second_writer_is_busy() {
         let p = tmp("lock.img");
         let mode = OpenMode { write: true, create: true, ..Default::default() };
-        let a = Device::open(&p, mode).unwrap();
+        let mut a = Device::open(&p, mode).unwrap();
         a.lock().unwrap();
-        let b = Device::open(&p, mode).unwrap();
+        let mut b = Device::open(&p, mode).unwrap();
         assert!(matches!(b.lock(), Err(Error::Busy(_))));
         drop(a);
         b.lock().unwrap();

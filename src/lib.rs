@@ -18,4 +18,4 @@ pub mod store;
 mod ffi;
 
 pub use error::{Error, Result, Status};
-// pub use store::{OpenOptions, Store};
+pub use store::{OpenOptions, Store};

@@ -1,0 +1,263 @@
+//! Rebuilding the index after a restart: from the newest checkpoint, every
+//! entry validated against its slot header, or from a scan of every header.
+
+use std::time::Instant;
+
+use super::index::{Entry, Index};
+use super::{lock, Phase, Store};
+use crate::engine::{BatchStats, EngineKind, ReadResult};
+use crate::error::{Error, Result};
+use crate::format::checkpoint::CheckpointEntry;
+use crate::format::{SlotHeader, SlotState};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoverMode {
+    /// The checkpoint when one verifies, otherwise a scan.
+    #[default]
+    Auto,
+    /// The checkpoint only; none verifying leaves the index empty.
+    Checkpoint,
+    /// Every slot header, ignoring checkpoints.
+    Scan,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecoverOptions {
+    pub mode: RecoverMode,
+    /// Keep entries whose header read failed, marked unverified, instead of dropping them.
+    pub keep_unreadable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveredFrom {
+    /// Nothing to recover from: no checkpoint verified (checkpoint mode).
+    Nothing,
+    Checkpoint,
+    Scan,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RecoverReport {
+    pub from: RecoveredFrom,
+    pub engine: EngineKind,
+    /// Sequence of the checkpoint used (0 when none).
+    pub checkpoint_sequence: u64,
+    pub checkpoint_entries: u64,
+    pub indexed: u64,
+    /// Entries (or scanned headers) whose header did not match: wrong magic, device,
+    /// slot, generation, key or length, a bad CRC, or a superseded duplicate.
+    pub dropped_stale: u64,
+    /// Entries whose header read failed with an I/O error.
+    pub dropped_unreadable: u64,
+    /// Unreadable entries kept (RB_RECOVER_KEEP_UNREADABLE), to be verified on read.
+    pub kept_unverified: u64,
+    /// Scan only: slots holding no header.
+    pub empty_slots: u64,
+    pub header_reads: u64,
+    pub elapsed_ns: u64,
+    pub checkpoint_load_ns: u64,
+    pub validate_ns: u64,
+    pub io: BatchStats,
+    /// The first I/O error's errno among unreadable headers (0 if none).
+    pub first_errno: i32,
+}
+
+/// What one checkpoint entry's header says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Valid,
+    Stale,
+    Unreadable(i32),
+}
+
+/// What one scanned slot holds.
+enum Scanned {
+    Valid(Box<[u8]>, Entry),
+    Empty,
+    Stale,
+    Unreadable(i32),
+}
+
+impl Store {
+    /// Rebuilds the index. On a writable handle this runs once, before any write;
+    /// a read-only handle may recover again. Recovery itself never writes.
+    pub fn recover(&self, opts: &RecoverOptions) -> Result<RecoverReport> {
+        let start = Instant::now();
+        // Same lock order as checkpoint(): checkpoints, then state.
+        let mut cursor_slot = lock(&self.checkpoints);
+        let mut st = lock(&self.state);
+        if st.phase == Phase::Ready && !self.is_read_only() {
+            return Err(Error::State(
+                "this handle is already in use (formatted or recovered); reopen the device to recover again".into(),
+            ));
+        }
+        let (cursor, loaded) = self.load_checkpoint()?;
+        let load_ns = start.elapsed().as_nanos() as u64;
+        let mut report = RecoverReport {
+            from: RecoveredFrom::Nothing,
+            engine: self.engine.kind(),
+            checkpoint_sequence: 0,
+            checkpoint_entries: 0,
+            indexed: 0,
+            dropped_stale: 0,
+            dropped_unreadable: 0,
+            kept_unverified: 0,
+            empty_slots: 0,
+            header_reads: 0,
+            elapsed_ns: 0,
+            checkpoint_load_ns: load_ns,
+            validate_ns: 0,
+            io: BatchStats::default(),
+            first_errno: 0,
+        };
+        let validate_start = Instant::now();
+        let scan = match (opts.mode, &loaded) {
+            (RecoverMode::Scan, _) | (RecoverMode::Auto, None) => true,
+            _ => false,
+        };
+        let (index, losers) = if scan {
+            self.rebuild_from_scan(&mut report)
+        } else if let Some(ck) = &loaded {
+            let entries = ck.entries().map_err(Error::Corrupt)?;
+            report.from = RecoveredFrom::Checkpoint;
+            report.checkpoint_sequence = ck.header.sequence;
+            report.checkpoint_entries = entries.len() as u64;
+            self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, &mut report)
+        } else {
+            (Index::new(self.sb.geometry.slot_count), Vec::new())
+        };
+        report.validate_ns = validate_start.elapsed().as_nanos() as u64;
+        report.indexed = index.len() as u64;
+        let newest_generation = index.iter().map(|(_, e)| e.generation).max().unwrap_or(0);
+        st.last_generation = st.last_generation.max(newest_generation);
+        st.index = index;
+        st.pending_invalidation.clear();
+        if !self.is_read_only() {
+            for loser in losers {
+                st.index.reserve(loser.slot);
+                st.pending_invalidation.push(loser.slot);
+            }
+        }
+        st.phase = Phase::Ready;
+        *cursor_slot = cursor;
+        report.elapsed_ns = start.elapsed().as_nanos() as u64;
+        Ok(report)
+    }
+
+    fn rebuild_from_checkpoint(
+        &self,
+        entries: &[CheckpointEntry<'_>],
+        keep_unreadable: bool,
+        report: &mut RecoverReport,
+    ) -> (Index, Vec<Entry>) {
+        let g = self.sb.geometry;
+        // Entries that cannot be right on this device are stale without a read.
+        let plausible: Vec<usize> = (0..entries.len())
+            .filter(|&i| {
+                let e = &entries[i];
+                e.slot < g.slot_count
+                    && e.payload_len <= g.max_payload()
+                    && !e.key.is_empty()
+                    && e.key.len() <= g.max_key_bytes as usize
+            })
+            .collect();
+        report.dropped_stale += (entries.len() - plausible.len()) as u64;
+        let slots: Vec<u64> = plausible.iter().map(|&i| entries[i].slot).collect();
+        let mut verdicts = vec![Verdict::Stale; slots.len()];
+        let id = self.sb.device_id;
+        let decode = |i: usize, slot: u64, r: ReadResult<'_>| -> Verdict {
+            let want = &entries[plausible[i]];
+            match r {
+                Err(errno) => Verdict::Unreadable(errno),
+                Ok(block) => match SlotHeader::classify(block, &id, slot) {
+                    SlotState::Valid(h)
+                        if h.key == want.key
+                            && h.generation == want.generation
+                            && h.payload_len == want.payload_len
+                            && h.payload_crc == want.payload_crc =>
+                    {
+                        Verdict::Valid
+                    }
+                    _ => Verdict::Stale,
+                },
+            }
+        };
+        report.io = self.read_slot_headers(&slots, &mut verdicts, &decode);
+        report.header_reads = slots.len() as u64;
+        let mut kept = Vec::with_capacity(verdicts.len());
+        for (&i, v) in plausible.iter().zip(&verdicts) {
+            let e = &entries[i];
+            let verified = match *v {
+                Verdict::Valid => true,
+                Verdict::Stale => {
+                    report.dropped_stale += 1;
+                    continue;
+                }
+                Verdict::Unreadable(errno) => {
+                    if report.first_errno == 0 {
+                        report.first_errno = errno;
+                    }
+                    if !keep_unreadable {
+                        report.dropped_unreadable += 1;
+                        continue;
+                    }
+                    report.kept_unverified += 1;
+                    false
+                }
+            };
+            let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc, verified };
+            kept.push((e.key, entry));
+        }
+        let (index, losers) = Index::rebuild(g.slot_count, kept);
+        report.dropped_stale += losers.len() as u64;
+        // A checkpoint never lists a key or slot twice; losers here came from a damaged one
+        // and their slots must not be invalidated (another entry may own them).
+        (index, Vec::new())
+    }
+
+    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<Entry>) {
+        let g = self.sb.geometry;
+        report.from = RecoveredFrom::Scan;
+        let slots: Vec<u64> = (0..g.slot_count).collect();
+        let mut scanned: Vec<Scanned> = (0..slots.len()).map(|_| Scanned::Empty).collect();
+        let id = self.sb.device_id;
+        let decode = |_: usize, slot: u64, r: ReadResult<'_>| -> Scanned {
+            match r {
+                Err(errno) => Scanned::Unreadable(errno),
+                Ok(block) => match SlotHeader::classify(block, &id, slot) {
+                    SlotState::Valid(h) => Scanned::Valid(
+                        h.key.into(),
+                        Entry {
+                            slot,
+                            generation: h.generation,
+                            payload_len: h.payload_len,
+                            payload_crc: h.payload_crc,
+                            verified: true,
+                        },
+                    ),
+                    SlotState::Empty => Scanned::Empty,
+                    SlotState::Corrupt | SlotState::Foreign => Scanned::Stale,
+                },
+            }
+        };
+        report.io = self.read_slot_headers(&slots, &mut scanned, &decode);
+        report.header_reads = slots.len() as u64;
+        let mut valid = Vec::new();
+        for s in &scanned {
+            match s {
+                Scanned::Valid(key, e) if e.payload_len <= g.max_payload() => valid.push((&key[..], *e)),
+                Scanned::Valid(..) | Scanned::Stale => report.dropped_stale += 1,
+                Scanned::Empty => report.empty_slots += 1,
+                Scanned::Unreadable(errno) => {
+                    report.dropped_unreadable += 1;
+                    if report.first_errno == 0 {
+                        report.first_errno = *errno;
+                    }
+                }
+            }
+        }
+        let (index, losers) = Index::rebuild(g.slot_count, valid);
+        report.dropped_stale += losers.len() as u64;
+        (index, losers)
+    }
+}

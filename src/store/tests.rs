@@ -1,0 +1,368 @@
+//! Store tests over real files with O_DIRECT.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use super::*;
+use crate::engine::EngineChoice;
+
+pub(crate) fn tmp(name: &str) -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/store"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}-{}.img", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn create_opts(capacity: u64) -> OpenOptions {
+    OpenOptions {
+        create: true,
+        capacity_bytes: capacity,
+        geometry: GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn small(name: &str) -> (PathBuf, Store) {
+    let p = tmp(name);
+    let s = Store::open(&p, &create_opts(8 << 20)).unwrap();
+    (p, s)
+}
+
+fn reopen(p: &Path, engine: EngineChoice, read_only: bool) -> Store {
+    let opts = OpenOptions {
+        read_only,
+        engine: EngineConfig { choice: engine, queue_depth: 8, posix_threads: 1 },
+        ..Default::default()
+    };
+    Store::open(p, &opts).unwrap()
+}
+
+fn get(s: &Store, key: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; s.geometry().max_payload() as usize];
+    let n = s.get(key, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+#[test]
+fn put_get_round_trips_many_sizes() {
+    let (_p, s) = small("sizes");
+    let max = s.geometry().max_payload() as usize;
+    for (i, len) in [0, 1, 511, 4095, 4096, 4097, 10_000, max].into_iter().enumerate() {
+        let key = format!("k{len}");
+        s.put(key.as_bytes(), &value(i, len)).unwrap();
+        assert_eq!(get(&s, key.as_bytes()).unwrap(), value(i, len), "len {len}");
+        assert_eq!(s.value_len(key.as_bytes()).unwrap(), len as u64);
+    }
+    assert_eq!(s.len(), 8);
+}
+
+#[test]
+fn replace_delete_contains() {
+    let (_p, s) = small("replace");
+    s.put(b"a", b"one").unwrap();
+    let slots_free = lock(&s.state).index.free_slots();
+    s.put(b"a", b"two").unwrap();
+    assert_eq!(get(&s, b"a").unwrap(), b"two");
+    assert_eq!(lock(&s.state).index.free_slots(), slots_free, "the old slot was freed");
+    assert!(s.contains(b"a").unwrap());
+    s.delete(b"a").unwrap();
+    assert!(!s.contains(b"a").unwrap());
+    assert!(matches!(get(&s, b"a"), Err(Error::NotFound)));
+    assert!(matches!(s.delete(b"a"), Err(Error::NotFound)));
+}
+
+#[test]
+fn small_buffer_says_how_much_is_needed() {
+    let (_p, s) = small("bufsize");
+    s.put(b"k", &[7u8; 1000]).unwrap();
+    let mut buf = [0u8; 10];
+    assert!(matches!(s.get(b"k", &mut buf), Err(Error::BufferTooSmall { needed: 1000 })));
+}
+
+#[test]
+fn limits_are_clear_errors() {
+    let (_p, s) = small("limits");
+    let g = *s.geometry();
+    assert!(matches!(s.put(&vec![b'k'; g.max_key_bytes as usize + 1], b"v"), Err(Error::TooLarge(_))));
+    assert!(matches!(s.put(b"k", &vec![0; g.max_payload() as usize + 1]), Err(Error::TooLarge(_))));
+    assert!(matches!(s.put(b"", b"v"), Err(Error::InvalidArgument(_))));
+    for i in 0..g.slot_count {
+        s.put(format!("{i}").as_bytes(), b"x").unwrap();
+    }
+    assert!(matches!(s.put(b"one-too-many", b"x"), Err(Error::NoSpace(_))));
+    // Replacing needs a free slot too, and losing that race keeps the old value.
+    assert!(matches!(s.put(b"0", b"y"), Err(Error::NoSpace(_))));
+    assert_eq!(get(&s, b"0").unwrap(), b"x");
+    s.delete(b"1").unwrap();
+    s.put(b"one-too-many", b"x").unwrap();
+}
+
+#[test]
+fn existing_device_needs_recovery_and_overwrite_flag() {
+    let (p, s) = small("reopen-state");
+    s.put(b"k", b"v").unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = reopen(&p, EngineChoice::Posix, false);
+    assert!(matches!(s.put(b"x", b"y"), Err(Error::State(_))));
+    assert!(matches!(s.contains(b"k"), Err(Error::State(_))));
+    s.recover(&RecoverOptions::default()).unwrap();
+    assert!(matches!(s.recover(&RecoverOptions::default()), Err(Error::State(_))));
+    drop(s);
+    assert!(matches!(Store::open(&p, &create_opts(8 << 20)), Err(Error::Exists(_))));
+    let again = OpenOptions { overwrite_ok: true, ..create_opts(8 << 20) };
+    let s = Store::open(&p, &again).unwrap();
+    assert!(s.is_empty());
+}
+
+#[test]
+fn unformatted_and_truncated_devices_are_format_errors() {
+    let p = tmp("unformatted");
+    std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+    assert!(matches!(Store::open(&p, &OpenOptions::default()), Err(Error::Format(_))));
+    let (p, s) = small("truncated");
+    drop(s);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(4 << 20).unwrap();
+    assert!(matches!(Store::open(&p, &OpenOptions::default()), Err(Error::Format(_))));
+}
+
+#[test]
+fn checkpoint_then_recover_with_every_engine() {
+    let (p, s) = small("recover");
+    for i in 0..40 {
+        s.put(format!("key-{i}").as_bytes(), &value(i, i * 100)).unwrap();
+    }
+    s.delete(b"key-3").unwrap();
+    s.put(b"key-4", b"replaced").unwrap();
+    let info = s.checkpoint().unwrap();
+    assert_eq!((info.sequence, info.entries), (1, 39));
+    drop(s);
+    for engine in [EngineChoice::Posix, EngineChoice::IoUring] {
+        let s = reopen(&p, engine, true);
+        let r = s.recover(&RecoverOptions::default()).unwrap();
+        assert_eq!(r.from, RecoveredFrom::Checkpoint);
+        assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.indexed), (1, 39, 39));
+        assert_eq!((r.dropped_stale, r.dropped_unreadable, r.header_reads), (0, 0, 39));
+        assert!(matches!(get(&s, b"key-3"), Err(Error::NotFound)));
+        assert_eq!(get(&s, b"key-4").unwrap(), b"replaced");
+        for i in (0..40).filter(|&i| i != 3 && i != 4) {
+            assert_eq!(get(&s, format!("key-{i}").as_bytes()).unwrap(), value(i, i * 100));
+        }
+        assert!(matches!(s.put(b"x", b"y"), Err(Error::ReadOnly)));
+    }
+}
+
+/// Raw access to a slot's header block, as a crash or a bad disk would leave it.
+fn header_offset(s: &Store, key: &[u8]) -> u64 {
+    let e = lock(&s.state).index.get(key).unwrap();
+    s.geometry().slot_offset(e.slot)
+}
+
+#[test]
+fn one_stale_header_is_dropped_and_only_it() {
+    let (p, s) = small("stale");
+    for i in 0..50 {
+        s.put(format!("k{i}").as_bytes(), &value(i, 3000)).unwrap();
+    }
+    s.checkpoint().unwrap();
+    let off = header_offset(&s, b"k17");
+    drop(s);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0xFF; 8], off + 40).unwrap(); // inside the generation field
+    drop(f);
+    let s = reopen(&p, EngineChoice::Auto, false);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.indexed, r.dropped_stale, r.dropped_unreadable), (49, 1, 0));
+    assert!(!s.contains(b"k17").unwrap());
+    assert_eq!(get(&s, b"k16").unwrap(), value(16, 3000));
+}
+
+#[test]
+fn header_from_a_previous_format_is_stale() {
+    let p = tmp("previous-format");
+    let s = Store::open(&p, &create_opts(8 << 20)).unwrap();
+    s.put(b"old-0", b"x").unwrap();
+    s.put(b"old-1", b"y").unwrap();
+    let mut old_header = vec![0u8; 4096];
+    let f = std::fs::File::open(&p).unwrap();
+    f.read_exact_at(&mut old_header, header_offset(&s, b"old-1")).unwrap();
+    drop(s);
+    let s = Store::open(&p, &OpenOptions { overwrite_ok: true, ..create_opts(8 << 20) }).unwrap();
+    s.put(b"new-0", b"a").unwrap();
+    s.put(b"new-1", b"b").unwrap();
+    s.checkpoint().unwrap();
+    let off = header_offset(&s, b"new-1");
+    drop(s);
+    // The new slot 1 header is lost; the previous format's header is what the slot holds.
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&old_header, off).unwrap();
+    drop(f);
+    let s = reopen(&p, EngineChoice::Posix, true);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.indexed, r.dropped_stale), (1, 1));
+    let r = s.recover(&RecoverOptions { mode: RecoverMode::Scan, ..Default::default() }).unwrap();
+    assert_eq!((r.from, r.indexed), (RecoveredFrom::Scan, 1), "a scan ignores the foreign header too");
+    assert!(!s.contains(b"old-1").unwrap() && !s.contains(b"new-1").unwrap());
+}
+
+#[test]
+fn flipped_payload_bit_is_corrupt_never_wrong_bytes() {
+    let (p, s) = small("bitflip");
+    s.put(b"k", &value(1, 5000)).unwrap();
+    let off = header_offset(&s, b"k") + 4096 + 1234;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, off).unwrap();
+    f.write_all_at(&[b[0] ^ 0x04], off).unwrap();
+    assert!(matches!(get(&s, b"k"), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn checkpoint_too_large_keeps_the_older_one() {
+    let p = tmp("ckpt-nospace");
+    let opts = OpenOptions {
+        geometry: GeometryRequest { slot_bytes: 64 * 1024, meta_bytes: 5 * 4096, ..Default::default() },
+        ..create_opts(8 << 20)
+    };
+    let s = Store::open(&p, &opts).unwrap();
+    s.put(b"first", b"1").unwrap();
+    assert_eq!(s.checkpoint().unwrap().sequence, 1);
+    for i in 0..100 {
+        s.put(format!("a-rather-long-key-to-fill-the-container-{i:04}").as_bytes(), b"v").unwrap();
+    }
+    assert!(matches!(s.checkpoint(), Err(Error::NoSpace(_))));
+    drop(s);
+    let s = reopen(&p, EngineChoice::Posix, true);
+    let r = s.recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }).unwrap();
+    assert_eq!((r.checkpoint_sequence, r.indexed), (1, 1));
+}
+
+#[test]
+fn torn_newer_checkpoint_falls_back_to_the_older() {
+    let (p, s) = small("torn-ckpt");
+    s.put(b"a", b"1").unwrap();
+    s.checkpoint().unwrap(); // seq 1 in container A
+    s.put(b"b", b"2").unwrap();
+    s.checkpoint().unwrap(); // seq 2 in container B
+    let g = *s.geometry();
+    drop(s);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0xAB; 16], g.container_offset(1) + g.block_size as u64).unwrap(); // B's payload
+    drop(f);
+    let s = reopen(&p, EngineChoice::Posix, false);
+    let r = s.recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }).unwrap();
+    assert_eq!((r.checkpoint_sequence, r.indexed), (1, 1));
+    // The next checkpoint overwrites the torn container, with a sequence above both.
+    assert_eq!(s.checkpoint().unwrap().sequence, 3);
+    drop(s);
+    let s = reopen(&p, EngineChoice::Posix, true);
+    assert_eq!(s.recover(&RecoverOptions::default()).unwrap().checkpoint_sequence, 3);
+}
+
+#[test]
+fn scan_rebuilds_without_a_checkpoint_and_prefers_newer_generations() {
+    let (p, s) = small("scan");
+    for i in 0..30 {
+        s.put(format!("k{i}").as_bytes(), &value(i, 700)).unwrap();
+    }
+    // Leave a superseded copy behind, as a crash between write and invalidation would.
+    let old_off = header_offset(&s, b"k5");
+    let mut old = vec![0u8; 64 * 1024];
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    f.read_exact_at(&mut old, old_off).unwrap();
+    s.put(b"k5", b"newer").unwrap();
+    f.write_all_at(&old, old_off).unwrap();
+    drop(s);
+    let s = reopen(&p, EngineChoice::IoUring, false);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!(r.from, RecoveredFrom::Scan, "no checkpoint was written");
+    assert_eq!((r.indexed, r.dropped_stale), (30, 1));
+    assert_eq!(r.header_reads, s.geometry().slot_count);
+    assert_eq!(r.empty_slots, s.geometry().slot_count - 31);
+    assert_eq!(get(&s, b"k5").unwrap(), b"newer");
+    // The superseded copy is invalidated before the first write, so deleting the key sticks.
+    s.delete(b"k5").unwrap();
+    drop(s);
+    let s = reopen(&p, EngineChoice::Posix, true);
+    s.recover(&RecoverOptions { mode: RecoverMode::Scan, ..Default::default() }).unwrap();
+    assert!(!s.contains(b"k5").unwrap());
+}
+
+#[test]
+fn unreadable_entries_are_counted_apart_or_kept() {
+    let (p, s) = small("unreadable");
+    for i in 0..20 {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let slot = lock(&s.state).index.get(b"k7").unwrap().slot;
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = reopen(&p, EngineChoice::IoUring, true);
+    s.inject_read_faults(&[slot], libc::EIO, FaultMode::Persistent);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.indexed, r.dropped_stale, r.dropped_unreadable, r.first_errno), (19, 0, 1, libc::EIO));
+    let r = s.recover(&RecoverOptions { keep_unreadable: true, ..Default::default() }).unwrap();
+    assert_eq!((r.indexed, r.kept_unverified), (20, 1));
+    s.clear_read_faults();
+    assert_eq!(get(&s, b"k7").unwrap(), b"v", "an unverified entry is verified when read");
+}
+
+#[test]
+fn read_headers_reports_each_slot() {
+    let (_p, s) = small("headers");
+    s.put(b"a", b"1").unwrap();
+    s.put(b"b", b"2").unwrap();
+    s.delete(b"a").unwrap();
+    let mut out = vec![String::new(); 3];
+    let f = |slot: u64, h: HeaderRead<'_>| match h {
+        HeaderRead::State(SlotState::Valid(h)) => format!("{slot}:{}", String::from_utf8_lossy(h.key)),
+        HeaderRead::State(other) => format!("{slot}:{other:?}"),
+        HeaderRead::IoError(e) => format!("{slot}:errno {e}"),
+    };
+    s.read_headers(&[1, 0, 2], &mut out, &f).unwrap();
+    assert_eq!(out, ["1:b", "0:Empty", "2:Empty"]);
+    let n = s.geometry().slot_count;
+    assert!(matches!(s.read_headers(&[n], &mut out[..1], &f), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn concurrent_writers_and_readers_never_see_wrong_bytes() {
+    let (_p, s) = small("concurrent");
+    let s = &s;
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            scope.spawn(move || {
+                for round in 0..30usize {
+                    let key = format!("k{}", (t + round) % 6);
+                    let v = value(t * 1000 + round, 2000 + t);
+                    // The value names its own key so a reader can tell it apart.
+                    let mut tagged = key.clone().into_bytes();
+                    tagged.extend_from_slice(&v);
+                    s.put(key.as_bytes(), &tagged).unwrap();
+                    match get(s, key.as_bytes()) {
+                        Ok(got) => assert!(got.starts_with(key.as_bytes()), "another key's bytes"),
+                        Err(Error::NotFound) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    if round % 7 == 0 {
+                        let _ = s.delete(key.as_bytes());
+                    }
+                }
+            });
+        }
+        scope.spawn(move || {
+            for _ in 0..5 {
+                s.checkpoint().unwrap();
+            }
+        });
+    });
+    let free = lock(&s.state).index.free_slots() as u64;
+    assert_eq!(free + s.len() as u64, s.geometry().slot_count, "no slot leaked");
+}
