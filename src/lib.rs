@@ -15,7 +15,7 @@ pub mod error;
 pub mod format;
 pub mod store;
 
-mod ffi;
+pub mod ffi;
 
 pub use error::{Error, Result, Status};
 pub use store::{OpenOptions, Store};

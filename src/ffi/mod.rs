@@ -1,0 +1,552 @@
+//! The C ABI. Each function checks its arguments, converts, delegates to the
+//! store and maps the result; none holds logic of its own.
+//!
+//! Every function: never unwinds into C (panics become RB_E_PANIC), returns
+//! RB_E_INVALID_ARGUMENT for NULL pointers and bad sizes, and leaves a
+//! message for rb_last_error_message() on failure.
+
+mod boundary;
+pub mod types;
+
+use std::ffi::{c_char, c_void, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use boundary::{bytes, guard, invalid, out_size, read_in, write_out, Versioned};
+use types::*;
+
+use crate::engine::{BatchStats, EngineChoice, EngineConfig, EngineKind, FaultMode};
+use crate::error::{Error, Status};
+use crate::format::{GeometryRequest, SlotState};
+use crate::store::{HeaderRead, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
+
+/// ABI version: bumped on any incompatible change to this header.
+pub const RB_ABI_VERSION: u32 = 1;
+
+static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+    Ok(v) => v,
+    Err(_) => panic!("version string"),
+};
+
+/// The library version, e.g. "0.1.0". Static; never NULL.
+#[no_mangle]
+pub extern "C" fn rb_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// The ABI version this library implements (RB_ABI_VERSION when it was built).
+#[no_mangle]
+pub extern "C" fn rb_abi_version() -> u32 {
+    RB_ABI_VERSION
+}
+
+/// A static description of a status code; unknown codes give "unknown status".
+#[no_mangle]
+pub extern "C" fn rb_status_str(status: rb_status) -> *const c_char {
+    let s: &'static CStr = match Status::from_code(status) {
+        Some(Status::Ok) => c"ok",
+        Some(Status::InvalidArgument) => c"invalid argument",
+        Some(Status::Io) => c"I/O error",
+        Some(Status::Format) => c"not a usable rawblock device",
+        Some(Status::NoSpace) => c"no space",
+        Some(Status::TooLarge) => c"too large",
+        Some(Status::NotFound) => c"not found",
+        Some(Status::Corrupt) => c"corrupt data detected",
+        Some(Status::BufferTooSmall) => c"buffer too small",
+        Some(Status::Unsupported) => c"unsupported",
+        Some(Status::ReadOnly) => c"read-only handle",
+        Some(Status::Busy) => c"device busy",
+        Some(Status::State) => c"invalid state for this call",
+        Some(Status::Exists) => c"device holds data",
+        Some(Status::Panic) => c"internal panic",
+        None => c"unknown status",
+    };
+    s.as_ptr()
+}
+
+/// The message of the last failed call on this thread ("" after a success).
+/// Valid until the next rb_* call on this thread.
+#[no_mangle]
+pub extern "C" fn rb_last_error_message() -> *const c_char {
+    boundary::message_ptr()
+}
+
+/// Fills `opts` with the defaults and sets its struct_size.
+///
+/// # Safety
+/// `opts` is NULL or points to a writable rb_options.
+#[no_mangle]
+pub unsafe extern "C" fn rb_options_init(opts: *mut rb_options) -> rb_status {
+    guard("rb_options_init", || {
+        if opts.is_null() {
+            return Err(invalid("opts is NULL"));
+        }
+        let mut o = rb_options::default();
+        o.set_struct_size();
+        o.posix_threads = 1;
+        o.queue_depth = crate::engine::DEFAULT_QUEUE_DEPTH as u32;
+        // SAFETY: non-NULL and the caller provides a whole rb_options.
+        unsafe { opts.write(o) };
+        Ok(())
+    })
+}
+
+/// Fills `opts` with the defaults (RB_RECOVER_AUTO, no flags) and sets its struct_size.
+///
+/// # Safety
+/// `opts` is NULL or points to a writable rb_recover_options.
+#[no_mangle]
+pub unsafe extern "C" fn rb_recover_options_init(opts: *mut rb_recover_options) -> rb_status {
+    guard("rb_recover_options_init", || {
+        if opts.is_null() {
+            return Err(invalid("opts is NULL"));
+        }
+        let mut o = rb_recover_options::default();
+        o.set_struct_size();
+        // SAFETY: non-NULL and the caller provides a whole rb_recover_options.
+        unsafe { opts.write(o) };
+        Ok(())
+    })
+}
+
+fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
+    const KNOWN: u32 = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK | RB_OPEN_READ_ONLY | RB_OPEN_BUFFERED | RB_OPEN_SYNC_WRITES;
+    if o.flags & !KNOWN != 0 {
+        return Err(invalid(format!("unknown open flags {:#x}", o.flags & !KNOWN)));
+    }
+    let choice = match o.engine {
+        RB_ENGINE_AUTO => EngineChoice::Auto,
+        RB_ENGINE_POSIX => EngineChoice::Posix,
+        RB_ENGINE_IO_URING => EngineChoice::IoUring,
+        RB_ENGINE_URING_CMD => EngineChoice::UringCmd,
+        e => return Err(invalid(format!("unknown engine {e}"))),
+    };
+    let default_or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    Ok(OpenOptions {
+        engine: EngineConfig {
+            choice,
+            posix_threads: default_or(o.posix_threads, 1).min(crate::engine::MAX_POSIX_THREADS),
+            queue_depth: default_or(o.queue_depth, crate::engine::DEFAULT_QUEUE_DEPTH).min(crate::engine::MAX_QUEUE_DEPTH),
+        },
+        create: o.flags & RB_OPEN_CREATE != 0,
+        overwrite_ok: o.flags & RB_OPEN_OVERWRITE_OK != 0,
+        read_only: o.flags & RB_OPEN_READ_ONLY != 0,
+        buffered: o.flags & RB_OPEN_BUFFERED != 0,
+        sync_writes: o.flags & RB_OPEN_SYNC_WRITES != 0,
+        geometry: GeometryRequest {
+            block_size: o.block_size,
+            header_bytes: o.header_bytes,
+            slot_bytes: o.slot_bytes,
+            meta_bytes: o.meta_bytes,
+            max_key_bytes: o.max_key_bytes,
+        },
+        capacity_bytes: o.capacity_bytes,
+    })
+}
+
+/// Opens (with RB_OPEN_CREATE: formats) the block device or file at `path`.
+/// `opts` NULL means the defaults. On success `*out` is a handle for rb_close.
+/// An existing device answers RB_E_STATE to reads and writes until rb_recover.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `opts` is NULL or a valid rb_options; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_open(path: *const c_char, opts: *const rb_options, out: *mut *mut rb_device) -> rb_status {
+    guard("rb_open", || {
+        if path.is_null() || out.is_null() {
+            return Err(invalid("path and out must not be NULL"));
+        }
+        // SAFETY: out is non-NULL and writable.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: the caller passes a NUL-terminated string.
+        let path = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(path) }.to_bytes()));
+        // SAFETY: NULL or a valid rb_options.
+        let o = unsafe { read_in(opts) }?;
+        let o = if opts.is_null() { rb_options { posix_threads: 1, ..o } } else { o };
+        let store = crate::Store::open(path, &open_options(&o)?)?;
+        // SAFETY: out is non-NULL and writable.
+        unsafe { out.write(Box::into_raw(Box::new(rb_device { store }))) };
+        Ok(())
+    })
+}
+
+/// Closes a handle (NULL is a no-op). Does not checkpoint: call rb_checkpoint first
+/// to make the index durable.
+///
+/// # Safety
+/// `dev` is NULL or a handle from rb_open not yet closed, with no call in progress on it.
+#[no_mangle]
+pub unsafe extern "C" fn rb_close(dev: *mut rb_device) -> rb_status {
+    guard("rb_close", || {
+        if !dev.is_null() {
+            // SAFETY: the handle came from Box::into_raw in rb_open and is closed once.
+            drop(unsafe { Box::from_raw(dev) });
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `dev` is NULL or a live handle.
+unsafe fn device<'a>(dev: *const rb_device) -> Result<&'a crate::Store, Error> {
+    if dev.is_null() {
+        return Err(invalid("dev is NULL"));
+    }
+    // SAFETY: a live handle from rb_open.
+    Ok(unsafe { &(*dev).store })
+}
+
+/// Stores `len` bytes under the key, replacing any previous value (its old slot
+/// is invalidated before this returns). RB_E_NO_SPACE when every slot is in use.
+///
+/// # Safety
+/// `dev` is a live handle; `key` and `data` point to `key_len` and `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rb_put(dev: *mut rb_device, key: *const c_void, key_len: usize, data: *const c_void, len: usize) -> rb_status {
+    guard("rb_put", || {
+        // SAFETY: per the contract above.
+        let (s, k, d) = unsafe { (device(dev)?, bytes(key, key_len, "key")?, bytes(data, len, "data")?) };
+        s.put(k, d)
+    })
+}
+
+/// Copies the value of the key into `buf` (capacity `cap`) and its length into `*len`.
+/// Header and payload are verified first: RB_E_CORRUPT, never wrong bytes.
+/// RB_E_BUFFER_TOO_SMALL stores the needed length in `*len` (`buf` may be NULL when `cap` is 0).
+///
+/// # Safety
+/// `dev` is a live handle; `key` has `key_len` readable bytes; `buf` has `cap` writable bytes; `len` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_get(
+    dev: *mut rb_device,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> rb_status {
+    guard("rb_get", || {
+        if len.is_null() {
+            return Err(invalid("len is NULL"));
+        }
+        if buf.is_null() && cap > 0 {
+            return Err(invalid("buf is NULL but cap is not 0"));
+        }
+        // SAFETY: per the contract above.
+        let (s, k) = unsafe { (device(dev)?, bytes(key, key_len, "key")?) };
+        let out: &mut [u8] = if cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: buf has cap writable bytes.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), cap) }
+        };
+        let r = s.get(k, out);
+        let n = match &r {
+            Ok(n) => *n as u64,
+            Err(Error::BufferTooSmall { needed }) => *needed,
+            Err(_) => 0,
+        };
+        // SAFETY: len is non-NULL and writable.
+        unsafe { len.write(n as usize) };
+        r.map(|_| ())
+    })
+}
+
+/// Removes the key; its slot header is invalidated before this returns. RB_E_NOT_FOUND if absent.
+///
+/// # Safety
+/// `dev` is a live handle; `key` has `key_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rb_delete(dev: *mut rb_device, key: *const c_void, key_len: usize) -> rb_status {
+    guard("rb_delete", || {
+        // SAFETY: per the contract above.
+        let (s, k) = unsafe { (device(dev)?, bytes(key, key_len, "key")?) };
+        s.delete(k)
+    })
+}
+
+/// Sets `*found` to whether the key is indexed (no device read).
+///
+/// # Safety
+/// `dev` is a live handle; `key` has `key_len` readable bytes; `found` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_contains(dev: *mut rb_device, key: *const c_void, key_len: usize, found: *mut bool) -> rb_status {
+    guard("rb_contains", || {
+        if found.is_null() {
+            return Err(invalid("found is NULL"));
+        }
+        // SAFETY: per the contract above.
+        let (s, k) = unsafe { (device(dev)?, bytes(key, key_len, "key")?) };
+        let f = s.contains(k)?;
+        // SAFETY: found is non-NULL and writable.
+        unsafe { found.write(f) };
+        Ok(())
+    })
+}
+
+/// Makes the index durable: writes it to the checkpoint container not holding the newest
+/// checkpoint (payload, fdatasync, commit record, fdatasync). RB_E_NO_SPACE if it does not fit;
+/// the older checkpoint stays intact.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_checkpoint(dev: *mut rb_device) -> rb_status {
+    guard("rb_checkpoint", || {
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.checkpoint().map(|_| ())
+    })
+}
+
+fn engine_code(k: EngineKind) -> u32 {
+    match k {
+        EngineKind::Posix => RB_ENGINE_POSIX,
+        EngineKind::IoUring => RB_ENGINE_IO_URING,
+        EngineKind::UringCmd => RB_ENGINE_URING_CMD,
+    }
+}
+
+fn io_stats(b: &BatchStats) -> rb_io_stats {
+    rb_io_stats {
+        struct_size: std::mem::size_of::<rb_io_stats>(),
+        reads_submitted: b.reads_submitted,
+        submit_calls: b.submit_calls,
+        max_in_flight: b.max_in_flight,
+        fallbacks: b.fallbacks,
+        retries: b.retries,
+        failed: b.failed,
+        registered_buffers: b.registered_buffers as u32,
+        registered_file: b.registered_file as u32,
+    }
+}
+
+fn report(r: &RecoverReport, queue_depth: usize) -> rb_recover_report {
+    rb_recover_report {
+        struct_size: std::mem::size_of::<rb_recover_report>(),
+        source: match r.from {
+            RecoveredFrom::Nothing => RB_RECOVERED_NOTHING,
+            RecoveredFrom::Checkpoint => RB_RECOVERED_CHECKPOINT,
+            RecoveredFrom::Scan => RB_RECOVERED_SCAN,
+        },
+        engine: engine_code(r.engine),
+        checkpoint_sequence: r.checkpoint_sequence,
+        checkpoint_entries: r.checkpoint_entries,
+        indexed: r.indexed,
+        dropped_stale: r.dropped_stale,
+        dropped_unreadable: r.dropped_unreadable,
+        kept_unverified: r.kept_unverified,
+        empty_slots: r.empty_slots,
+        header_reads: r.header_reads,
+        elapsed_ns: r.elapsed_ns,
+        checkpoint_load_ns: r.checkpoint_load_ns,
+        validate_ns: r.validate_ns,
+        first_errno: r.first_errno,
+        queue_depth: queue_depth as u32,
+        io: io_stats(&r.io),
+    }
+}
+
+/// Rebuilds the index of an opened device: from the newest checkpoint that verifies, each
+/// entry checked against its slot header (stale ones dropped, unreadable ones counted apart),
+/// or from a scan of every slot header. Writes nothing. On a writable handle it runs once,
+/// before any write. `opts` NULL means RB_RECOVER_AUTO; `out` may be NULL.
+///
+/// # Safety
+/// `dev` is a live handle; `opts` is NULL or valid; `out` is NULL or has `out->struct_size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rb_recover(dev: *mut rb_device, opts: *const rb_recover_options, out: *mut rb_recover_report) -> rb_status {
+    guard("rb_recover", || {
+        // SAFETY: per the contract above.
+        let (s, o) = unsafe { (device(dev)?, read_in(opts)?) };
+        if !out.is_null() {
+            // SAFETY: out is non-NULL; checked before any work is done.
+            unsafe { out_size(out) }?;
+        }
+        let mode = match o.mode {
+            RB_RECOVER_AUTO => RecoverMode::Auto,
+            RB_RECOVER_CHECKPOINT => RecoverMode::Checkpoint,
+            RB_RECOVER_SCAN => RecoverMode::Scan,
+            m => return Err(invalid(format!("unknown recover mode {m}"))),
+        };
+        if o.flags & !RB_RECOVER_KEEP_UNREADABLE != 0 {
+            return Err(invalid(format!("unknown recover flags {:#x}", o.flags)));
+        }
+        let r = s.recover(&RecoverOptions { mode, keep_unreadable: o.flags & RB_RECOVER_KEEP_UNREADABLE != 0 })?;
+        if !out.is_null() {
+            // SAFETY: checked above.
+            unsafe { write_out(out, report(&r, s.queue_depth())) }?;
+        }
+        Ok(())
+    })
+}
+
+fn slot_header(slot: u64, h: HeaderRead<'_>) -> rb_slot_header {
+    let mut out = rb_slot_header { slot, ..Default::default() };
+    match h {
+        HeaderRead::IoError(errno) => {
+            out.status = RB_HEADER_IO_ERROR;
+            out.os_errno = errno;
+        }
+        HeaderRead::State(SlotState::Empty) => out.status = RB_HEADER_EMPTY,
+        HeaderRead::State(SlotState::Corrupt) => out.status = RB_HEADER_CORRUPT,
+        HeaderRead::State(SlotState::Foreign) => out.status = RB_HEADER_FOREIGN,
+        HeaderRead::State(SlotState::Valid(h)) => {
+            out.status = RB_HEADER_VALID;
+            out.generation = h.generation;
+            out.payload_len = h.payload_len;
+            out.payload_crc = h.payload_crc;
+            out.key_len = h.key.len() as u32;
+            let n = h.key.len().min(RB_HEADER_KEY_INLINE);
+            out.key[..n].copy_from_slice(&h.key[..n]);
+        }
+    }
+    out
+}
+
+/// Reads and decodes the headers of `slots[0..n]` into `out[0..n]`, in input order, each with
+/// its own status (RB_HEADER_*). Returns RB_OK when it ran even if some slots failed; fails
+/// only for bad arguments (NULL, a slot out of range, out[0].struct_size unset). Reads go
+/// through the handle's engine, at most queue_depth in flight, with per-slot fallback.
+///
+/// # Safety
+/// `dev` is a live handle; `slots` has `n` readable entries; `out` has `n` writable elements
+/// of out[0].struct_size bytes each.
+#[no_mangle]
+pub unsafe extern "C" fn rb_read_headers_batched(dev: *mut rb_device, slots: *const u64, n: usize, out: *mut rb_slot_header) -> rb_status {
+    guard("rb_read_headers_batched", || {
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        if n == 0 {
+            return Ok(());
+        }
+        if slots.is_null() || out.is_null() {
+            return Err(invalid("slots and out must not be NULL"));
+        }
+        // SAFETY: out is non-NULL and out[0] begins with the caller's struct_size.
+        let stride = unsafe { out_size(out) }?;
+        if n.checked_mul(stride).is_none_or(|b| b > isize::MAX as usize) {
+            return Err(invalid(format!("{n} headers of {stride} bytes overflow memory")));
+        }
+        // SAFETY: slots has n readable entries.
+        let slots = unsafe { std::slice::from_raw_parts(slots, n) };
+        if stride == std::mem::size_of::<rb_slot_header>() {
+            // SAFETY: out has n writable elements of exactly this type.
+            let out = unsafe { std::slice::from_raw_parts_mut(out, n) };
+            s.read_headers(slots, out, &slot_header)?;
+        } else {
+            // A caller built against another size of rb_slot_header: write each prefix at its stride.
+            let mut tmp = vec![rb_slot_header::default(); n];
+            s.read_headers(slots, &mut tmp, &slot_header)?;
+            for (i, h) in tmp.into_iter().enumerate() {
+                // SAFETY: element i lies within the n * stride writable bytes.
+                unsafe { write_out(out.cast::<u8>().add(i * stride).cast::<rb_slot_header>(), h) }?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Counters of every batched read on this handle since open or rb_reset_io_stats.
+///
+/// # Safety
+/// `dev` is a live handle; `out` has `out->struct_size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rb_get_io_stats(dev: *mut rb_device, out: *mut rb_io_stats) -> rb_status {
+    guard("rb_get_io_stats", || {
+        // SAFETY: per the contract above.
+        unsafe { write_out(out, io_stats(&device(dev)?.io_stats())) }
+    })
+}
+
+/// Zeroes the handle's read counters.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_reset_io_stats(dev: *mut rb_device) -> rb_status {
+    guard("rb_reset_io_stats", || {
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.reset_io_stats();
+        Ok(())
+    })
+}
+
+/// The device's geometry and this handle's engine settings.
+///
+/// # Safety
+/// `dev` is a live handle; `out` has `out->struct_size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rb_get_info(dev: *mut rb_device, out: *mut rb_device_info) -> rb_status {
+    guard("rb_get_info", || {
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        let g = s.geometry();
+        let info = rb_device_info {
+            struct_size: std::mem::size_of::<rb_device_info>(),
+            device_id: s.device_id(),
+            block_size: g.block_size,
+            header_bytes: g.header_bytes,
+            slot_bytes: g.slot_bytes,
+            slot_count: g.slot_count,
+            meta_bytes: g.meta_bytes(),
+            data_base: g.data_base(),
+            max_key_bytes: g.max_key_bytes,
+            engine: engine_code(s.engine_kind()),
+            max_payload: g.max_payload(),
+            queue_depth: s.queue_depth() as u32,
+            read_only: s.is_read_only() as u32,
+            direct_io: s.is_direct() as u32,
+            reserved: 0,
+            indexed: s.len() as u64,
+        };
+        // SAFETY: out has struct_size writable bytes.
+        unsafe { write_out(out, info) }
+    })
+}
+
+/// Testing aid: makes reads of `slots` fail with `os_errno` inside the engine's real
+/// completion path. RB_FAULT_PERSISTENT: every read fails, batched and fallback;
+/// RB_FAULT_TRANSIENT: the next batched read fails, its per-slot retry succeeds;
+/// RB_FAULT_SUBMIT: the next submit fails as a whole (`slots` may be NULL).
+///
+/// # Safety
+/// `dev` is a live handle; `slots` has `n` readable entries.
+#[no_mangle]
+pub unsafe extern "C" fn rb_test_inject_read_faults(dev: *mut rb_device, slots: *const u64, n: usize, os_errno: i32, mode: u32) -> rb_status {
+    guard("rb_test_inject_read_faults", || {
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        let mode = match mode {
+            RB_FAULT_PERSISTENT => FaultMode::Persistent,
+            RB_FAULT_TRANSIENT => FaultMode::Transient,
+            RB_FAULT_SUBMIT => FaultMode::Submit,
+            m => return Err(invalid(format!("unknown fault mode {m}"))),
+        };
+        if os_errno <= 0 {
+            return Err(invalid(format!("os_errno must be a positive errno, not {os_errno}")));
+        }
+        let slots = if n == 0 {
+            &[][..]
+        } else if slots.is_null() {
+            return Err(invalid("slots is NULL but n is not 0"));
+        } else {
+            // SAFETY: slots has n readable entries.
+            unsafe { std::slice::from_raw_parts(slots, n) }
+        };
+        s.inject_read_faults(slots, os_errno, mode);
+        Ok(())
+    })
+}
+
+/// Testing aid: removes every injected fault.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_test_clear_read_faults(dev: *mut rb_device) -> rb_status {
+    guard("rb_test_clear_read_faults", || {
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.clear_read_faults();
+        Ok(())
+    })
+}

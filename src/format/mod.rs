@@ -93,9 +93,6 @@ impl<'a> Dec<'a> {
     pub fn u64(&mut self) -> Option<u64> {
         self.array().map(u64::from_le_bytes)
     }
-    pub fn pos(&self) -> usize {
-        self.pos
-    }
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -120,7 +117,7 @@ mod tests {
         assert_eq!(d.u32(), Some(7));
         assert_eq!(d.u64(), Some(u64::MAX));
         assert_eq!(d.crc_matches_prefix(), Some(true));
-        assert_eq!(d.pos(), 18);
+        assert_eq!(d.remaining(), 32 - 18);
         b[3] ^= 1;
         let mut d = Dec::new(&b);
         d.bytes(14).unwrap();

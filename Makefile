@@ -1,0 +1,40 @@
+# rawblock: build, test, bench. `make test` is what CI runs (via .ci/run).
+CARGO    ?= cargo
+PYTHON   ?= python3
+CC       ?= cc
+CBINDGEN_VERSION := 0.29.4
+CBINDGEN := target/tools/bin/cbindgen
+LIBDIR   := target/release
+LIB      := $(LIBDIR)/librawblock.so
+
+.PHONY: all build header check-header test rust-test c-test bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --lib --bins
+
+# cbindgen is pinned and installed under target/ so a fresh machine needs nothing by hand.
+$(CBINDGEN):
+	$(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --root target/tools
+
+header: $(CBINDGEN)
+	$(CBINDGEN) -q --config cbindgen.toml --crate rawblock --output include/rawblock.h
+
+check-header: $(CBINDGEN)
+	@mkdir -p target
+	$(CBINDGEN) -q --config cbindgen.toml --crate rawblock --output target/rawblock.h.generated
+	@diff -u include/rawblock.h target/rawblock.h.generated \
+	  || { echo "include/rawblock.h differs from the code: run 'make header' and commit it"; exit 1; }
+	@echo "header: include/rawblock.h matches the code"
+
+rust-test:
+	$(CARGO) test --release
+
+c-test: build
+	CC="$(CC)" bash c-tests/run.sh
+
+test: check-header rust-test c-test
+
+clean:
+	$(CARGO) clean

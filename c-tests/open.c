@@ -1,0 +1,57 @@
+/* Creating, opening and reopening devices, and what goes wrong when the device is not right. */
+#include "test.h"
+
+int main(void) {
+    char path[512];
+    test_path(path, sizeof path, "open");
+
+    CHECK(strlen(rb_version()) > 0, "rb_version() = %s", rb_version());
+    CHECK(rb_abi_version() == RB_ABI_VERSION, "rb_abi_version() == RB_ABI_VERSION");
+
+    rb_device *dev = test_create(path, 16 << 20, 256 << 10, RB_ENGINE_AUTO, 0);
+    rb_device_info info = {.struct_size = sizeof info};
+    CHECK_OK(rb_get_info(dev, &info));
+    CHECK(info.slot_count > 0 && info.slot_bytes == 256 << 10, "geometry: %llu slots of %llu bytes",
+          (unsigned long long)info.slot_count, (unsigned long long)info.slot_bytes);
+    CHECK(info.direct_io == 1, "O_DIRECT is on by default");
+    CHECK_OK(rb_put(dev, "k", 1, "value", 5));
+    CHECK_OK(rb_checkpoint(dev));
+
+    /* A second writer is refused while the first is open. */
+    rb_device *second = NULL;
+    CHECK_STATUS(rb_open(path, NULL, &second), RB_E_BUSY);
+    CHECK(second == NULL, "a failed open leaves *out NULL");
+    CHECK_OK(rb_close(dev));
+
+    /* Formatting over a rawblock device needs RB_OPEN_OVERWRITE_OK. */
+    rb_options o;
+    rb_options_init(&o);
+    o.flags = RB_OPEN_CREATE;
+    CHECK_STATUS(rb_open(path, &o, &dev), RB_E_EXISTS);
+
+    /* Reopen: reads and writes wait for rb_recover. */
+    CHECK_OK(rb_open(path, NULL, &dev));
+    bool found = true;
+    CHECK_STATUS(rb_contains(dev, "k", 1, &found), RB_E_STATE);
+    rb_recover_report rep = {.struct_size = sizeof rep};
+    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK(rep.indexed == 1 && rep.source == RB_RECOVERED_CHECKPOINT, "recovered 1 entry from the checkpoint");
+    CHECK_OK(rb_contains(dev, "k", 1, &found));
+    CHECK(found, "the key survived close and reopen");
+    CHECK_OK(rb_close(dev));
+    CHECK_OK(rb_close(NULL));
+
+    /* Not a rawblock device. */
+    char plain[512];
+    test_path(plain, sizeof plain, "plain");
+    int fd = open(plain, O_CREAT | O_WRONLY, 0644);
+    CHECK(fd >= 0 && ftruncate(fd, 1 << 20) == 0, "made a 1 MiB file of zeros");
+    close(fd);
+    CHECK_STATUS(rb_open(plain, NULL, &dev), RB_E_FORMAT);
+    CHECK_STATUS(rb_open("/nonexistent/rawblock.img", NULL, &dev), RB_E_IO);
+    CHECK_STATUS(rb_open("/", NULL, &dev), RB_E_INVALID_ARGUMENT);
+
+    unlink(path);
+    unlink(plain);
+    return test_finish("open");
+}

@@ -1,0 +1,151 @@
+//! What every exported function does at the boundary: catch panics, map
+//! errors to status codes, keep a thread-local message, check struct sizes.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CString};
+use std::panic::{self, AssertUnwindSafe};
+
+use super::types::*;
+use crate::error::{Error, Status};
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+pub(super) fn set_message(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|m| *m.borrow_mut() = c);
+}
+
+pub(super) fn message_ptr() -> *const c_char {
+    LAST_ERROR.with(|m| m.borrow().as_ptr())
+}
+
+/// Runs the body of an exported function named `name`: a panic becomes
+/// RB_E_PANIC, an error its status, and either sets the thread's message.
+pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_status {
+    match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_message("");
+            RB_OK
+        }
+        Ok(Err(e)) => {
+            set_message(&format!("{name}: {e}"));
+            e.status() as rb_status
+        }
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_message(&format!("{name}: internal panic: {what}"));
+            Status::Panic as rb_status
+        }
+    }
+}
+
+pub(super) fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Structs that cross the boundary begin with `size_t struct_size`. ABI 1 sizes
+/// are the minimum; a larger struct from a newer caller is accepted when the
+/// bytes this library does not know are zero.
+pub(super) trait Versioned: Copy + Default {
+    const NAME: &'static str;
+    /// Size of the struct in ABI version 1.
+    const MIN_SIZE: usize = std::mem::size_of::<Self>();
+    fn set_struct_size(&mut self);
+}
+
+/// Reads a versioned input struct; NULL yields the defaults.
+///
+/// # Safety
+/// `p` is NULL or points to at least `struct_size` readable bytes.
+pub(super) unsafe fn read_in<T: Versioned>(p: *const T) -> Result<T, Error> {
+    let mut v = T::default();
+    if p.is_null() {
+        return Ok(v);
+    }
+    // SAFETY: every versioned struct begins with a size_t the caller initialised.
+    let size = unsafe { p.cast::<usize>().read_unaligned() };
+    let ours = std::mem::size_of::<T>();
+    if size < T::MIN_SIZE {
+        return Err(invalid(format!(
+            "{}.struct_size is {size}, expected at least {} (initialise it with {}_init)",
+            T::NAME,
+            T::MIN_SIZE,
+            T::NAME
+        )));
+    }
+    if size > ours {
+        // SAFETY: the caller declared `size` readable bytes.
+        let extra = unsafe { std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours) };
+        if extra.iter().any(|&b| b != 0) {
+            return Err(Error::Unsupported(format!(
+                "{} has fields this library version does not know ({size} > {ours} bytes)",
+                T::NAME
+            )));
+        }
+    }
+    // SAFETY: at least min(size, ours) bytes are readable at p and v is a plain struct.
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut v as *mut T).cast::<u8>(), size.min(ours)) };
+    v.set_struct_size();
+    Ok(v)
+}
+
+/// Writes a versioned output struct, truncated to the caller's `struct_size`.
+///
+/// # Safety
+/// `p` is non-NULL and points to at least `struct_size` writable bytes.
+pub(super) unsafe fn write_out<T: Versioned>(p: *mut T, mut v: T) -> Result<(), Error> {
+    let size = unsafe { out_size::<T>(p)? };
+    v.set_struct_size();
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: the caller declared `size` writable bytes; struct_size itself is kept as theirs.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&v as *const T).cast::<u8>(), p.cast::<u8>(), n);
+        p.cast::<usize>().write_unaligned(size);
+    }
+    Ok(())
+}
+
+/// The caller's declared size of an output struct, checked against the minimum.
+///
+/// # Safety
+/// `p` is NULL or points to a struct beginning with an initialised size_t.
+pub(super) unsafe fn out_size<T: Versioned>(p: *const T) -> Result<usize, Error> {
+    if p.is_null() {
+        return Err(invalid(format!("{} pointer is NULL", T::NAME)));
+    }
+    // SAFETY: non-NULL and begins with the caller's size_t.
+    let size = unsafe { p.cast::<usize>().read_unaligned() };
+    if size < T::MIN_SIZE {
+        return Err(invalid(format!(
+            "{}.struct_size is {size}, expected at least {} (set it to sizeof({}))",
+            T::NAME,
+            T::MIN_SIZE,
+            T::NAME
+        )));
+    }
+    Ok(size)
+}
+
+/// A byte slice from a pointer and length; NULL is allowed only with length 0.
+///
+/// # Safety
+/// `p` points to `len` readable bytes when non-NULL.
+pub(super) unsafe fn bytes<'a>(p: *const std::ffi::c_void, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(invalid(format!("{what} is NULL but its length is {len}")));
+    }
+    if len > isize::MAX as usize {
+        return Err(invalid(format!("{what} length {len} is absurd")));
+    }
+    // SAFETY: the caller guarantees len readable bytes at p.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}

@@ -1,0 +1,296 @@
+//! The C types: status codes, flags and the structs that cross the boundary.
+#![allow(non_camel_case_types)]
+
+use super::boundary::Versioned;
+
+/// Status returned by every function: RB_OK (0) or a positive RB_E_* code.
+/// rb_last_error_message() says more about the last failure on this thread.
+pub type rb_status = i32;
+
+pub const RB_OK: rb_status = 0;
+/// A NULL pointer, a bad size or struct_size, an unknown flag or engine, a slot out of range.
+pub const RB_E_INVALID_ARGUMENT: rb_status = 1;
+/// The operating system reported an I/O error.
+pub const RB_E_IO: rb_status = 2;
+/// The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
+pub const RB_E_FORMAT: rb_status = 3;
+/// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+pub const RB_E_NO_SPACE: rb_status = 4;
+/// A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
+pub const RB_E_TOO_LARGE: rb_status = 5;
+pub const RB_E_NOT_FOUND: rb_status = 6;
+/// Stored bytes failed verification (header or payload CRC, or a header naming another value).
+pub const RB_E_CORRUPT: rb_status = 7;
+/// The output buffer is too small; the needed length was stored in *len.
+pub const RB_E_BUFFER_TOO_SMALL: rb_status = 8;
+/// An engine or feature this build or kernel does not offer.
+pub const RB_E_UNSUPPORTED: rb_status = 9;
+/// A write on a handle opened with RB_OPEN_READ_ONLY.
+pub const RB_E_READ_ONLY: rb_status = 10;
+/// Another handle or process has the device open for writing.
+pub const RB_E_BUSY: rb_status = 11;
+/// The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).
+pub const RB_E_STATE: rb_status = 12;
+/// RB_OPEN_CREATE found data on the device and RB_OPEN_OVERWRITE_OK was not given.
+pub const RB_E_EXISTS: rb_status = 13;
+/// An internal panic was caught at the boundary; the handle should be closed.
+pub const RB_E_PANIC: rb_status = 14;
+
+/// io_uring where the kernel allows it, otherwise POSIX.
+pub const RB_ENGINE_AUTO: u32 = 0;
+/// pread: serial when posix_threads is 1, else a pool of posix_threads threads.
+pub const RB_ENGINE_POSIX: u32 = 1;
+/// io_uring with registered buffers and file, at most queue_depth reads in flight.
+pub const RB_ENGINE_IO_URING: u32 = 2;
+/// NVMe passthrough (io_uring_cmd); not implemented yet: RB_E_UNSUPPORTED.
+pub const RB_ENGINE_URING_CMD: u32 = 3;
+
+/// Format the device with the options' geometry.
+pub const RB_OPEN_CREATE: u32 = 1;
+/// With RB_OPEN_CREATE: format even over a rawblock superblock or other data.
+pub const RB_OPEN_OVERWRITE_OK: u32 = 2;
+pub const RB_OPEN_READ_ONLY: u32 = 4;
+/// Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
+pub const RB_OPEN_BUFFERED: u32 = 8;
+/// O_DSYNC: every acknowledged write is durable across power loss.
+pub const RB_OPEN_SYNC_WRITES: u32 = 16;
+
+/// The checkpoint when one verifies, otherwise a scan of every slot header.
+pub const RB_RECOVER_AUTO: u32 = 0;
+/// The checkpoint only; none verifying leaves the index empty.
+pub const RB_RECOVER_CHECKPOINT: u32 = 1;
+/// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+pub const RB_RECOVER_SCAN: u32 = 2;
+/// Keep entries whose header read failed, unverified; rb_get verifies them when read.
+pub const RB_RECOVER_KEEP_UNREADABLE: u32 = 1;
+
+pub const RB_RECOVERED_NOTHING: u32 = 0;
+pub const RB_RECOVERED_CHECKPOINT: u32 = 1;
+pub const RB_RECOVERED_SCAN: u32 = 2;
+
+/// A well-formed header written by this device for this slot.
+pub const RB_HEADER_VALID: i32 = 0;
+/// No rawblock header: never written, deleted, or foreign bytes.
+pub const RB_HEADER_EMPTY: i32 = 1;
+/// A rawblock header failing its CRC (e.g. torn).
+pub const RB_HEADER_CORRUPT: i32 = 2;
+/// A well-formed header of another device (earlier format) or another slot (misdirected write).
+pub const RB_HEADER_FOREIGN: i32 = 3;
+/// The read failed; os_errno says why.
+pub const RB_HEADER_IO_ERROR: i32 = 4;
+
+/// Every read of the slots fails, batched and per-slot fallback alike.
+pub const RB_FAULT_PERSISTENT: u32 = 1;
+/// The next batched read of each slot fails; its per-slot retry succeeds.
+pub const RB_FAULT_TRANSIENT: u32 = 2;
+/// The next submit fails as a whole (slots are ignored); its reads fall back per slot.
+pub const RB_FAULT_SUBMIT: u32 = 3;
+
+/// Bytes of a key rb_slot_header carries inline; longer keys are truncated there.
+pub const RB_HEADER_KEY_INLINE: usize = 256;
+
+/// An open device. Safe to use from several threads at once; close it once, after every other call returned.
+pub struct rb_device {
+    pub(super) store: crate::Store,
+}
+
+/// Options for rb_open. Fill with rb_options_init(); 0 in any number means its default.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_options {
+    /// sizeof(rb_options), set by rb_options_init.
+    pub struct_size: usize,
+    /// RB_ENGINE_*.
+    pub engine: u32,
+    /// RB_OPEN_* bits.
+    pub flags: u32,
+    /// Threads of the POSIX engine (default 1, at most 256).
+    pub posix_threads: u32,
+    /// Most reads in flight for io_uring (default 128, clamped to 4096).
+    pub queue_depth: u32,
+    /// Formatting only: alignment of everything on the device (default: max(4096, logical block)).
+    pub block_size: u32,
+    /// Formatting only: bytes of a slot header (default 4096).
+    pub header_bytes: u32,
+    /// Formatting only: bytes of a slot, header included (default 1 MiB).
+    pub slot_bytes: u64,
+    /// Formatting only: bytes of the device to use (default: all of it; required for an empty file).
+    pub capacity_bytes: u64,
+    /// Formatting only: metadata region size (default: room for a checkpoint of every slot).
+    pub meta_bytes: u64,
+    /// Formatting only: longest key (default 1024).
+    pub max_key_bytes: u32,
+    pub reserved: u32,
+}
+
+/// Options for rb_recover. NULL means RB_RECOVER_AUTO with no flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_recover_options {
+    pub struct_size: usize,
+    /// RB_RECOVER_AUTO, RB_RECOVER_CHECKPOINT or RB_RECOVER_SCAN.
+    pub mode: u32,
+    /// RB_RECOVER_KEEP_UNREADABLE.
+    pub flags: u32,
+}
+
+/// Counters of batched header reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_io_stats {
+    pub struct_size: usize,
+    /// Reads issued on the batched path (io_uring SQEs, or first preads).
+    pub reads_submitted: u64,
+    /// io_uring_enter calls (POSIX: contiguous ranges dispatched).
+    pub submit_calls: u64,
+    /// Highest number of reads in flight at once.
+    pub max_in_flight: u64,
+    /// Per-slot synchronous reads after a failed batched read or submit.
+    pub fallbacks: u64,
+    /// EAGAIN/EINTR retries.
+    pub retries: u64,
+    /// Reads that failed even after their fallback.
+    pub failed: u64,
+    /// 1 when io_uring read into registered (fixed) buffers.
+    pub registered_buffers: u32,
+    /// 1 when io_uring used a registered file.
+    pub registered_file: u32,
+}
+
+/// What rb_recover did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_recover_report {
+    pub struct_size: usize,
+    /// RB_RECOVERED_*: what the index was rebuilt from.
+    pub source: u32,
+    /// RB_ENGINE_* that did the reads.
+    pub engine: u32,
+    /// Sequence of the checkpoint used, 0 if none.
+    pub checkpoint_sequence: u64,
+    pub checkpoint_entries: u64,
+    pub indexed: u64,
+    /// Headers that did not match their entry (magic, device, slot, generation, key, length, CRC) or superseded duplicates.
+    pub dropped_stale: u64,
+    /// Entries whose header read failed with an I/O error (dropped).
+    pub dropped_unreadable: u64,
+    /// Unreadable entries kept with RB_RECOVER_KEEP_UNREADABLE.
+    pub kept_unverified: u64,
+    /// Scan only: slots holding no header.
+    pub empty_slots: u64,
+    pub header_reads: u64,
+    pub elapsed_ns: u64,
+    pub checkpoint_load_ns: u64,
+    pub validate_ns: u64,
+    /// errno of the first unreadable header, 0 if none.
+    pub first_errno: i32,
+    /// Queue depth (io_uring) or thread count (POSIX) the engine ran with.
+    pub queue_depth: u32,
+    pub io: rb_io_stats,
+}
+
+/// One decoded slot header (rb_read_headers_batched).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rb_slot_header {
+    /// sizeof(rb_slot_header); set in out[0] by the caller.
+    pub struct_size: usize,
+    /// RB_HEADER_*.
+    pub status: i32,
+    /// With RB_HEADER_IO_ERROR: the errno of the failed read.
+    pub os_errno: i32,
+    pub slot: u64,
+    pub generation: u64,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+    /// Full key length; key[] holds its first RB_HEADER_KEY_INLINE bytes.
+    pub key_len: u32,
+    pub key: [u8; RB_HEADER_KEY_INLINE],
+}
+
+impl Default for rb_slot_header {
+    fn default() -> Self {
+        rb_slot_header {
+            struct_size: std::mem::size_of::<Self>(),
+            status: RB_HEADER_EMPTY,
+            os_errno: 0,
+            slot: 0,
+            generation: 0,
+            payload_len: 0,
+            payload_crc: 0,
+            key_len: 0,
+            key: [0; RB_HEADER_KEY_INLINE],
+        }
+    }
+}
+
+/// A device's geometry and the handle's settings (rb_get_info).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_device_info {
+    pub struct_size: usize,
+    pub device_id: [u8; 16],
+    pub block_size: u32,
+    pub header_bytes: u32,
+    pub slot_bytes: u64,
+    pub slot_count: u64,
+    pub meta_bytes: u64,
+    pub data_base: u64,
+    pub max_key_bytes: u32,
+    /// RB_ENGINE_* in use.
+    pub engine: u32,
+    pub max_payload: u64,
+    /// Queue depth (io_uring) or threads (POSIX) after clamping.
+    pub queue_depth: u32,
+    /// 1 for a read-only handle.
+    pub read_only: u32,
+    /// 1 when O_DIRECT is on.
+    pub direct_io: u32,
+    pub reserved: u32,
+    /// Keys indexed now.
+    pub indexed: u64,
+}
+
+macro_rules! versioned {
+    ($($t:ident),*) => {$(
+        impl Versioned for $t {
+            const NAME: &'static str = stringify!($t);
+            fn set_struct_size(&mut self) {
+                self.struct_size = std::mem::size_of::<Self>();
+            }
+        }
+    )*};
+}
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_device_info);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Status;
+
+    #[test]
+    fn status_constants_match_the_enum() {
+        let pairs = [
+            (RB_OK, Status::Ok),
+            (RB_E_INVALID_ARGUMENT, Status::InvalidArgument),
+            (RB_E_IO, Status::Io),
+            (RB_E_FORMAT, Status::Format),
+            (RB_E_NO_SPACE, Status::NoSpace),
+            (RB_E_TOO_LARGE, Status::TooLarge),
+            (RB_E_NOT_FOUND, Status::NotFound),
+            (RB_E_CORRUPT, Status::Corrupt),
+            (RB_E_BUFFER_TOO_SMALL, Status::BufferTooSmall),
+            (RB_E_UNSUPPORTED, Status::Unsupported),
+            (RB_E_READ_ONLY, Status::ReadOnly),
+            (RB_E_BUSY, Status::Busy),
+            (RB_E_STATE, Status::State),
+            (RB_E_EXISTS, Status::Exists),
+            (RB_E_PANIC, Status::Panic),
+        ];
+        for (code, status) in pairs {
+            assert_eq!(code, status as i32, "{status:?}");
+            assert_eq!(Status::from_code(code), Some(status));
+        }
+        assert_eq!(Status::from_code(99), None);
+    }
+}
