@@ -1,0 +1,279 @@
+/* Crash harness: a writer process puts, replaces, deletes and checkpoints in a loop and logs
+ * every operation (intent before the call, ack after it returned RB_OK) to a side log; the
+ * harness SIGKILLs it at a random moment, reopens the device, recovers and checks:
+ *  - open and recovery succeed;
+ *  - every indexed key's rb_get returns exactly the bytes last acknowledged for it, or those
+ *    of the one operation in flight when the writer died (never older, never torn, never
+ *    another key's; RB_E_CORRUPT is a failure too);
+ *  - a key whose last acknowledged operation is a delete is not indexed (unless that key's
+ *    put was in flight);
+ *  - every key that was in the last completed checkpoint and not touched afterwards is still
+ *    indexed, with the checkpointed value.
+ * The writer is killed by a signal, not a power cut: a write() that returned is in the page
+ * cache and survives, and the side log is fdatasync'ed all the same.
+ *
+ * RB_CRASH_ITERATIONS (default 200) and RB_CRASH_SEED (default: time) control the run.
+ */
+#include "test.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#define KEYS 40
+#define SLOT_BYTES (64 << 10)
+#define CAPACITY (8 << 20)
+
+enum op { OP_NONE = 0, OP_PUT = 'P', OP_DELETE = 'D', OP_CHECKPOINT = 'C' };
+
+static uint64_t rng_state;
+static uint64_t rng(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Deterministic value of (key, version): its length and bytes both depend on both. */
+static size_t value_of(int key, uint32_t version, uint8_t *buf, size_t max) {
+    size_t len = ((size_t)key * 977 + (size_t)version * 7919) % max;
+    uint32_t x = (uint32_t)key * 2654435761u ^ version * 40503u;
+    for (size_t i = 0; i < len; i++) {
+        x = x * 1103515245u + 12345u;
+        buf[i] = (uint8_t)(x >> 16);
+    }
+    return len;
+}
+
+static void key_name(int key, char *buf, size_t cap) { snprintf(buf, cap, "crash-key-%02d", key); }
+
+static void log_line(int fd, const char *line) {
+    size_t n = strlen(line);
+    if (write(fd, line, n) != (ssize_t)n || fdatasync(fd) != 0) _exit(3);
+}
+
+/* The writer: runs until killed. Versions continue from `first_version` so values stay unique. */
+static void writer(const char *path, const char *log_path, uint64_t seed, uint32_t first_version) {
+    rng_state = seed | 1;
+    int log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    if (log < 0) _exit(3);
+    rb_device *dev = NULL;
+    if (rb_open(path, NULL, &dev) != RB_OK) _exit(4);
+    if (rb_recover(dev, NULL, NULL) != RB_OK) _exit(5);
+    log_line(log, "R\n"); /* recovered: operations follow */
+    static uint8_t buf[SLOT_BYTES];
+    rb_device_info info = {.struct_size = sizeof info};
+    rb_get_info(dev, &info);
+    char name[32], line[64];
+    for (uint32_t version = first_version;; version++) {
+        uint64_t r = rng() % 100;
+        int key = (int)(rng() % KEYS);
+        key_name(key, name, sizeof name);
+        if (r < 8) {
+            log_line(log, "I C 0 0\n");
+            if (rb_checkpoint(dev) != RB_OK) _exit(6);
+        } else if (r < 25) {
+            snprintf(line, sizeof line, "I D %d 0\n", key);
+            log_line(log, line);
+            rb_status s = rb_delete(dev, name, strlen(name));
+            if (s != RB_OK && s != RB_E_NOT_FOUND) _exit(7);
+        } else {
+            size_t len = value_of(key, version, buf, info.max_payload);
+            snprintf(line, sizeof line, "I P %d %u\n", key, version);
+            log_line(log, line);
+            if (rb_put(dev, name, strlen(name), buf, len) != RB_OK) _exit(8);
+        }
+        log_line(log, "A\n");
+    }
+}
+
+/* What the harness knows of each key. */
+struct key_state {
+    int acked;            /* OP_NONE, OP_PUT or OP_DELETE: the last acknowledged operation */
+    uint32_t version;     /* of the last acknowledged put */
+    int inflight;         /* the unacknowledged operation on this key, if any */
+    uint32_t inflight_version;
+    int in_checkpoint;    /* in the last completed checkpoint, untouched since */
+    uint32_t checkpoint_version;
+};
+
+/* Applies the writer's log to the model. Returns the number of acknowledged operations. */
+static int replay(const char *log_path, struct key_state *keys) {
+    FILE *f = fopen(log_path, "r");
+    if (!f) return -1;
+    char line[128];
+    int acked = 0;
+    char op = 0;
+    int key = 0;
+    unsigned version = 0;
+    int pending = 0;
+    struct key_state ckpt_snapshot[KEYS];
+    for (int k = 0; k < KEYS; k++) keys[k].inflight = OP_NONE;
+    while (fgets(line, sizeof line, f)) {
+        if (line[strlen(line) - 1] != '\n') break; /* torn last record: never acknowledged */
+        if (line[0] == 'I') {
+            if (sscanf(line, "I %c %d %u", &op, &key, &version) != 3) break;
+            pending = 1;
+            if (op == 'C') memcpy(ckpt_snapshot, keys, sizeof ckpt_snapshot);
+        } else if (line[0] == 'A' && pending) {
+            pending = 0;
+            acked++;
+            if (op == 'C') {
+                for (int k = 0; k < KEYS; k++) {
+                    keys[k].in_checkpoint = ckpt_snapshot[k].acked == OP_PUT;
+                    keys[k].checkpoint_version = ckpt_snapshot[k].version;
+                }
+            } else {
+                keys[key].acked = op;
+                keys[key].in_checkpoint = 0; /* touched since the checkpoint */
+                if (op == 'P') keys[key].version = version;
+            }
+        }
+    }
+    fclose(f);
+    if (pending && op != 'C') {
+        keys[key].inflight = op;
+        keys[key].inflight_version = version;
+        keys[key].in_checkpoint = 0;
+    }
+    return acked;
+}
+
+static int verify(const char *path, struct key_state *keys, int iteration, rb_recover_report *rep) {
+    rb_options o;
+    rb_options_init(&o);
+    o.flags = RB_OPEN_READ_ONLY;
+    rb_device *dev = NULL;
+    rb_status s = rb_open(path, &o, &dev);
+    if (s != RB_OK) {
+        printf("FAIL iteration %d: reopen: %s\n", iteration, rb_last_error_message());
+        return 1;
+    }
+    *rep = (rb_recover_report){.struct_size = sizeof *rep};
+    s = rb_recover(dev, NULL, rep);
+    if (s != RB_OK) {
+        printf("FAIL iteration %d: recover: %s\n", iteration, rb_last_error_message());
+        rb_close(dev);
+        return 1;
+    }
+    static uint8_t got[SLOT_BYTES], want[SLOT_BYTES];
+    rb_device_info info = {.struct_size = sizeof info};
+    rb_get_info(dev, &info);
+    int failures = 0;
+    char name[32];
+    for (int k = 0; k < KEYS; k++) {
+        struct key_state *ks = &keys[k];
+        key_name(k, name, sizeof name);
+        size_t len = 0;
+        s = rb_get(dev, name, strlen(name), got, sizeof got, &len);
+        if (s == RB_E_NOT_FOUND) {
+            if (ks->in_checkpoint) {
+                printf("FAIL iteration %d: %s was in the last checkpoint, untouched since, and is gone\n", iteration, name);
+                failures++;
+            }
+            /* The next writer starts from what recovery found. */
+            ks->acked = OP_DELETE;
+            ks->inflight = OP_NONE;
+            ks->in_checkpoint = 0;
+            continue;
+        }
+        if (s != RB_OK) {
+            printf("FAIL iteration %d: get %s: %s\n", iteration, name, rb_last_error_message());
+            failures++;
+            continue;
+        }
+        int ok = 0;
+        if (ks->acked == OP_PUT) {
+            size_t n = value_of(k, ks->version, want, info.max_payload);
+            ok |= n == len && memcmp(want, got, n) == 0;
+        }
+        if (ks->inflight == OP_PUT) {
+            size_t n = value_of(k, ks->inflight_version, want, info.max_payload);
+            if (n == len && memcmp(want, got, n) == 0) {
+                ok = 1;
+                ks->acked = OP_PUT; /* the in-flight put landed: the next writer starts from it */
+                ks->version = ks->inflight_version;
+            }
+        }
+        ks->inflight = OP_NONE;
+        if (!ok) {
+            printf("FAIL iteration %d: %s holds %zu bytes that are neither its last acknowledged value "
+                   "(%s v%u) nor the one in flight\n",
+                   iteration, name, len, ks->acked == OP_PUT ? "put" : ks->acked == OP_DELETE ? "deleted" : "none",
+                   ks->version);
+            failures++;
+        }
+        if (ks->in_checkpoint && ks->version != ks->checkpoint_version) {
+            printf("FAIL iteration %d: model inconsistency for %s\n", iteration, name);
+            failures++;
+        }
+    }
+    rb_close(dev);
+    return failures;
+}
+
+int main(void) {
+    const char *it_env = getenv("RB_CRASH_ITERATIONS");
+    const char *seed_env = getenv("RB_CRASH_SEED");
+    int iterations = it_env ? atoi(it_env) : 200;
+    uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL);
+    printf("crash harness: %d iterations, RB_CRASH_SEED=%llu\n", iterations, (unsigned long long)seed);
+    rng_state = seed * 2654435761u | 1;
+
+    char path[512], log_path[512];
+    test_path(path, sizeof path, "crash");
+    test_path(log_path, sizeof log_path, "crash-log");
+    rb_device *dev = test_create(path, CAPACITY, SLOT_BYTES, RB_ENGINE_AUTO, 0);
+    rb_close(dev);
+
+    struct key_state keys[KEYS];
+    memset(keys, 0, sizeof keys);
+    int failures = 0, total_acked = 0, from_checkpoint = 0, from_scan = 0, stale = 0;
+    uint32_t version = 1;
+    for (int i = 0; i < iterations && failures == 0; i++) {
+        /* Every 25 iterations start over on a fresh format and kill early, so recoveries
+         * before the first checkpoint (full scans) are exercised too. */
+        int fresh = i > 0 && i % 25 == 0;
+        if (fresh) {
+            rb_close(test_create(path, CAPACITY, SLOT_BYTES, RB_ENGINE_AUTO, 0));
+            memset(keys, 0, sizeof keys);
+        }
+        pid_t pid = fork();
+        if (pid == 0) writer(path, log_path, rng(), version);
+        /* Kill somewhere between the writer's start-up and a few dozen operations in. */
+        long max_ns = fresh ? 3000000 : 25000000;
+        struct timespec ts = {0, (long)(500000 + rng() % max_ns)};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
+            printf("FAIL iteration %d: the writer exited on its own (status %d)\n", i, status);
+            failures++;
+            break;
+        }
+        int acked = replay(log_path, keys);
+        if (acked < 0) {
+            printf("FAIL iteration %d: no side log\n", i);
+            failures++;
+            break;
+        }
+        total_acked += acked;
+        version += 1000000; /* the next writer's versions never repeat this one's */
+        rb_recover_report rep;
+        failures += verify(path, keys, i, &rep);
+        from_checkpoint += rep.source == RB_RECOVERED_CHECKPOINT;
+        from_scan += rep.source == RB_RECOVERED_SCAN;
+        stale += (int)rep.dropped_stale;
+    }
+    printf("%d iterations, %d acknowledged operations checked; recovered from checkpoint %d times, "
+           "from a scan %d times; %d stale entries dropped\n",
+           iterations, total_acked, from_checkpoint, from_scan, stale);
+    CHECK(failures == 0, "every recovery returned only acknowledged (or in-flight) values and kept the checkpoint");
+    CHECK(total_acked > iterations, "the writer made progress (%d operations acknowledged)", total_acked);
+    CHECK(from_checkpoint > 0, "recoveries used checkpoints");
+    CHECK(iterations < 50 || from_scan > 0, "recoveries before the first checkpoint scanned the device");
+    unlink(path);
+    unlink(log_path);
+    return test_finish("crash");
+}
