@@ -245,7 +245,7 @@ fn checkpoint_too_large_keeps_the_older_one() {
 }
 
 #[test]
-fn torn_newer_checkpoint_falls_back_to_the_older() {
+fn checkpoint_with_torn_payload_falls_back_to_the_older() {
     let (p, s) = small("torn-ckpt");
     s.put(b"a", b"1").unwrap();
     s.checkpoint().unwrap(); // seq 1 in container A
@@ -365,4 +365,99 @@ fn concurrent_writers_and_readers_never_see_wrong_bytes() {
     });
     let free = lock(&s.state).index.free_slots() as u64;
     assert_eq!(free + s.len() as u64, s.geometry().slot_count, "no slot leaked");
+}
+
+#[test]
+fn half_written_slot_header_drops_only_that_entry() {
+    let (p, s) = small("half-header");
+    for i in 0..10 {
+        s.put(format!("k{i}").as_bytes(), &value(i, 100)).unwrap();
+    }
+    s.checkpoint().unwrap();
+    let off = header_offset(&s, b"k4");
+    let g = *s.geometry();
+    drop(s);
+    // A newer header for the same slot, torn after its first 512-byte sector.
+    let mut newer = vec![0u8; 4096];
+    let slot = (off - g.data_base()) / g.slot_bytes;
+    let id = {
+        let mut b = vec![0u8; 4096];
+        std::fs::File::open(&p).unwrap().read_exact_at(&mut b, 0).unwrap();
+        crate::format::Superblock::decode(&b, 512).unwrap().device_id
+    };
+    let long_key = vec![b'n'; 900];
+    SlotHeader { device_id: id, slot, generation: u64::MAX, payload_len: 1, payload_crc: 0, key: &long_key }.encode(&mut newer);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&newer[..512], off).unwrap();
+    drop(f);
+    let s = reopen(&p, EngineChoice::IoUring, true);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.indexed, r.dropped_stale), (9, 1));
+    assert!(!s.contains(b"k4").unwrap());
+    let mut out = vec![String::new()];
+    s.read_headers(&[slot], &mut out, &|_, h| format!("{h:?}")).unwrap();
+    assert_eq!(out[0], "State(Corrupt)");
+}
+
+#[test]
+fn checkpoint_copied_from_another_device_is_ignored() {
+    let (pa, a) = small("copy-a");
+    let (pb, b) = small("copy-b");
+    a.put(b"only-on-a", b"A").unwrap();
+    a.checkpoint().unwrap();
+    b.put(b"only-on-b", b"B").unwrap();
+    let g = *a.geometry();
+    drop((a, b));
+    // Copy A's whole metadata region after the superblock (both containers) onto B.
+    let len = (g.meta_bytes() - g.superblock_bytes()) as usize;
+    let mut meta = vec![0u8; len];
+    std::fs::File::open(&pa).unwrap().read_exact_at(&mut meta, g.superblock_bytes()).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&pb).unwrap().write_all_at(&meta, g.superblock_bytes()).unwrap();
+    let b = reopen(&pb, EngineChoice::Posix, true);
+    let r = b.recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }).unwrap();
+    assert_eq!((r.from, r.indexed), (RecoveredFrom::Nothing, 0), "A's checkpoint names another device id");
+    let r = b.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.from, r.indexed), (RecoveredFrom::Scan, 1));
+    assert_eq!(get(&b, b"only-on-b").unwrap(), b"B");
+    assert!(!b.contains(b"only-on-a").unwrap());
+}
+
+#[test]
+fn superblock_of_another_device_makes_every_header_foreign() {
+    let (pa, a) = small("sb-a");
+    let (pb, b) = small("sb-b");
+    a.put(b"x", b"A").unwrap();
+    b.put(b"x", b"B").unwrap();
+    b.checkpoint().unwrap();
+    drop((a, b));
+    let mut sb = vec![0u8; 4096];
+    std::fs::File::open(&pa).unwrap().read_exact_at(&mut sb, 0).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&pb).unwrap().write_all_at(&sb, 0).unwrap();
+    let b = reopen(&pb, EngineChoice::Posix, true);
+    let r = b.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!(r.from, RecoveredFrom::Scan, "B's checkpoint does not carry A's device id");
+    assert_eq!((r.indexed, r.dropped_stale), (0, 1), "B's header is foreign under A's id");
+}
+
+#[test]
+fn other_geometry_is_a_format_error_or_stale() {
+    let (p, s) = small("geometry");
+    s.put(b"k", b"v").unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    // Reformat with another slot size: old headers sit at other offsets and carry another id.
+    let opts = OpenOptions {
+        overwrite_ok: true,
+        geometry: GeometryRequest { slot_bytes: 128 * 1024, ..Default::default() },
+        ..create_opts(8 << 20)
+    };
+    drop(Store::open(&p, &opts).unwrap());
+    let s = reopen(&p, EngineChoice::Posix, true);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.from, r.indexed), (RecoveredFrom::Scan, 0));
+    drop(s);
+    // A superblock whose geometry does not fit the device is refused outright.
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(2 << 20).unwrap();
+    assert!(matches!(Store::open(&p, &OpenOptions::default()), Err(Error::Format(_))));
 }
