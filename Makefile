@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test bench clean
+.PHONY: all build header check-header test rust-test c-test readme-example bench clean
 
 all: build
 
@@ -34,7 +34,14 @@ rust-test:
 c-test: build
 	CC="$(CC)" bash c-tests/run.sh
 
-test: check-header rust-test c-test
+# The C example in README.md must compile and run as written.
+readme-example: build
+	@mkdir -p target
+	awk '/^```c$$/{on=1;next} /^```$$/{if(on){exit}} on' README.md > target/readme-example.c
+	$(CC) -std=c11 -Wall -Werror -Iinclude target/readme-example.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/readme-example
+	./target/readme-example
+
+test: check-header rust-test readme-example c-test
 
 clean:
 	$(CARGO) clean
