@@ -284,8 +284,8 @@ uint32_t rb_abi_version(void);
 // A static description of a status code; unknown codes give "unknown status".
 const char *rb_status_str(rb_status status);
 
-// The message of the last failed call on this thread ("" after a success).
-// Valid until the next rb_* call on this thread.
+// The message of the last failed call on this thread ("" if none failed yet).
+// Successful calls leave it unchanged; it stays valid until the next failing call on this thread.
 const char *rb_last_error_message(void);
 
 // Fills `opts` with the defaults and sets its struct_size.

@@ -25,10 +25,7 @@ pub(super) fn message_ptr() -> *const c_char {
 /// RB_E_PANIC, an error its status, and either sets the thread's message.
 pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_status {
     match panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => {
-            set_message("");
-            RB_OK
-        }
+        Ok(Ok(())) => RB_OK,
         Ok(Err(e)) => {
             set_message(&format!("{name}: {e}"));
             e.status() as rb_status

@@ -64,8 +64,8 @@ pub extern "C" fn rb_status_str(status: rb_status) -> *const c_char {
     s.as_ptr()
 }
 
-/// The message of the last failed call on this thread ("" after a success).
-/// Valid until the next rb_* call on this thread.
+/// The message of the last failed call on this thread ("" if none failed yet).
+/// Successful calls leave it unchanged; it stays valid until the next failing call on this thread.
 #[no_mangle]
 pub extern "C" fn rb_last_error_message() -> *const c_char {
     boundary::message_ptr()

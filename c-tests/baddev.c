@@ -1,0 +1,128 @@
+/* Bad devices and paths: each gets a clear status and message, and nothing durable is lost. */
+#include "test.h"
+
+#include <sys/stat.h>
+
+static rb_status create_with(const char *path, uint64_t capacity, uint64_t slot_bytes, uint32_t header_bytes,
+                             uint32_t block_size, uint32_t flags) {
+    rb_options o;
+    rb_options_init(&o);
+    o.flags = RB_OPEN_CREATE | flags;
+    o.capacity_bytes = capacity;
+    o.slot_bytes = slot_bytes;
+    o.header_bytes = header_bytes;
+    o.block_size = block_size;
+    rb_device *dev = NULL;
+    rb_status s = rb_open(path, &o, &dev);
+    rb_close(dev);
+    return s;
+}
+
+static void write_garbage(const char *path, off_t offset, size_t len) {
+    int fd = open(path, O_WRONLY);
+    char *junk = malloc(len);
+    for (size_t i = 0; i < len; i++) junk[i] = (char)(i * 37 + 11);
+    CHECK(fd >= 0 && pwrite(fd, junk, len, offset) == (ssize_t)len, "wrote %zu garbage bytes at %lld", len,
+          (long long)offset);
+    free(junk);
+    close(fd);
+}
+
+int main(void) {
+    char path[512], dir[512];
+    rb_device *dev = NULL;
+
+    /* Paths that are not devices. */
+    CHECK_STATUS(rb_open("/nonexistent/dir/dev.img", NULL, &dev), RB_E_IO);
+    test_path(dir, sizeof dir, "a-directory");
+    mkdir(dir, 0755);
+    CHECK_STATUS(rb_open(dir, NULL, &dev), RB_E_INVALID_ARGUMENT);
+    rmdir(dir);
+
+    /* An empty file cannot be formatted without a capacity; one too small for its geometry is refused. */
+    test_path(path, sizeof path, "baddev");
+    CHECK_STATUS(create_with(path, 0, 0, 0, 0, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, 1 << 20, 1 << 20, 0, 0, 0), RB_E_INVALID_ARGUMENT);
+    /* Unaligned and absurd geometries. */
+    CHECK_STATUS(create_with(path, 64 << 20, 1000000, 0, 0, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, 64 << 20, 1 << 20, 5000, 0, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, 64 << 20, 1 << 20, 0, 3000, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, 64 << 20, 1 << 20, 0, 1 << 20, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, 64 << 20, 4096, 4096, 0, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(create_with(path, UINT64_MAX, 1 << 20, 0, 0, 0), RB_E_IO); /* the file cannot grow that far */
+
+    /* A good device with durable data: every later mistake must leave it readable. */
+    dev = test_create(path, 32 << 20, 1 << 20, RB_ENGINE_AUTO, 0);
+    CHECK_OK(rb_put(dev, "durable", 7, "value", 5));
+    CHECK_OK(rb_checkpoint(dev));
+    rb_device_info info = {.struct_size = sizeof info};
+    CHECK_OK(rb_get_info(dev, &info));
+
+    /* Two handles opening one device for writing: the second is refused. */
+    rb_device *second = NULL;
+    CHECK_STATUS(rb_open(path, NULL, &second), RB_E_BUSY);
+    rb_options ro;
+    rb_options_init(&ro);
+    ro.flags = RB_OPEN_READ_ONLY;
+    CHECK_STATUS(rb_open(path, &ro, &second), RB_E_BUSY);
+    /* Formatting over it without RB_OPEN_OVERWRITE_OK is refused before anything is written. */
+    rb_close(dev);
+    CHECK_STATUS(create_with(path, 32 << 20, 1 << 20, 0, 0, 0), RB_E_EXISTS);
+
+    /* queue_depth 0 and 1,000,000: the default and the clamp, both reported. */
+    rb_options o;
+    rb_options_init(&o);
+    o.queue_depth = 0;
+    o.engine = RB_ENGINE_IO_URING;
+    CHECK_OK(rb_open(path, &o, &dev));
+    CHECK_OK(rb_get_info(dev, &info));
+    CHECK(info.queue_depth == 128, "queue_depth 0 means the default (got %u)", info.queue_depth);
+    rb_close(dev);
+    o.queue_depth = 1000000;
+    CHECK_OK(rb_open(path, &o, &dev));
+    CHECK_OK(rb_get_info(dev, &info));
+    CHECK(info.queue_depth == 4096, "queue_depth 1000000 is clamped to 4096 (got %u)", info.queue_depth);
+    rb_recover_report rep = {.struct_size = sizeof rep};
+    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK(rep.queue_depth == 4096 && rep.indexed == 1, "the report shows the clamped depth and the data");
+    rb_close(dev);
+
+    /* A write on a read-only handle. */
+    CHECK_OK(rb_open(path, &ro, &dev));
+    CHECK_OK(rb_recover(dev, NULL, NULL));
+    CHECK_STATUS(rb_put(dev, "x", 1, "y", 1), RB_E_READ_ONLY);
+    CHECK_STATUS(rb_delete(dev, "durable", 7), RB_E_READ_ONLY);
+    CHECK_STATUS(rb_checkpoint(dev), RB_E_READ_ONLY);
+    rb_close(dev);
+
+    /* Superblock fine, both checkpoint containers garbage: AUTO falls back to a scan and finds the data. */
+    write_garbage(path, (off_t)info.block_size, 8192);
+    write_garbage(path, (off_t)(info.block_size + (info.meta_bytes - info.block_size) / 2), 8192);
+    CHECK_OK(rb_open(path, &ro, &dev));
+    rb_recover_options rop;
+    rb_recover_options_init(&rop);
+    rop.mode = RB_RECOVER_CHECKPOINT;
+    CHECK_OK(rb_recover(dev, &rop, &rep));
+    CHECK(rep.source == RB_RECOVERED_NOTHING && rep.indexed == 0, "no checkpoint verifies: nothing, not an error");
+    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK(rep.source == RB_RECOVERED_SCAN && rep.indexed == 1, "AUTO scans and finds the durable key (indexed %llu)",
+          (unsigned long long)rep.indexed);
+    char buf[16];
+    size_t len = 0;
+    CHECK_OK(rb_get(dev, "durable", 7, buf, sizeof buf, &len));
+    CHECK(len == 5 && memcmp(buf, "value", 5) == 0, "the durable value is intact");
+    rb_close(dev);
+
+    /* An image shorter than its superblock says (a truncated copy). */
+    CHECK(truncate(path, (off_t)(info.data_base + info.slot_bytes)) == 0, "truncated the image");
+    CHECK_STATUS(rb_open(path, &ro, &dev), RB_E_FORMAT);
+    /* A corrupt superblock. */
+    write_garbage(path, 20, 4);
+    CHECK_STATUS(rb_open(path, &ro, &dev), RB_E_FORMAT);
+    /* Shorter than a superblock. */
+    CHECK(truncate(path, 100) == 0, "truncated to 100 bytes");
+    CHECK_STATUS(rb_open(path, &ro, &dev), RB_E_FORMAT);
+
+    unlink(path);
+    return test_finish("baddev");
+}
