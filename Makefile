@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test readme-example bench clean
+.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind bench clean
 
 all: build
 
@@ -41,7 +41,27 @@ readme-example: build
 	$(CC) -std=c11 -Wall -Werror -Iinclude target/readme-example.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/readme-example
 	./target/readme-example
 
-test: check-header rust-test readme-example c-test
+# The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
+sanitize: build
+	RB_TEST_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  RB_TEST_OUT=target/c-tests-asan CC="$(CC)" bash c-tests/run.sh
+
+# valgrind memcheck over the C tests that do not fork or spin many threads.
+VALGRIND_TESTS := open baddev
+valgrind: build
+	@if ! command -v valgrind >/dev/null; then echo "valgrind: skipped (valgrind is not installed)"; exit 0; fi; \
+	mkdir -p target/c-tests-valgrind/tmp; \
+	for t in $(VALGRIND_TESTS); do \
+	  $(CC) -std=c11 -g -O1 -Iinclude c-tests/$$t.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock \
+	    -o target/c-tests-valgrind/$$t || exit 1; \
+	  RB_TEST_TMP=$(CURDIR)/target/c-tests-valgrind/tmp valgrind -q --error-exitcode=9 --leak-check=full \
+	    --errors-for-leak-kinds=definite target/c-tests-valgrind/$$t > target/c-tests-valgrind/$$t.log 2>&1 \
+	    || { cat target/c-tests-valgrind/$$t.log; echo "valgrind: $$t FAILED"; exit 1; }; \
+	  echo "valgrind: $$t clean"; \
+	done
+
+# c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
+test: check-header rust-test readme-example sanitize valgrind c-test
 
 clean:
 	$(CARGO) clean

@@ -5,13 +5,14 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cc=${CC:-cc}
-out="$root/target/c-tests"
-export RB_TEST_TMP="$root/target/c-tests/tmp"
+# RB_TEST_CFLAGS adds flags (e.g. sanitizers); RB_TEST_OUT separates such builds.
+out="$root/${RB_TEST_OUT:-target/c-tests}"
+export RB_TEST_TMP="$out/tmp"
 mkdir -p "$out" "$RB_TEST_TMP"
 pass=0 fail=0 skip=0
 for src in "$root"/c-tests/*.c; do
   name=$(basename "$src" .c)
-  if ! "$cc" -std=c11 -Wall -Wextra -Werror -g -O1 -I"$root/include" "$src" \
+  if ! "$cc" -std=c11 -Wall -Wextra -Werror -g -O1 ${RB_TEST_CFLAGS:-} -I"$root/include" "$src" \
        -L"$root/target/release" -Wl,-rpath,"$root/target/release" -lrawblock -lpthread \
        -o "$out/$name" 2>"$out/$name.build.log"; then
     echo "FAIL $name (does not compile)"; cat "$out/$name.build.log"; fail=$((fail + 1)); continue
