@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind bench clean
+.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind fuzz bench clean
 
 all: build
 
@@ -62,6 +62,22 @@ valgrind: build
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
 test: check-header rust-test readme-example sanitize valgrind c-test
+
+# Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
+# Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into
+# fuzz/regressions/<target>/ so `cargo test` replays it from then on.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := superblock checkpoint slot_header open_recover
+CARGO_FUZZ := target/tools/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root target/tools
+
+fuzz: $(CARGO_FUZZ)
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz: skipped (no nightly toolchain: rustup toolchain install nightly)"; exit 0; }
+	for t in $(FUZZ_TARGETS); do \
+	  PATH="$(CURDIR)/target/tools/bin:$$PATH" cargo +nightly fuzz run $$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -162,7 +162,6 @@ pub unsafe extern "C" fn rb_open(path: *const c_char, opts: *const rb_options, o
         let path = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(path) }.to_bytes()));
         // SAFETY: NULL or a valid rb_options.
         let o = unsafe { read_in(opts) }?;
-        let o = if opts.is_null() { rb_options { posix_threads: 1, ..o } } else { o };
         let store = crate::Store::open(path, &open_options(&o)?)?;
         // SAFETY: out is non-NULL and writable.
         unsafe { out.write(Box::into_raw(Box::new(rb_device { store }))) };

@@ -153,11 +153,12 @@ impl Store {
             return Err(Error::ReadOnly);
         }
         let mut st = self.ready()?;
-        if !st.pending_invalidation.is_empty() {
-            let slots = std::mem::take(&mut st.pending_invalidation);
+        while let Some(slot) = st.pending_invalidation.pop() {
             drop(st);
-            for slot in slots {
-                self.invalidate(slot)?;
+            if let Err(e) = self.invalidate(slot) {
+                // Keep it pending: the next write tries again.
+                lock(&self.state).pending_invalidation.push(slot);
+                return Err(e);
             }
             st = self.ready()?;
         }
