@@ -9,6 +9,23 @@ cc=${CC:-cc}
 out="$root/${RB_TEST_OUT:-target/c-tests}"
 export RB_TEST_TMP="$out/tmp"
 mkdir -p "$out" "$RB_TEST_TMP"
+# A loop device with 4096-byte sectors for the tests that also run on a block device.
+loop=""
+if [ "$(id -u)" != 0 ]; then
+  export RB_TEST_BLOCK_DEVICE_SKIP="not root: cannot attach a loop device"
+elif ! command -v losetup >/dev/null; then
+  export RB_TEST_BLOCK_DEVICE_SKIP="losetup is not installed"
+else
+  truncate -s 96M "$RB_TEST_TMP/loop-backing.img"
+  if loop=$(losetup -f --show --direct-io=on --sector-size 4096 "$RB_TEST_TMP/loop-backing.img" 2>"$RB_TEST_TMP/losetup.err"); then
+    trap 'losetup -d "$loop"; rm -f "$RB_TEST_TMP/loop-backing.img"' EXIT
+    export RB_TEST_BLOCK_DEVICE="$loop"
+    echo "block device tests on $loop (4096-byte sectors)"
+  else
+    loop=""
+    export RB_TEST_BLOCK_DEVICE_SKIP="losetup failed: $(cat "$RB_TEST_TMP/losetup.err")"
+  fi
+fi
 pass=0 fail=0 skip=0
 for src in "$root"/c-tests/*.c; do
   name=$(basename "$src" .c)
