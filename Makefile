@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind fuzz bench clean
+.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind fuzz bench bench-smoke clean
 
 all: build
 
@@ -61,7 +61,7 @@ valgrind: build
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header rust-test readme-example sanitize valgrind c-test
+test: check-header rust-test readme-example bench-smoke sanitize valgrind c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into
@@ -78,6 +78,31 @@ fuzz: $(CARGO_FUZZ)
 	  PATH="$(CURDIR)/target/tools/bin:$$PATH" cargo +nightly fuzz run $$t fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
+
+# The main job: how fast does recovery go on this device, and is it right.
+# BENCH_ARGS adds rb-bench flags, e.g. BENCH_ARGS="--device-path /dev/nvme0n1 --cache-space-gb 512".
+BENCH_FIXTURE ?= target/bench/fixture.img
+BENCH_ARGS ?=
+bench: build
+	@if [ ! -e $(BENCH_FIXTURE) ]; then \
+	  ./target/release/rb-bench --device-path $(BENCH_FIXTURE) --prepare --i-understand-this-overwrites-device $(BENCH_ARGS); fi
+	./target/release/rb-bench --device-path $(BENCH_FIXTURE) --measure --io-engine posix io_uring --threads 1 8 \
+	  --repeats 5 --queue-depth 128 $$(command -v fio >/dev/null && echo --compare-fio) --json target/bench/last.json $(BENCH_ARGS)
+
+# rb-bench end to end on a tiny fixture (correctness only; make test runs it).
+bench-smoke: build
+	@rm -f target/bench/smoke.img; mkdir -p target/bench
+	./target/release/rb-bench --device-path target/bench/smoke.img --cache-space-gb 0.25 --prepare --i-understand-this-overwrites-device
+	@if ./target/release/rb-bench --device-path target/bench/smoke.img --cache-space-gb 0.25 --prepare 2>/dev/null; then \
+	  echo "bench-smoke: rb-bench formatted a device holding data without the overwrite flag"; exit 1; fi
+	@echo "bench-smoke: --prepare without --i-understand-this-overwrites-device refused a device holding data"
+	./target/release/rb-bench --device-path target/bench/smoke.img --measure --io-engine posix io_uring uring_cmd \
+	  --threads 1 8 --repeats 1 --queue-depth 32
+	@sum1=$$(sha256sum < target/bench/smoke.img); \
+	  ./target/release/rb-bench --device-path target/bench/smoke.img --measure --io-engine posix --threads 1 --repeats 1 >/dev/null; \
+	  [ "$$sum1" = "$$(sha256sum < target/bench/smoke.img)" ] || { echo "bench-smoke: --measure modified its fixture"; exit 1; }
+	@echo "bench-smoke: --measure left the fixture byte-for-byte unchanged"
+	@rm -f target/bench/smoke.img
 
 clean:
 	$(CARGO) clean

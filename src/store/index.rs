@@ -116,7 +116,13 @@ impl Index {
         slot_count: u64,
         entries: impl IntoIterator<Item = (&'k [u8], Entry)>,
     ) -> (Index, Vec<Entry>) {
-        let mut ix = Index { map: HashMap::new(), used: vec![0; slot_count.div_ceil(64) as usize], free: Vec::new() };
+        let entries = entries.into_iter();
+        // Sized up front: rehashing a growing map costs more than the inserts themselves.
+        let mut ix = Index {
+            map: HashMap::with_capacity(entries.size_hint().0),
+            used: vec![0; slot_count.div_ceil(64) as usize],
+            free: Vec::new(),
+        };
         let mut losers = Vec::new();
         for (key, e) in entries {
             if ix.is_used(e.slot) {
@@ -133,7 +139,6 @@ impl Index {
                 Displaced::Superseded(e) => losers.push(e),
             }
         }
-        ix.map.shrink_to_fit();
         ix.rebuild_free(slot_count);
         (ix, losers)
     }
