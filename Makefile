@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test readme-example sanitize valgrind fuzz bench bench-smoke clean
+.PHONY: all build header check-header test rust-test c-test py-test readme-example sanitize valgrind fuzz bench bench-smoke clean
 
 all: build
 
@@ -41,6 +41,15 @@ readme-example: build
 	$(CC) -std=c11 -Wall -Werror -Iinclude target/readme-example.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/readme-example
 	./target/readme-example
 
+# The Python package's tests, in a venv under target/ so a fresh machine needs nothing by hand.
+VENV := target/venv
+$(VENV)/bin/pytest:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet pytest
+
+py-test: build $(VENV)/bin/pytest
+	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q tests
+
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build
 	RB_TEST_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
@@ -61,7 +70,7 @@ valgrind: build
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header rust-test readme-example bench-smoke sanitize valgrind c-test
+test: check-header rust-test readme-example bench-smoke py-test sanitize valgrind c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into

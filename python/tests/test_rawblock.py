@@ -1,0 +1,151 @@
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import rawblock
+from rawblock import Device, Engine, Fault, HeaderStatus, RecoverMode, Source, Status
+
+# Scratch files live under target/ (O_DIRECT works there; /tmp may be tmpfs).
+SCRATCH = Path(__file__).resolve().parents[2] / "target" / "python-tests"
+
+
+@pytest.fixture
+def path(request):
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    p = SCRATCH / f"{request.node.name}-{os.getpid()}.img"
+    p.unlink(missing_ok=True)
+    yield str(p)
+    p.unlink(missing_ok=True)
+
+
+def create(path, **kw):
+    return Device.create(path, overwrite=True, capacity_bytes=16 << 20, slot_bytes=64 << 10, **kw)
+
+
+def test_version():
+    assert rawblock.version().count(".") == 2
+    assert rawblock.abi_version() == 1
+
+
+def test_round_trips_and_errors(path):
+    with create(path) as dev:
+        info = dev.info()
+        for n in [0, 1, 4095, 4096, 4097, info.max_payload]:
+            value = os.urandom(n)
+            dev.put(b"k%d" % n, value)
+            assert dev.get(b"k%d" % n) == value
+        assert b"k1" in dev and b"missing" not in dev
+        dev.put(b"k1", b"replaced")
+        assert dev.get(b"k1") == b"replaced"
+        dev.delete(b"k1")
+        with pytest.raises(rawblock.NotFound) as e:
+            dev.get(b"k1")
+        assert e.value.status == Status.NOT_FOUND and "not found" in e.value.message
+        assert isinstance(e.value, KeyError)
+        with pytest.raises(rawblock.RawblockError) as e:
+            dev.put(b"x" * (info.max_key_bytes + 1), b"v")
+        assert e.value.status == Status.TOO_LARGE and "key" in e.value.message
+        with pytest.raises(rawblock.RawblockError) as e:
+            dev.put(b"big", bytes(info.max_payload + 1))
+        assert e.value.status == Status.TOO_LARGE
+        with pytest.raises(TypeError):
+            dev.put("str is not bytes", b"v")
+
+
+def test_checkpoint_close_reopen_recover(path):
+    with create(path) as dev:
+        for i in range(50):
+            dev.put(b"key-%d" % i, b"value-%d" % i)
+        dev.checkpoint()
+    with Device.open(path, read_only=True, engine=Engine.POSIX, posix_threads=4) as dev:
+        with pytest.raises(rawblock.RawblockError) as e:
+            dev.get(b"key-1")
+        assert e.value.status == Status.STATE
+        r = dev.recover()
+        assert r.source == Source.CHECKPOINT and r.engine == Engine.POSIX
+        assert (r.checkpoint_sequence, r.checkpoint_entries, r.indexed) == (1, 50, 50)
+        assert (r.dropped_stale, r.dropped_unreadable, r.header_reads) == (0, 0, 50)
+        assert r.elapsed_ns > 0 and r.io.reads_submitted == 50
+        assert dev.get(b"key-7") == b"value-7"
+        with pytest.raises(rawblock.ReadOnly):
+            dev.put(b"x", b"y")
+        scan = dev.recover(RecoverMode.SCAN)
+        assert scan.source == Source.SCAN and scan.indexed == 50
+        assert scan.empty_slots == dev.info().slot_count - 50
+
+
+def test_headers_and_faults(path):
+    with create(path, engine=Engine.IO_URING, queue_depth=8) as dev:
+        for i in range(20):
+            dev.put(b"h-%02d" % i, b"v" * i)
+        heads = dev.read_headers_batched([5, 0, 25])
+        assert [h.slot for h in heads] == [5, 0, 25]
+        assert heads[0].status == HeaderStatus.VALID and heads[0].key == b"h-05" and heads[0].payload_len == 5
+        assert heads[2].status == HeaderStatus.EMPTY
+        dev.inject_read_faults([3], errno.EIO, Fault.PERSISTENT)
+        heads = dev.read_headers_batched(range(20))
+        assert heads[3].status == HeaderStatus.IO_ERROR and heads[3].os_errno == errno.EIO
+        assert all(h.status == HeaderStatus.VALID for i, h in enumerate(heads) if i != 3)
+        dev.clear_read_faults()
+        dev.io_stats(reset=True)
+        dev.inject_read_faults([4], errno.EIO, Fault.TRANSIENT)
+        assert all(h.status == HeaderStatus.VALID for h in dev.read_headers_batched(range(20)))
+        stats = dev.io_stats()
+        assert stats.fallbacks == 1 and stats.failed == 0 and stats.registered_buffers
+        with pytest.raises(rawblock.RawblockError) as e:
+            dev.read_headers_batched([dev.info().slot_count])
+        assert e.value.status == Status.INVALID_ARGUMENT and "out of range" in e.value.message
+
+
+def test_open_errors(path):
+    with pytest.raises(rawblock.RawblockError) as e:
+        Device.open(path)
+    assert e.value.status == Status.IO
+    Path(path).write_bytes(bytes(1 << 20))
+    with pytest.raises(rawblock.RawblockError) as e:
+        Device.open(path)
+    assert e.value.status == Status.FORMAT and "never formatted" in e.value.message
+    with pytest.raises(rawblock.RawblockError) as e:
+        Device.create(path, capacity_bytes=16 << 20, engine=Engine.URING_CMD, overwrite=True)
+    assert e.value.status == Status.UNSUPPORTED
+    dev = create(path)
+    with pytest.raises(rawblock.Busy):
+        Device.open(path)
+    dev.close()
+    dev.close()  # idempotent
+    with pytest.raises(rawblock.RawblockError):
+        dev.put(b"k", b"v")
+
+
+def test_context_manager_closes(path):
+    with create(path) as dev:
+        dev.put(b"k", b"v")
+        dev.checkpoint()
+    # The lock is released, so a new writer can open it.
+    with Device.open(path) as again:
+        assert again.recover().indexed == 1
+
+
+def test_threads_share_a_device(path):
+    with create(path) as dev:
+        errors = []
+
+        def work(t):
+            try:
+                for i in range(50):
+                    key = b"t%d-%d" % (t, i % 5)
+                    dev.put(key, key * 10)
+                    assert dev.get(key) == key * 10
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert dev.info().indexed == 20
