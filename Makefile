@@ -7,12 +7,16 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test rust-test c-test py-test readme-example sanitize valgrind fuzz bench bench-smoke clean
+.PHONY: all build header check-header test install install-test abi-snapshot abi-check abi-update examples-test rust-test c-test py-test readme-example sanitize valgrind fuzz bench bench-smoke clean
 
 all: build
 
+ABI      := 1
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
 build:
 	$(CARGO) build --release --lib --bins
+	@ln -sf librawblock.so $(LIBDIR)/librawblock.so.$(ABI)  # the SONAME, for programs linked in-tree
 
 # cbindgen is pinned and installed under target/ so a fresh machine needs nothing by hand.
 $(CBINDGEN):
@@ -70,7 +74,7 @@ valgrind: build
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header rust-test readme-example bench-smoke py-test sanitize valgrind c-test
+test: check-header abi-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into
@@ -112,6 +116,66 @@ bench-smoke: build
 	  [ "$$sum1" = "$$(sha256sum < target/bench/smoke.img)" ] || { echo "bench-smoke: --measure modified its fixture"; exit 1; }
 	@echo "bench-smoke: --measure left the fixture byte-for-byte unchanged"
 	@rm -f target/bench/smoke.img
+
+# The C++ and Go examples: each formats, puts, checkpoints, reopens, recovers and verifies.
+CXX ?= c++
+examples-test: build
+	@mkdir -p target/examples
+	$(CXX) -std=c++17 -Wall -Wextra -Werror -Iinclude examples/cpp/roundtrip.cpp -L$(LIBDIR) \
+	  -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/examples/roundtrip-cpp
+	./target/examples/roundtrip-cpp target/examples/cpp.img
+	@if command -v go >/dev/null; then \
+	  cd examples/go && GOFLAGS=-mod=mod CGO_LDFLAGS="-Wl,-rpath,$(CURDIR)/$(LIBDIR)" GOCACHE=$(CURDIR)/target/go-cache \
+	    go run ./cmd/roundtrip $(CURDIR)/target/examples/go.img; \
+	else echo "examples-test: Go example skipped (no Go toolchain; apt-get install golang-go to run it)"; fi
+
+# make install PREFIX=/usr/local [DESTDIR=...]: the library with its SONAME and symlinks,
+# the header, and rawblock.pc for pkg-config.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI).0.0
+	ln -sf librawblock.so.$(ABI).0.0 $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI)
+	ln -sf librawblock.so.$(ABI) $(DESTDIR)$(PREFIX)/lib/librawblock.so
+	install -m 0644 include/rawblock.h $(DESTDIR)$(PREFIX)/include/rawblock.h
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+	  'Name: rawblock' 'Description: Fixed-size KV-cache slots on a raw block device, with fast index recovery' \
+	  'Version: $(VERSION)' 'Libs: -L$${libdir} -lrawblock' 'Cflags: -I$${includedir}' \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/rawblock.pc
+
+# Installs into a scratch prefix and builds a C program with pkg-config against it.
+install-test:
+	@rm -rf target/install-test && mkdir -p target/install-test
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/target/install-test/prefix
+	@readelf -d target/install-test/prefix/lib/librawblock.so.$(ABI).0.0 | grep -q 'SONAME.*\[librawblock.so.$(ABI)\]' \
+	  || { echo "install-test: SONAME is not librawblock.so.$(ABI)"; exit 1; }
+	PKG_CONFIG_PATH=$(CURDIR)/target/install-test/prefix/lib/pkgconfig sh -c \
+	  '$(CC) -std=c11 -Wall -Werror c-tests/open.c -o target/install-test/open $$(pkg-config --cflags --libs rawblock) \
+	   -Wl,-rpath,$(CURDIR)/target/install-test/prefix/lib'
+	@mkdir -p target/install-test/tmp
+	RB_TEST_TMP=$(CURDIR)/target/install-test/tmp ./target/install-test/open > target/install-test/open.log \
+	  || { cat target/install-test/open.log; exit 1; }
+	@ldd target/install-test/open | grep -q "librawblock.so.$(ABI) => $(CURDIR)/target/install-test/prefix/lib" \
+	  || { echo "install-test: the program did not load the installed library"; ldd target/install-test/open; exit 1; }
+	@echo "install-test: built with pkg-config against an installed copy (SONAME librawblock.so.$(ABI)) and ran"
+
+# ABI guard: the exported symbols and the header's declarations must match the committed
+# expectations in c-tests/abi/. An intended change: run 'make abi-update' and commit them.
+ABI_DIR := c-tests/abi
+abi-snapshot: build
+	@mkdir -p $(ABI_DIR) target/abi
+	nm -D --defined-only $(LIB) | awk '$$2 == "T" {print $$3}' | sort > target/abi/symbols
+	sed -e 's|//.*||' -e 's|[[:space:]]*$$||' include/rawblock.h | grep -v '^$$' | sed -n '/^#define RAWBLOCK_H/,$$p' > target/abi/decls
+
+abi-check: abi-snapshot
+	@diff -u $(ABI_DIR)/symbols target/abi/symbols && diff -u $(ABI_DIR)/header.decls target/abi/decls \
+	  || { echo "abi-check: the ABI changed. If intended, bump RB_ABI_VERSION when incompatible, run 'make abi-update' and commit $(ABI_DIR)"; exit 1; }
+	@echo "abi-check: $$(wc -l < $(ABI_DIR)/symbols) exported symbols and the header declarations match $(ABI_DIR)"
+
+abi-update: abi-snapshot
+	cp target/abi/symbols $(ABI_DIR)/symbols
+	cp target/abi/decls $(ABI_DIR)/header.decls
 
 clean:
 	$(CARGO) clean

@@ -20,7 +20,8 @@ use crate::error::{Error, Status};
 use crate::format::{GeometryRequest, SlotState};
 use crate::store::{HeaderRead, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
-/// ABI version: bumped on any incompatible change to this header.
+/// ABI version: bumped on any incompatible change to this header. It is also the
+/// SONAME's number (librawblock.so.1); build.rs sets it and a test keeps the two equal.
 pub const RB_ABI_VERSION: u32 = 1;
 
 static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -107,6 +108,12 @@ pub unsafe extern "C" fn rb_recover_options_init(opts: *mut rb_recover_options) 
         unsafe { opts.write(o) };
         Ok(())
     })
+}
+
+#[cfg(test)]
+#[test]
+fn soname_matches_the_abi_version() {
+    assert_eq!(env!("RAWBLOCK_SONAME_ABI"), RB_ABI_VERSION.to_string());
 }
 
 fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {

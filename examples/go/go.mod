@@ -1,0 +1,3 @@
+module rawblock.example/go
+
+go 1.19
