@@ -1,0 +1,107 @@
+/* Bad arguments: each returns the right code and leaves a message; nothing crashes. */
+#include "test.h"
+
+int main(void) {
+    char path[512];
+    test_path(path, sizeof path, "args");
+    rb_device *dev = test_create(path, 16 << 20, 64 << 10, RB_ENGINE_AUTO, 0);
+    rb_device_info info = {.struct_size = sizeof info};
+    CHECK_OK(rb_get_info(dev, &info));
+    char buf[64];
+    size_t len;
+    bool found;
+
+    /* NULL pointers. */
+    rb_device *tmp = NULL;
+    CHECK_STATUS(rb_open(NULL, NULL, &tmp), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_open(path, NULL, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_put(NULL, "k", 1, "v", 1), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_put(dev, NULL, 1, "v", 1), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_put(dev, "k", 1, NULL, 5), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_get(dev, "k", 1, buf, sizeof buf, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_get(dev, "k", 1, NULL, 10, &len), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_contains(dev, "k", 1, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_delete(NULL, "k", 1), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_checkpoint(NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_recover(NULL, NULL, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_get_info(dev, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_get_io_stats(dev, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_options_init(NULL), RB_E_INVALID_ARGUMENT);
+    uint64_t slot = 0;
+    CHECK_STATUS(rb_read_headers_batched(dev, NULL, 1, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_OK(rb_read_headers_batched(dev, NULL, 0, NULL));
+    CHECK_STATUS(rb_put(dev, "", 0, "v", 1), RB_E_INVALID_ARGUMENT);
+
+    /* struct_size: zero, too small, larger with unknown non-zero fields, larger with zeros. */
+    struct {
+        rb_options o;
+        uint64_t future;
+    } big;
+    rb_options o;
+    rb_options_init(&o);
+    o.struct_size = 0;
+    CHECK_STATUS(rb_open(path, &o, &tmp), RB_E_INVALID_ARGUMENT);
+    CHECK(tmp == NULL, "a failed open leaves *out NULL");
+    o.struct_size = sizeof o - 8;
+    CHECK_STATUS(rb_open(path, &o, &tmp), RB_E_INVALID_ARGUMENT);
+    rb_options_init(&big.o);
+    big.o.struct_size = sizeof big;
+    big.future = 1;
+    CHECK_STATUS(rb_open(path, &big.o, &tmp), RB_E_UNSUPPORTED);
+    rb_close(dev);
+    big.future = 0;
+    big.o.flags = RB_OPEN_READ_ONLY;
+    rb_device *ro = NULL;
+    CHECK_OK(rb_open(path, &big.o, &ro)); /* a larger struct whose unknown tail is zero is accepted */
+    rb_close(ro);
+    rb_slot_header h = {.struct_size = 8};
+    rb_device *d = test_create(path, 16 << 20, 64 << 10, RB_ENGINE_AUTO, 0);
+    CHECK_STATUS(rb_read_headers_batched(d, &slot, 1, &h), RB_E_INVALID_ARGUMENT);
+    rb_recover_report small = {.struct_size = 16};
+    CHECK_STATUS(rb_get_info(d, (rb_device_info *)&small), RB_E_INVALID_ARGUMENT);
+
+    /* Unknown engine, flags, modes. */
+    rb_options_init(&o);
+    o.engine = 99;
+    CHECK_STATUS(rb_open(path, &o, &tmp), RB_E_INVALID_ARGUMENT);
+    rb_options_init(&o);
+    o.flags = 1u << 30;
+    CHECK_STATUS(rb_open(path, &o, &tmp), RB_E_INVALID_ARGUMENT);
+    rb_options_init(&o);
+    o.flags = RB_OPEN_CREATE | RB_OPEN_READ_ONLY;
+    CHECK_STATUS(rb_open(path, &o, &tmp), RB_E_INVALID_ARGUMENT);
+    rb_recover_options ropts;
+    rb_recover_options_init(&ropts);
+    ropts.mode = 7;
+    CHECK_STATUS(rb_recover(d, &ropts, NULL), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_test_inject_read_faults(d, &slot, 1, EIO, 42), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_test_inject_read_faults(d, &slot, 1, -5, RB_FAULT_PERSISTENT), RB_E_INVALID_ARGUMENT);
+
+    /* Sizes: key too long, value too large, slot out of range. */
+    static char longkey[4096];
+    memset(longkey, 'k', sizeof longkey);
+    CHECK_STATUS(rb_put(d, longkey, info.max_key_bytes + 1, "v", 1), RB_E_TOO_LARGE);
+    CHECK_OK(rb_put(d, longkey, info.max_key_bytes, "v", 1));
+    static uint8_t huge[128 << 10];
+    CHECK_STATUS(rb_put(d, "big", 3, huge, info.max_payload + 1), RB_E_TOO_LARGE);
+    slot = info.slot_count;
+    rb_slot_header hs = {.struct_size = sizeof hs};
+    CHECK_STATUS(rb_read_headers_batched(d, &slot, 1, &hs), RB_E_INVALID_ARGUMENT);
+
+    /* A read-only handle written. */
+    rb_close(d);
+    rb_options_init(&o);
+    o.flags = RB_OPEN_READ_ONLY;
+    CHECK_OK(rb_open(path, &o, &ro));
+    CHECK_OK(rb_recover(ro, NULL, NULL));
+    CHECK_STATUS(rb_put(ro, "k", 1, "v", 1), RB_E_READ_ONLY);
+    CHECK_OK(rb_contains(ro, longkey, info.max_key_bytes, &found));
+    CHECK(found, "the read-only handle still reads");
+    rb_close(ro);
+
+    /* Status strings. */
+    CHECK(strcmp(rb_status_str(RB_E_CORRUPT), "corrupt data detected") == 0, "rb_status_str names codes");
+    CHECK(strcmp(rb_status_str(-42), "unknown status") == 0, "rb_status_str survives unknown codes");
+    unlink(path);
+    return test_finish("args");
+}
