@@ -18,7 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// ABI version: bumped on any incompatible change to this header.
+// ABI version: bumped on any incompatible change to this header. It is also the
+// SONAME's number (librawblock.so.1); build.rs sets it and a test keeps the two equal.
 #define RB_ABI_VERSION 1
 
 // io_uring where the kernel allows it, otherwise POSIX.

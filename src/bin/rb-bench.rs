@@ -22,7 +22,7 @@ use rawblock::{OpenOptions, Store};
 const USAGE: &str = "usage: rb-bench [--device-path PATH] [--cache-space-gb GB] [--slot-bytes N] [--header-bytes N]
                 [--prepare --i-understand-this-overwrites-device] [--prepare-threads N] [--max-entries N]
                 [--measure] [--io-engine posix io_uring uring_cmd] [--threads 1 8] [--repeats 5]
-                [--queue-depth 128] [--compare-fio] [--buffered] [--json FILE]
+                [--queue-depth 128] [--recover-mode auto|checkpoint|scan] [--compare-fio] [--buffered] [--json FILE]
 defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-gb 64, --slot-bytes 1048576";
 
 struct Args {
@@ -41,6 +41,7 @@ struct Args {
     queue_depth: usize,
     compare_fio: bool,
     buffered: bool,
+    recover_mode: RecoverMode,
     json: Option<PathBuf>,
 }
 
@@ -61,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         queue_depth: 128,
         compare_fio: false,
         buffered: false,
+        recover_mode: RecoverMode::Auto,
         json: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -104,6 +106,14 @@ fn parse_args() -> Result<Args, String> {
             "--queue-depth" => a.queue_depth = one(&flag, values(&mut i))?,
             "--compare-fio" => a.compare_fio = true,
             "--buffered" => a.buffered = true,
+            "--recover-mode" => {
+                a.recover_mode = match one::<String>(&flag, values(&mut i))?.as_str() {
+                    "auto" => RecoverMode::Auto,
+                    "checkpoint" => RecoverMode::Checkpoint,
+                    "scan" => RecoverMode::Scan,
+                    other => return Err(format!("--recover-mode: {other:?} is not auto, checkpoint or scan")),
+                }
+            }
             "--json" => a.json = Some(PathBuf::from(one::<String>(&flag, values(&mut i))?)),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -326,7 +336,7 @@ fn run_once(args: &Args, v: &Variant) -> Result<Run, String> {
     }
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    let report = store.recover(&RecoverOptions { mode: RecoverMode::Auto, keep_unreadable: false }).map_err(|e| e.to_string())?;
+    let report = store.recover(&RecoverOptions { mode: args.recover_mode, keep_unreadable: false }).map_err(|e| e.to_string())?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_time() - cpu0;
     Ok(Run { seconds, cpu, report, index_bytes_per_entry: store.index_bytes_per_entry() })
@@ -361,19 +371,26 @@ fn measure(args: &Args) -> Result<bool, String> {
         machine,
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
-    let mut ok = true;
-    let mut expected: Option<u64> = None;
+    // What --prepare wrote: the entries of its checkpoint (a scan must find the same).
+    let (expected, geometry) = {
+        let opts = OpenOptions { read_only: true, buffered: args.buffered, ..Default::default() };
+        let store = Store::open(&args.device, &opts).map_err(|e| format!("{e} (run --prepare first?)"))?;
+        let r = store
+            .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, keep_unreadable: false })
+            .map_err(|e| e.to_string())?;
+        (r.checkpoint_entries, *store.geometry())
+    };
+    println!("fixture: {expected} entries prepared; recover mode {:?}", args.recover_mode);
+    let mut ok = expected > 0;
     let mut summaries: Vec<Summary> = Vec::new();
-    let mut geometry = None;
     for v in variants(args) {
         let mut runs = Vec::new();
         for _ in 0..args.repeats {
             match run_once(args, &v) {
                 Ok(r) => {
                     println!("{}: {:.3}s, indexed={}", v.label, r.seconds, r.report.indexed);
-                    let n = *expected.get_or_insert(r.report.checkpoint_entries);
-                    if r.report.indexed != n || n == 0 {
-                        println!("{}: indexed={} but the prepared checkpoint holds {n} entries", v.label, r.report.indexed);
+                    if r.report.indexed != expected {
+                        println!("{}: indexed={} but {expected} entries were prepared", v.label, r.report.indexed);
                         ok = false;
                     }
                     runs.push(r);
@@ -383,10 +400,6 @@ fn measure(args: &Args) -> Result<bool, String> {
                     break;
                 }
             }
-        }
-        if geometry.is_none() {
-            let opts = OpenOptions { read_only: true, buffered: args.buffered, ..Default::default() };
-            geometry = Store::open(&args.device, &opts).ok().map(|s| *s.geometry());
         }
         if !runs.is_empty() {
             let median = stats(&runs.iter().map(|r| r.seconds).collect::<Vec<_>>()).0;
@@ -436,10 +449,10 @@ fn measure(args: &Args) -> Result<bool, String> {
     }
     json.push(']');
     if args.compare_fio {
-        if let (Some(g), Some(n), Some(uring)) =
-            (geometry, expected, summaries.iter().find(|s| s.label.starts_with("io_uring")))
-        {
-            match fio_rate(args, g.data_base(), g.slot_bytes, n) {
+        if let Some(uring) = summaries.iter().find(|s| s.label.starts_with("io_uring")) {
+            // fio reads as many headers as the recovery did (a scan reads every slot).
+            let reads = uring.runs[0].report.header_reads;
+            match fio_rate(args, geometry.data_base(), geometry.slot_bytes, reads) {
                 Ok(fio) => {
                     let ours = uring.runs[0].report.header_reads as f64 / uring.median;
                     println!("fio io_uring qd={}: {fio:.0} reads/s; rawblock {}: {ours:.0} headers/s = {:.2} of fio", args.queue_depth, uring.label, ours / fio);
@@ -448,7 +461,7 @@ fn measure(args: &Args) -> Result<bool, String> {
                 Err(e) => println!("fio: skipped ({e})"),
             }
         } else {
-            println!("fio: skipped (needs an io_uring variant and a prepared fixture)");
+            println!("fio: skipped (needs an io_uring variant)");
         }
     }
     json.push('}');
