@@ -57,6 +57,22 @@ int main(void) {
     rb_slot_header h = {.struct_size = 8};
     rb_device *d = test_create(path, 16 << 20, 64 << 10, RB_ENGINE_AUTO, 0);
     CHECK_STATUS(rb_read_headers_batched(d, &slot, 1, &h), RB_E_INVALID_ARGUMENT);
+    /* A caller built against a larger rb_slot_header: every element is written at its stride. */
+    struct newer_header {
+        rb_slot_header h;
+        uint64_t future;
+    } newer[3];
+    memset(newer, 0, sizeof newer);
+    for (int i = 0; i < 3; i++) newer[i].future = 0xABCD;
+    newer[0].h.struct_size = sizeof newer[0];
+    uint64_t three[3] = {0, 1, 2};
+    CHECK_OK(rb_put(d, "stride", 6, "v", 1));
+    CHECK_OK(rb_read_headers_batched(d, three, 3, &newer[0].h));
+    int strided = 1;
+    for (int i = 0; i < 3; i++)
+        strided &= newer[i].h.slot == (uint64_t)i && newer[i].h.struct_size == sizeof newer[0] && newer[i].future == 0xABCD;
+    CHECK(strided && newer[0].h.status == RB_HEADER_VALID && newer[1].h.status == RB_HEADER_EMPTY,
+          "a larger element stride is honoured and unknown fields are left alone");
     rb_recover_report small = {.struct_size = 16};
     CHECK_STATUS(rb_get_info(d, (rb_device_info *)&small), RB_E_INVALID_ARGUMENT);
 

@@ -96,16 +96,27 @@ pub(super) unsafe fn read_in<T: Versioned>(p: *const T) -> Result<T, Error> {
 ///
 /// # Safety
 /// `p` is non-NULL and points to at least `struct_size` writable bytes.
-pub(super) unsafe fn write_out<T: Versioned>(p: *mut T, mut v: T) -> Result<(), Error> {
+pub(super) unsafe fn write_out<T: Versioned>(p: *mut T, v: T) -> Result<(), Error> {
+    // SAFETY: p is checked for NULL and begins with the caller's size_t.
     let size = unsafe { out_size::<T>(p)? };
+    // SAFETY: the caller declared `size` writable bytes at p.
+    unsafe { write_sized(p, v, size) };
+    Ok(())
+}
+
+/// Writes the first `size` bytes of `v` (all of it if `size` is larger) and
+/// stores `size` as its struct_size.
+///
+/// # Safety
+/// `p` points to at least `min(size, size_of::<T>())` writable bytes, `size >= T::MIN_SIZE`.
+pub(super) unsafe fn write_sized<T: Versioned>(p: *mut T, mut v: T, size: usize) {
     v.set_struct_size();
     let n = size.min(std::mem::size_of::<T>());
-    // SAFETY: the caller declared `size` writable bytes; struct_size itself is kept as theirs.
+    // SAFETY: per the contract above; struct_size is kept as the caller's.
     unsafe {
         std::ptr::copy_nonoverlapping((&v as *const T).cast::<u8>(), p.cast::<u8>(), n);
         p.cast::<usize>().write_unaligned(size);
     }
-    Ok(())
 }
 
 /// The caller's declared size of an output struct, checked against the minimum.

@@ -12,7 +12,7 @@ use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use boundary::{bytes, guard, invalid, out_size, read_in, write_out, Versioned};
+use boundary::{bytes, guard, invalid, out_size, read_in, write_out, write_sized, Versioned};
 use types::*;
 
 use crate::engine::{BatchStats, EngineChoice, EngineConfig, EngineKind, FaultMode};
@@ -444,8 +444,8 @@ pub unsafe extern "C" fn rb_read_headers_batched(dev: *mut rb_device, slots: *co
             let mut tmp = vec![rb_slot_header::default(); n];
             s.read_headers(slots, &mut tmp, &slot_header)?;
             for (i, h) in tmp.into_iter().enumerate() {
-                // SAFETY: element i lies within the n * stride writable bytes.
-                unsafe { write_out(out.cast::<u8>().add(i * stride).cast::<rb_slot_header>(), h) }?;
+                // SAFETY: element i lies within the n * stride writable bytes; stride >= MIN_SIZE.
+                unsafe { write_sized(out.cast::<u8>().add(i * stride).cast::<rb_slot_header>(), h, stride) };
             }
         }
         Ok(())
