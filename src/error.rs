@@ -1,5 +1,6 @@
 //! One error type for the crate, and the status codes it maps to at the C boundary.
 
+use std::ffi::CStr;
 use std::io;
 
 /// Status codes returned by every C-ABI function. Values are part of the ABI.
@@ -24,23 +25,24 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    /// A static, NUL-terminated description (what rb_status_str returns).
+    pub fn description(self) -> &'static CStr {
         match self {
-            Status::Ok => "ok",
-            Status::InvalidArgument => "invalid argument",
-            Status::Io => "I/O error",
-            Status::Format => "not a usable rawblock device (format)",
-            Status::NoSpace => "no space",
-            Status::TooLarge => "too large",
-            Status::NotFound => "not found",
-            Status::Corrupt => "corrupt data detected",
-            Status::BufferTooSmall => "buffer too small",
-            Status::Unsupported => "unsupported",
-            Status::ReadOnly => "read-only handle",
-            Status::Busy => "device busy",
-            Status::State => "invalid state for this call",
-            Status::Exists => "device holds data",
-            Status::Panic => "internal panic",
+            Status::Ok => c"ok",
+            Status::InvalidArgument => c"invalid argument",
+            Status::Io => c"I/O error",
+            Status::Format => c"not a usable rawblock device",
+            Status::NoSpace => c"no space",
+            Status::TooLarge => c"too large",
+            Status::NotFound => c"not found",
+            Status::Corrupt => c"corrupt data detected",
+            Status::BufferTooSmall => c"buffer too small",
+            Status::Unsupported => c"unsupported",
+            Status::ReadOnly => c"read-only handle",
+            Status::Busy => c"device busy",
+            Status::State => c"invalid state for this call",
+            Status::Exists => c"device holds data",
+            Status::Panic => c"internal panic",
         }
     }
 

@@ -44,25 +44,7 @@ pub extern "C" fn rb_abi_version() -> u32 {
 /// A static description of a status code; unknown codes give "unknown status".
 #[no_mangle]
 pub extern "C" fn rb_status_str(status: rb_status) -> *const c_char {
-    let s: &'static CStr = match Status::from_code(status) {
-        Some(Status::Ok) => c"ok",
-        Some(Status::InvalidArgument) => c"invalid argument",
-        Some(Status::Io) => c"I/O error",
-        Some(Status::Format) => c"not a usable rawblock device",
-        Some(Status::NoSpace) => c"no space",
-        Some(Status::TooLarge) => c"too large",
-        Some(Status::NotFound) => c"not found",
-        Some(Status::Corrupt) => c"corrupt data detected",
-        Some(Status::BufferTooSmall) => c"buffer too small",
-        Some(Status::Unsupported) => c"unsupported",
-        Some(Status::ReadOnly) => c"read-only handle",
-        Some(Status::Busy) => c"device busy",
-        Some(Status::State) => c"invalid state for this call",
-        Some(Status::Exists) => c"device holds data",
-        Some(Status::Panic) => c"internal panic",
-        None => c"unknown status",
-    };
-    s.as_ptr()
+    Status::from_code(status).map_or(c"unknown status", Status::description).as_ptr()
 }
 
 /// The message of the last failed call on this thread ("" if none failed yet).
