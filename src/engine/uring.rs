@@ -33,7 +33,7 @@ impl UringEngine {
     /// Sets up the first ring; an error here means io_uring is unusable.
     pub fn new(dev: &Device, queue_depth: usize, record_len: usize) -> io::Result<UringEngine> {
         let depth = queue_depth.clamp(1, MAX_QUEUE_DEPTH);
-        let first = UringQueue::new(dev.fd(), depth, record_len)?;
+        let first = UringQueue::new(dev.fd(), depth, record_len, true)?;
         Ok(UringEngine {
             fd: dev.fd(),
             depth,
@@ -86,7 +86,7 @@ impl UringEngine {
             if pool.created < MAX_RINGS {
                 pool.created += 1;
                 drop(pool);
-                let q = UringQueue::new(self.fd, self.depth, self.record_len);
+                let q = UringQueue::new(self.fd, self.depth, self.record_len, true);
                 if q.is_err() {
                     self.lock().created -= 1;
                 }
@@ -123,7 +123,8 @@ pub(crate) struct UringQueue {
 }
 
 impl UringQueue {
-    fn new(fd: RawFd, depth: usize, record_len: usize) -> io::Result<UringQueue> {
+    /// `register`: try registered buffers and file (false only in tests of the plain path).
+    fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> io::Result<UringQueue> {
         let entries = depth.next_power_of_two() as u32;
         // COOP_TASKRUN avoids interrupting the task for completions; SINGLE_ISSUER and
         // DEFER_TASKRUN would pin a ring to one thread, which a shared pool cannot promise.
@@ -133,9 +134,10 @@ impl UringQueue {
             .or_else(|_| IoUring::new(entries))?;
         let mut arena = AlignedBuf::zeroed(depth * record_len);
         let iov = libc::iovec { iov_base: arena.as_mut_ptr().cast(), iov_len: arena.len() };
+        // Refused (RLIMIT_MEMLOCK, old kernels): plain reads, and the stats say so.
         // SAFETY: the arena outlives the ring (field order) and is never reallocated.
-        let fixed_buffers = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
-        let fixed_file = ring.submitter().register_files(&[fd]).is_ok();
+        let fixed_buffers = register && unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+        let fixed_file = register && ring.submitter().register_files(&[fd]).is_ok();
         Ok(UringQueue { ring, arena, record_len, depth, fd, fixed_buffers, fixed_file, poisoned: false })
     }
 }
@@ -179,5 +181,39 @@ impl ReadQueue for UringQueue {
 
     fn poison(&mut self) {
         self.poisoned = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::OpenMode;
+    use crate::engine::{FaultTable, ReadCtx, ReadPlan};
+
+    /// The plain-read path (registration refused) and the fixed path return the same bytes.
+    #[test]
+    fn plain_and_registered_reads_agree() {
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/uring"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("plain-{}.img", std::process::id()));
+        let mut bytes = vec![0u8; 300 * 4096];
+        for (i, chunk) in bytes.chunks_mut(4096).enumerate() {
+            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let dev = Device::open(&path, OpenMode::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let faults = FaultTable::default();
+        let ctx = ReadCtx { dev: &dev, faults: &faults, plan: ReadPlan { base: 0, stride: 4096, len: 4096 } };
+        let slots: Vec<u64> = (0..300).rev().collect();
+        for register in [false, true] {
+            let mut q = UringQueue::new(dev.fd(), 16, 4096, register).unwrap();
+            assert_eq!((q.fixed_buffers, q.fixed_file), (register, register));
+            let mut got = vec![u64::MAX; slots.len()];
+            let mut stats = BatchStats::default();
+            window::drive(&mut q, ctx, &slots, &mut |i, r| got[i] = u64::from_le_bytes(r.unwrap()[..8].try_into().unwrap()), &mut stats);
+            assert_eq!(got, slots, "register={register}");
+            assert_eq!((stats.max_in_flight, stats.fallbacks), (16, 0));
+        }
     }
 }

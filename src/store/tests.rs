@@ -461,3 +461,35 @@ fn other_geometry_is_a_format_error_or_stale() {
     f.set_len(2 << 20).unwrap();
     assert!(matches!(Store::open(&p, &OpenOptions::default()), Err(Error::Format(_))));
 }
+
+#[test]
+fn concurrent_batched_reads_each_get_a_ring_or_wait() {
+    let (p, s) = small("rings");
+    for i in 0..40 {
+        s.put(format!("k{i:02}").as_bytes(), b"v").unwrap();
+    }
+    drop(s);
+    let s = reopen(&p, EngineChoice::IoUring, false);
+    s.recover(&RecoverOptions::default()).unwrap();
+    s.reset_io_stats();
+    let slots: Vec<u64> = (0..40).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    let mut out = vec![String::new(); slots.len()];
+                    s.read_headers(&slots, &mut out, &|slot, h| match h {
+                        HeaderRead::State(SlotState::Valid(h)) => format!("{slot}:{}", String::from_utf8_lossy(h.key)),
+                        other => format!("{slot}:{other:?}"),
+                    })
+                    .unwrap();
+                    let mut keys: Vec<String> = out.iter().map(|o| o.split(':').nth(1).unwrap().to_string()).collect();
+                    keys.sort();
+                    assert_eq!(keys, (0..40).map(|i| format!("k{i:02}")).collect::<Vec<_>>());
+                    assert!(out.iter().zip(&slots).all(|(o, s)| o.starts_with(&format!("{s}:"))));
+                }
+            });
+        }
+    });
+    assert_eq!(s.io_stats().reads_submitted, 8 * 50 * 40);
+}
