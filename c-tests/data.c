@@ -154,6 +154,22 @@ int main(void) {
     CHECK(h.status == RB_HEADER_FOREIGN, "rb_read_headers_batched calls it foreign (status %d)", h.status);
     CHECK_OK(rb_close(dev));
 
+    /* RB_RECOVER_SCRUB_FREE finds the header of a put the crash cut off from the checkpoint. */
+    dev = test_create(path, 32 << 20, 256 << 10, RB_ENGINE_AUTO, 0);
+    CHECK_OK(rb_put(dev, "k", 1, "v1", 2));
+    CHECK_OK(rb_checkpoint(dev));
+    CHECK_OK(rb_put(dev, "k", 1, "v2", 2));
+    CHECK_OK(rb_close(dev));
+    CHECK_OK(rb_open(path, NULL, &dev));
+    rb_recover_options scrub;
+    rb_recover_options_init(&scrub);
+    scrub.flags = RB_RECOVER_SCRUB_FREE;
+    CHECK_OK(rb_recover(dev, &scrub, &rep));
+    CHECK(rep.indexed == 0 && rep.orphans == 1, "the checkpointed v1 is stale and v2 is an orphan (%llu orphans)",
+          (unsigned long long)rep.orphans);
+    CHECK(rep.header_reads == 1 + info.slot_count, "one read for the entry and one per free slot");
+    CHECK_OK(rb_close(dev));
+
     unlink(path);
     return test_finish("data");
 }

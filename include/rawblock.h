@@ -60,6 +60,11 @@
 // Keep entries whose header read failed, unverified; rb_get verifies them when read.
 #define RB_RECOVER_KEEP_UNREADABLE 1
 
+// Checkpoint recovery: also read every free slot's header. Valid headers there (orphans: puts a
+// crash cut off from the checkpoint) are invalidated before the first write, so a later full
+// scan cannot bring a deleted key back. Costs one header read per free slot.
+#define RB_RECOVER_SCRUB_FREE 2
+
 #define RB_RECOVERED_NOTHING 0
 
 #define RB_RECOVERED_CHECKPOINT 1
@@ -185,6 +190,8 @@ typedef struct rb_recover_report {
   // Queue depth (io_uring) or thread count (POSIX) the engine ran with.
   uint32_t queue_depth;
   struct rb_io_stats io;
+  // With RB_RECOVER_SCRUB_FREE: valid headers found in free slots.
+  uint64_t orphans;
 } rb_recover_report;
 
 // One decoded slot header (rb_read_headers_batched).

@@ -99,7 +99,7 @@ pub fn open_recover(data: &[u8]) {
     let opts = OpenOptions { read_only: true, buffered: true, ..Default::default() };
     let Ok(s) = crate::Store::open(&path, &opts) else { return };
     for mode in [RecoverMode::Auto, RecoverMode::Checkpoint, RecoverMode::Scan] {
-        if s.recover(&RecoverOptions { mode, keep_unreadable: true }).is_err() {
+        if s.recover(&RecoverOptions { mode, keep_unreadable: true, scrub_free: true }).is_err() {
             continue;
         }
         let mut buf = vec![0u8; s.geometry().max_payload() as usize];

@@ -17,6 +17,7 @@
 #define RB_RECOVER_CHECKPOINT 1
 #define RB_RECOVER_SCAN 2
 #define RB_RECOVER_KEEP_UNREADABLE 1
+#define RB_RECOVER_SCRUB_FREE 2
 #define RB_RECOVERED_NOTHING 0
 #define RB_RECOVERED_CHECKPOINT 1
 #define RB_RECOVERED_SCAN 2
@@ -79,6 +80,7 @@ typedef struct rb_recover_report {
   int32_t first_errno;
   uint32_t queue_depth;
   struct rb_io_stats io;
+  uint64_t orphans;
 } rb_recover_report;
 typedef struct rb_slot_header {
   size_t struct_size;

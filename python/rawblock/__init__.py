@@ -83,7 +83,7 @@ class Fault(IntEnum):
 
 
 _OPEN_CREATE, _OPEN_OVERWRITE_OK, _OPEN_READ_ONLY, _OPEN_BUFFERED, _OPEN_SYNC_WRITES = 1, 2, 4, 8, 16
-_RECOVER_KEEP_UNREADABLE = 1
+_RECOVER_KEEP_UNREADABLE, _RECOVER_SCRUB_FREE = 1, 2
 
 
 class RawblockError(Exception):
@@ -170,6 +170,7 @@ class RecoverReport:
     first_errno: int
     queue_depth: int
     io: IoStats
+    orphans: int
 
 
 @dataclass(frozen=True)
@@ -300,18 +301,19 @@ class Device:
     def checkpoint(self) -> None:
         _check(_L.rb_checkpoint(self._handle()))
 
-    def recover(self, mode: RecoverMode = RecoverMode.AUTO, keep_unreadable: bool = False) -> RecoverReport:
+    def recover(self, mode: RecoverMode = RecoverMode.AUTO, keep_unreadable: bool = False,
+                scrub_free: bool = False) -> RecoverReport:
         opts = _lib.RecoverOptions()
         _check(_L.rb_recover_options_init(ctypes.byref(opts)))
         opts.mode = int(mode)
-        opts.flags = _RECOVER_KEEP_UNREADABLE if keep_unreadable else 0
+        opts.flags = (_RECOVER_KEEP_UNREADABLE if keep_unreadable else 0) | (_RECOVER_SCRUB_FREE if scrub_free else 0)
         r = _lib.RecoverReport()
         r.struct_size = ctypes.sizeof(r)
         _check(_L.rb_recover(self._handle(), ctypes.byref(opts), ctypes.byref(r)))
         return RecoverReport(Source(r.source), Engine(r.engine), r.checkpoint_sequence, r.checkpoint_entries,
                              r.indexed, r.dropped_stale, r.dropped_unreadable, r.kept_unverified, r.empty_slots,
                              r.header_reads, r.elapsed_ns, r.checkpoint_load_ns, r.validate_ns, r.first_errno,
-                             r.queue_depth, IoStats._from(r.io))
+                             r.queue_depth, IoStats._from(r.io), r.orphans)
 
     def read_headers_batched(self, slots: Iterable[int]) -> list[SlotHeader]:
         slots = list(slots)

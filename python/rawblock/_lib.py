@@ -64,6 +64,7 @@ class RecoverReport(ctypes.Structure):
         ("first_errno", ctypes.c_int32),
         ("queue_depth", ctypes.c_uint32),
         ("io", IoStats),
+        ("orphans", ctypes.c_uint64),
     ]
 
 

@@ -72,6 +72,7 @@ def test_checkpoint_close_reopen_recover(path):
         assert dev.get(b"key-7") == b"value-7"
         with pytest.raises(rawblock.ReadOnly):
             dev.put(b"x", b"y")
+        assert dev.recover(scrub_free=True).orphans == 0
         scan = dev.recover(RecoverMode.SCAN)
         assert scan.source == Source.SCAN and scan.indexed == 50
         assert scan.empty_slots == dev.info().slot_count - 50

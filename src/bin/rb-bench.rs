@@ -336,7 +336,7 @@ fn run_once(args: &Args, v: &Variant) -> Result<Run, String> {
     }
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    let report = store.recover(&RecoverOptions { mode: args.recover_mode, keep_unreadable: false }).map_err(|e| e.to_string())?;
+    let report = store.recover(&RecoverOptions { mode: args.recover_mode, ..Default::default() }).map_err(|e| e.to_string())?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_time() - cpu0;
     Ok(Run { seconds, cpu, report, index_bytes_per_entry: store.index_bytes_per_entry() })
@@ -376,7 +376,7 @@ fn measure(args: &Args) -> Result<bool, String> {
         let opts = OpenOptions { read_only: true, buffered: args.buffered, ..Default::default() };
         let store = Store::open(&args.device, &opts).map_err(|e| format!("{e} (run --prepare first?)"))?;
         let r = store
-            .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, keep_unreadable: false })
+            .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() })
             .map_err(|e| e.to_string())?;
         (r.checkpoint_entries, *store.geometry())
     };

@@ -331,6 +331,7 @@ fn report(r: &RecoverReport, queue_depth: usize) -> rb_recover_report {
         first_errno: r.first_errno,
         queue_depth: queue_depth as u32,
         io: io_stats(&r.io),
+        orphans: r.orphans,
     }
 }
 
@@ -356,10 +357,14 @@ pub unsafe extern "C" fn rb_recover(dev: *mut rb_device, opts: *const rb_recover
             RB_RECOVER_SCAN => RecoverMode::Scan,
             m => return Err(invalid(format!("unknown recover mode {m}"))),
         };
-        if o.flags & !RB_RECOVER_KEEP_UNREADABLE != 0 {
+        if o.flags & !(RB_RECOVER_KEEP_UNREADABLE | RB_RECOVER_SCRUB_FREE) != 0 {
             return Err(invalid(format!("unknown recover flags {:#x}", o.flags)));
         }
-        let r = s.recover(&RecoverOptions { mode, keep_unreadable: o.flags & RB_RECOVER_KEEP_UNREADABLE != 0 })?;
+        let r = s.recover(&RecoverOptions {
+            mode,
+            keep_unreadable: o.flags & RB_RECOVER_KEEP_UNREADABLE != 0,
+            scrub_free: o.flags & RB_RECOVER_SCRUB_FREE != 0,
+        })?;
         if !out.is_null() {
             // SAFETY: checked above.
             unsafe { write_out(out, report(&r, s.queue_depth())) }?;

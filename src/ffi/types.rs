@@ -63,6 +63,10 @@ pub const RB_RECOVER_CHECKPOINT: u32 = 1;
 pub const RB_RECOVER_SCAN: u32 = 2;
 /// Keep entries whose header read failed, unverified; rb_get verifies them when read.
 pub const RB_RECOVER_KEEP_UNREADABLE: u32 = 1;
+/// Checkpoint recovery: also read every free slot's header. Valid headers there (orphans: puts a
+/// crash cut off from the checkpoint) are invalidated before the first write, so a later full
+/// scan cannot bring a deleted key back. Costs one header read per free slot.
+pub const RB_RECOVER_SCRUB_FREE: u32 = 2;
 
 pub const RB_RECOVERED_NOTHING: u32 = 0;
 pub const RB_RECOVERED_CHECKPOINT: u32 = 1;
@@ -187,6 +191,8 @@ pub struct rb_recover_report {
     /// Queue depth (io_uring) or thread count (POSIX) the engine ran with.
     pub queue_depth: u32,
     pub io: rb_io_stats,
+    /// With RB_RECOVER_SCRUB_FREE: valid headers found in free slots.
+    pub orphans: u64,
 }
 
 /// One decoded slot header (rb_read_headers_batched).

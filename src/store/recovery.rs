@@ -26,6 +26,11 @@ pub struct RecoverOptions {
     pub mode: RecoverMode,
     /// Keep entries whose header read failed, marked unverified, instead of dropping them.
     pub keep_unreadable: bool,
+    /// Checkpoint recovery: also read the header of every slot the index leaves free. A valid
+    /// header there is an orphan, written after the checkpoint by a put the crash cut off; on a
+    /// writable handle it is invalidated before the first write, so no later scan can bring it
+    /// back after the key was deleted.
+    pub scrub_free: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub struct RecoverReport {
     pub kept_unverified: u64,
     /// Scan only: slots holding no header.
     pub empty_slots: u64,
+    /// With `scrub_free`: valid headers found in free slots (invalidated before the first write).
+    pub orphans: u64,
     pub header_reads: u64,
     pub elapsed_ns: u64,
     pub checkpoint_load_ns: u64,
@@ -103,6 +110,7 @@ impl Store {
             dropped_unreadable: 0,
             kept_unverified: 0,
             empty_slots: 0,
+            orphans: 0,
             header_reads: 0,
             elapsed_ns: 0,
             checkpoint_load_ns: load_ns,
@@ -115,7 +123,7 @@ impl Store {
             (RecoverMode::Scan, _) | (RecoverMode::Auto, None) => true,
             _ => false,
         };
-        let (index, losers) = if scan {
+        let (index, mut invalidate) = if scan {
             self.rebuild_from_scan(&mut report)
         } else if let Some(ck) = &loaded {
             let entries = ck.entries().map_err(Error::Corrupt)?;
@@ -126,6 +134,9 @@ impl Store {
         } else {
             (Index::new(self.sb.geometry.slot_count), Vec::new())
         };
+        if opts.scrub_free && report.from == RecoveredFrom::Checkpoint {
+            invalidate.extend(self.find_orphans(&index, &mut report));
+        }
         report.validate_ns = validate_start.elapsed().as_nanos() as u64;
         report.indexed = index.len() as u64;
         let newest_generation = index.iter().map(|(_, e)| e.generation).max().unwrap_or(0);
@@ -133,9 +144,9 @@ impl Store {
         st.index = index;
         st.pending_invalidation.clear();
         if !self.is_read_only() {
-            for loser in losers {
-                st.index.reserve(loser.slot);
-                st.pending_invalidation.push(loser.slot);
+            for slot in invalidate {
+                st.index.reserve(slot);
+                st.pending_invalidation.push(slot);
             }
         }
         st.phase = Phase::Ready;
@@ -149,7 +160,7 @@ impl Store {
         entries: &[CheckpointEntry<'_>],
         keep_unreadable: bool,
         report: &mut RecoverReport,
-    ) -> (Index, Vec<Entry>) {
+    ) -> (Index, Vec<u64>) {
         let g = self.sb.geometry;
         // Entries that cannot be right on this device are stale without a read.
         let plausible: Vec<usize> = (0..entries.len())
@@ -215,7 +226,8 @@ impl Store {
         (index, Vec::new())
     }
 
-    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<Entry>) {
+    /// Rebuilds from every header; returns the index and the slots of superseded duplicates.
+    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<u64>) {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Scan;
         let slots: Vec<u64> = (0..g.slot_count).collect();
@@ -258,6 +270,21 @@ impl Store {
         }
         let (index, losers) = Index::rebuild(g.slot_count, valid);
         report.dropped_stale += losers.len() as u64;
-        (index, losers)
+        (index, losers.iter().map(|e| e.slot).collect())
+    }
+
+    /// Reads the header of every slot `index` leaves free; returns those holding a valid header.
+    fn find_orphans(&self, index: &Index, report: &mut RecoverReport) -> Vec<u64> {
+        let free: Vec<u64> = (0..self.sb.geometry.slot_count).filter(|&s| !index.is_used(s)).collect();
+        let mut valid = vec![false; free.len()];
+        let id = self.sb.device_id;
+        let decode = |_: usize, slot: u64, r: ReadResult<'_>| {
+            matches!(r, Ok(block) if matches!(SlotHeader::classify(block, &id, slot), SlotState::Valid(_)))
+        };
+        report.io.merge(&self.read_slot_headers(&free, &mut valid, &decode));
+        report.header_reads += free.len() as u64;
+        let orphans: Vec<u64> = free.iter().zip(&valid).filter(|(_, &v)| v).map(|(&s, _)| s).collect();
+        report.orphans = orphans.len() as u64;
+        orphans
     }
 }
