@@ -68,7 +68,13 @@ pub struct Store {
     state: Mutex<State>,
     checkpoints: Mutex<checkpoint::Cursor>,
     io_totals: Mutex<BatchStats>,
+    /// Record-sized aligned buffers for put/get, reused so the data path does not
+    /// allocate (and fault in) a fresh megabyte per call.
+    record_bufs: Mutex<Vec<AlignedBuf>>,
 }
+
+/// Most record buffers kept for reuse; more concurrent calls allocate and free their own.
+const KEPT_RECORD_BUFS: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -98,6 +104,7 @@ impl Store {
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             io_totals: Mutex::new(BatchStats::default()),
+            record_bufs: Mutex::new(Vec::new()),
             dev,
             sb,
         })
@@ -165,6 +172,20 @@ impl Store {
         Ok(st)
     }
 
+    /// A buffer of the largest record (header + max payload), from the pool when one is free.
+    fn take_record_buf(&self) -> AlignedBuf {
+        lock(&self.record_bufs)
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.sb.geometry.record_bytes(self.sb.geometry.max_payload()) as usize))
+    }
+
+    fn return_record_buf(&self, buf: AlignedBuf) {
+        let mut pool = lock(&self.record_bufs);
+        if pool.len() < KEPT_RECORD_BUFS {
+            pool.push(buf);
+        }
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<()> {
         let max = self.sb.geometry.max_key_bytes;
         if key.is_empty() {
@@ -202,12 +223,16 @@ impl Store {
             (slot, Self::next_generation(&mut st))
         };
         let payload_crc = crc32(value);
-        let mut rec = AlignedBuf::zeroed(g.record_bytes(value.len() as u64) as usize);
+        let mut buf = self.take_record_buf();
+        let rec = &mut buf[..g.record_bytes(value.len() as u64) as usize];
         let hb = g.header_bytes as usize;
         SlotHeader { device_id: self.sb.device_id, slot, generation, payload_len: value.len() as u64, payload_crc, key }
             .encode(&mut rec[..hb]);
         rec[hb..hb + value.len()].copy_from_slice(value);
-        if let Err(e) = self.dev.write_at(&rec, g.slot_offset(slot)) {
+        rec[hb + value.len()..].fill(0); // the padding: no bytes of an earlier value reach the device
+        let written = self.dev.write_at(rec, g.slot_offset(slot));
+        self.return_record_buf(buf);
+        if let Err(e) = written {
             lock(&self.state).index.release(slot);
             return Err(Error::io(format!("writing slot {slot}"), e));
         }
@@ -242,19 +267,27 @@ impl Store {
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });
             }
-            let mut rec = AlignedBuf::zeroed(g.record_bytes(e.payload_len) as usize);
-            self.dev
-                .read_at(&mut rec, g.slot_offset(e.slot))
-                .map_err(|err| Error::io(format!("reading slot {}", e.slot), err))?;
-            match self.verify(&rec, key, &e) {
-                Ok(payload) => {
-                    out[..payload.len()].copy_from_slice(payload);
-                    return Ok(payload.len());
-                }
-                Err(why) if self.ready()?.index.get(key) == Some(e) => {
-                    return Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)));
-                }
-                Err(_) => continue,
+            let mut buf = self.take_record_buf();
+            let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+            let read = self.dev.read_at(rec, g.slot_offset(e.slot));
+            let verdict = match read {
+                Err(err) => Err(Error::io(format!("reading slot {}", e.slot), err)),
+                Ok(()) => match self.verify(rec, key, &e) {
+                    Ok(payload) => {
+                        out[..payload.len()].copy_from_slice(payload);
+                        Ok(Some(payload.len()))
+                    }
+                    Err(why) if self.ready()?.index.get(key) == Some(e) => {
+                        Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))
+                    }
+                    Err(_) => Ok(None),
+                },
+            };
+            self.return_record_buf(buf);
+            match verdict {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => continue,
+                Err(err) => return Err(err),
             }
         }
         Err(Error::Busy("the key kept changing under concurrent writes".into()))
