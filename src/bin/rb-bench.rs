@@ -245,7 +245,7 @@ fn prepare(args: &Args) -> Result<(), String> {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("a writer panicked".into()))).collect()
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err("a writer panicked".into())))
     });
     failed?;
     if progress {

@@ -34,7 +34,7 @@ impl PosixEngine {
         let per = n.div_ceil(pool.workers.len());
         // One contiguous range of inputs and outputs per worker, each behind its own
         // (uncontended) lock so the shared job closure can hand out &mut access safely.
-        let ranges: Vec<Mutex<(usize, &[u64], &mut [T], BatchStats)>> = slots
+        let ranges: Vec<Mutex<Range<'_, T>>> = slots
             .chunks(per)
             .zip(out.chunks_mut(per))
             .enumerate()
@@ -57,6 +57,9 @@ impl PosixEngine {
         total
     }
 }
+
+/// One worker's share: the index of its first input, its inputs, its outputs, its counters.
+type Range<'a, T> = (usize, &'a [u64], &'a mut [T], BatchStats);
 
 /// Counts reads in flight across workers, to report the real concurrency.
 #[derive(Default)]

@@ -119,10 +119,7 @@ impl Store {
             first_errno: 0,
         };
         let validate_start = Instant::now();
-        let scan = match (opts.mode, &loaded) {
-            (RecoverMode::Scan, _) | (RecoverMode::Auto, None) => true,
-            _ => false,
-        };
+        let scan = matches!((opts.mode, &loaded), (RecoverMode::Scan, _) | (RecoverMode::Auto, None));
         let (index, mut invalidate) = if scan {
             self.rebuild_from_scan(&mut report)
         } else if let Some(ck) = &loaded {
