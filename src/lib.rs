@@ -16,6 +16,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod store;
+mod sync;
 
 pub mod ffi;
 

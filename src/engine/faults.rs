@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultMode {
     /// Every read of the slot fails, batched and fallback alike.
@@ -31,7 +33,7 @@ pub struct FaultTable {
 
 impl FaultTable {
     pub fn inject(&self, slots: &[u64], errno: i32, mode: FaultMode) {
-        let mut f = self.lock();
+        let mut f = lock(&self.faults);
         match mode {
             FaultMode::Submit => f.submit = Some(errno),
             _ => f.slots.extend(slots.iter().map(|&s| (s, (errno, mode)))),
@@ -40,7 +42,7 @@ impl FaultTable {
     }
 
     pub fn clear(&self) {
-        let mut f = self.lock();
+        let mut f = lock(&self.faults);
         *f = Faults::default();
         self.armed.store(false, Ordering::Release);
     }
@@ -50,7 +52,7 @@ impl FaultTable {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
-        let mut f = self.lock();
+        let mut f = lock(&self.faults);
         match f.slots.get(&slot).copied() {
             Some((errno, FaultMode::Transient)) => {
                 f.slots.remove(&slot);
@@ -66,7 +68,7 @@ impl FaultTable {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
-        match self.lock().slots.get(&slot) {
+        match lock(&self.faults).slots.get(&slot) {
             Some(&(errno, FaultMode::Persistent)) => Some(errno),
             _ => None,
         }
@@ -77,13 +79,9 @@ impl FaultTable {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
-        self.lock().submit.take()
+        lock(&self.faults).submit.take()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Faults> {
-        // A panic while holding this lock cannot leave the table inconsistent.
-        self.faults.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 #[cfg(test)]

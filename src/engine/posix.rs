@@ -3,11 +3,12 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::{BatchStats, Decoder, ReadCtx};
 use crate::aligned::AlignedBuf;
+use crate::sync::{self, lock};
 
 pub struct PosixEngine {
     pool: Option<WorkerPool>,
@@ -50,7 +51,7 @@ impl PosixEngine {
         });
         let mut total = BatchStats::default();
         for r in ranges {
-            let (_, _, _, stats) = r.into_inner().unwrap_or_else(|p| p.into_inner());
+            let (_, _, _, stats) = sync::into_inner(r);
             total.merge(&stats);
         }
         total.max_in_flight = concurrency.max.load(Ordering::Relaxed);
@@ -90,10 +91,6 @@ fn read_range<T>(
         concurrency.now.fetch_sub(1, Ordering::Relaxed);
         *o = decode(first + i, slot, r.map(|()| &buf[..]));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A job borrowed for the duration of [`WorkerPool::run`], lifetime erased.
@@ -154,7 +151,7 @@ impl WorkerPool {
         st.remaining = self.workers.len();
         self.shared.work.notify_all();
         while st.remaining > 0 {
-            st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = sync::wait(&self.shared.done, st);
         }
         st.job = None;
     }
@@ -166,7 +163,7 @@ fn worker_loop(shared: &Shared, worker: usize) {
         let job = {
             let mut st = lock(&shared.state);
             while !st.shutdown && st.epoch == seen {
-                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = sync::wait(&shared.work, st);
             }
             if st.shutdown {
                 return;

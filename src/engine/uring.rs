@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 use io_uring::{opcode, types, IoUring};
 
@@ -12,6 +12,7 @@ use super::window::{self, ReadQueue};
 use super::{BatchStats, Decoder, ReadCtx, MAX_QUEUE_DEPTH};
 use crate::aligned::AlignedBuf;
 use crate::device::Device;
+use crate::sync::{self, lock};
 
 /// Rings a handle keeps at most; more concurrent callers wait for one.
 const MAX_RINGS: usize = 4;
@@ -73,12 +74,8 @@ impl UringEngine {
         stats
     }
 
-    fn lock(&self) -> MutexGuard<'_, RingPool> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn checkout(&self) -> io::Result<UringQueue> {
-        let mut pool = self.lock();
+        let mut pool = lock(&self.pool);
         loop {
             if let Some(q) = pool.idle.pop() {
                 return Ok(q);
@@ -88,16 +85,16 @@ impl UringEngine {
                 drop(pool);
                 let q = UringQueue::new(self.fd, self.depth, self.record_len, true);
                 if q.is_err() {
-                    self.lock().created -= 1;
+                    lock(&self.pool).created -= 1;
                 }
                 return q;
             }
-            pool = self.ring_free.wait(pool).unwrap_or_else(|p| p.into_inner());
+            pool = sync::wait(&self.ring_free, pool);
         }
     }
 
     fn checkin(&self, q: UringQueue) {
-        let mut pool = self.lock();
+        let mut pool = lock(&self.pool);
         if q.poisoned {
             pool.created -= 1;
             // Reads may still be in flight into its arena: never free that memory.

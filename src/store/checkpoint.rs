@@ -1,6 +1,7 @@
 //! Writing and loading checkpoints in the two alternating containers.
 
-use super::{lock, Store};
+use super::Store;
+use crate::sync::lock;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::checkpoint::{encode_payload, CheckpointEntry, CheckpointHeader};

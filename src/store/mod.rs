@@ -8,6 +8,8 @@ mod recovery;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::sync::lock;
+
 use crate::aligned::AlignedBuf;
 use crate::device::{random_device_id, Device, OpenMode};
 use crate::engine::{BatchStats, Decoder, Engine, EngineConfig, EngineKind, FaultMode, FaultTable, ReadCtx, ReadPlan};
@@ -75,10 +77,6 @@ pub struct Store {
 
 /// Most record buffers kept for reuse; more concurrent calls allocate and free their own.
 const KEPT_RECORD_BUFS: usize = 16;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Store {
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Store> {

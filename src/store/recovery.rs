@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::index::{Entry, Index};
-use super::{lock, Phase, Store};
+use super::{Phase, Store};
+use crate::sync::lock;
 use crate::engine::{BatchStats, EngineKind, ReadResult};
 use crate::error::{Error, Result};
 use crate::format::checkpoint::CheckpointEntry;
