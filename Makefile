@@ -11,7 +11,8 @@ LIB      := $(LIBDIR)/librawblock.so
 
 all: build
 
-ABI      := 1
+# The ABI number's one home is src/ffi/abi.rs (build.rs reads it there too).
+ABI      := $(shell sed -n 's/^pub const RB_ABI_VERSION: u32 = \([0-9]*\);$$/\1/p' src/ffi/abi.rs)
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 build:

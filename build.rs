@@ -1,9 +1,13 @@
-// The shared library's SONAME carries the ABI version (RB_ABI_VERSION in src/ffi/mod.rs),
-// so programs linked against ABI 1 refuse to load an incompatible librawblock.
-const ABI_VERSION: u32 = 1;
-
+// The shared library's SONAME carries the ABI version, so programs linked against
+// ABI N refuse to load an incompatible librawblock. The number has one home,
+// src/ffi/abi.rs; this reads it from there.
 fn main() {
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librawblock.so.{ABI_VERSION}");
-    println!("cargo:rustc-env=RAWBLOCK_SONAME_ABI={ABI_VERSION}");
+    let src = std::fs::read_to_string("src/ffi/abi.rs").expect("src/ffi/abi.rs");
+    let abi: u32 = src
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pub const RB_ABI_VERSION: u32 = ")?.strip_suffix(';')?.parse().ok())
+        .expect("src/ffi/abi.rs defines `pub const RB_ABI_VERSION: u32 = N;`");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librawblock.so.{abi}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/ffi/abi.rs");
 }

@@ -1,16 +1,18 @@
 //! The data path: put and get of KV-cache-sized values (O_DIRECT, one slot each).
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rawblock::format::GeometryRequest;
+use rawblock::store::{FormatOptions, OpenMode};
 use rawblock::{OpenOptions, Store};
 
 fn data_path(c: &mut Criterion) {
     let path = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/criterion-data.img"));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let opts = OpenOptions {
-        create: true,
-        overwrite_ok: true,
-        capacity_bytes: 512 << 20,
-        geometry: GeometryRequest { slot_bytes: 2 << 20, ..Default::default() },
+        mode: OpenMode::Create(FormatOptions {
+            capacity_bytes: 512 << 20,
+            geometry: GeometryRequest { slot_bytes: 2 << 20, ..Default::default() },
+            overwrite: true,
+        }),
         ..Default::default()
     };
     let s = Store::open(&path, &opts).unwrap();

@@ -1,17 +1,17 @@
 //! Encode/decode costs of the on-device records.
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rawblock::format::checkpoint::{decode_payload, encode_payload, CheckpointEntry};
-use rawblock::format::SlotHeader;
+use rawblock::format::{Generation, SlotHeader, SlotIndex};
 
 const ID: [u8; 16] = *b"bench-device-id!";
 const KEY: &[u8] = b"vllm@meta-llama/Llama-3.1-8B@1@0@9e3779b97f4a7c150000000000000001";
 
 fn slot_header(c: &mut Criterion) {
-    let h = SlotHeader { device_id: ID, slot: 42, generation: 1 << 60, payload_len: 1 << 19, payload_crc: 7, key: KEY };
+    let h = SlotHeader { device_id: ID, slot: SlotIndex(42), generation: Generation(1 << 60), payload_len: 1 << 19, payload_crc: 7, key: KEY };
     let mut block = vec![0u8; 4096];
     c.bench_function("slot_header/encode", |b| b.iter(|| black_box(&h).encode(black_box(&mut block))));
     h.encode(&mut block);
-    c.bench_function("slot_header/classify", |b| b.iter(|| SlotHeader::classify(black_box(&block), &ID, 42)));
+    c.bench_function("slot_header/classify", |b| b.iter(|| SlotHeader::classify(black_box(&block), &ID, SlotIndex(42))));
 }
 
 fn checkpoint(c: &mut Criterion) {
@@ -19,7 +19,7 @@ fn checkpoint(c: &mut Criterion) {
     let entries: Vec<CheckpointEntry<'_>> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| CheckpointEntry { key: k, slot: i as u64, generation: i as u64, payload_len: 4096, payload_crc: 1 })
+        .map(|(i, k)| CheckpointEntry { key: k, slot: SlotIndex(i as u64), generation: Generation(i as u64), payload_len: 4096, payload_crc: 1 })
         .collect();
     let len: u64 = entries.iter().map(|e| e.encoded_len()).sum();
     let mut buf = vec![0u8; len as usize];

@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rawblock::engine::{EngineChoice, EngineConfig};
 use rawblock::format::GeometryRequest;
 use rawblock::store::RecoverOptions;
+use rawblock::store::{FormatOptions, OpenMode};
 use rawblock::{OpenOptions, Store};
 
 const ENTRIES: u64 = 4096;
@@ -13,16 +14,17 @@ const ENTRIES: u64 = 4096;
 fn fixture() -> PathBuf {
     let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/criterion-fixture.img"));
     let ready = std::fs::metadata(&path).is_ok()
-        && Store::open(&path, &OpenOptions { read_only: true, ..Default::default() })
+        && Store::open(&path, &OpenOptions { mode: OpenMode::ReadOnly, ..Default::default() })
             .and_then(|s| s.recover(&RecoverOptions::default()))
             .is_ok_and(|r| r.indexed == ENTRIES);
     if !ready {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let opts = OpenOptions {
-            create: true,
-            overwrite_ok: true,
-            capacity_bytes: (ENTRIES + 64) * (256 << 10),
-            geometry: GeometryRequest { slot_bytes: 256 << 10, ..Default::default() },
+            mode: OpenMode::Create(FormatOptions {
+                capacity_bytes: (ENTRIES + 64) * (256 << 10),
+                geometry: GeometryRequest { slot_bytes: 256 << 10, ..Default::default() },
+                overwrite: true,
+            }),
             ..Default::default()
         };
         let s = Store::open(&path, &opts).unwrap();
@@ -46,8 +48,8 @@ fn recovery(c: &mut Criterion) {
     ];
     for (name, choice, threads) in engines {
         let opts = OpenOptions {
-            read_only: true,
-            engine: EngineConfig { choice, posix_threads: threads, queue_depth: 128 },
+            mode: OpenMode::ReadOnly,
+            engine: EngineConfig::new(choice, threads, 128),
             ..Default::default()
         };
         g.bench_function(name, |b| {

@@ -18,10 +18,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// ABI version: bumped on any incompatible change to this header. It is also the
-// SONAME's number (librawblock.so.1); build.rs sets it and a test keeps the two equal.
-#define RB_ABI_VERSION 1
-
 // io_uring where the kernel allows it, otherwise POSIX.
 #define RB_ENGINE_AUTO 0
 
@@ -97,6 +93,13 @@
 
 // Bytes of a key rb_slot_header carries inline; longer keys are truncated there.
 #define RB_HEADER_KEY_INLINE 256
+
+// Bytes of rb_device_info.engine_note, its NUL included.
+#define RB_ENGINE_NOTE_BYTES 256
+
+// ABI version: bumped on any incompatible change to this header. It is also the
+// SONAME's number (librawblock.so.1).
+#define RB_ABI_VERSION 1
 
 // An open device. Safe to use from several threads at once; close it once, after every other call returned.
 typedef struct rb_device rb_device;
@@ -234,7 +237,13 @@ typedef struct rb_device_info {
   uint32_t reserved;
   // Keys indexed now.
   uint64_t indexed;
+  // Why RB_ENGINE_AUTO did not pick io_uring (NUL-terminated; "" when it did, or
+  // when an engine was named). Added after ABI 1's first struct: a caller whose
+  // struct_size ends before it does not get it.
+  char engine_note[RB_ENGINE_NOTE_BYTES];
 } rb_device_info;
+
+
 
 #define RB_OK 0
 

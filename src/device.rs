@@ -14,12 +14,20 @@ pub enum DeviceKind {
     RegularFile,
 }
 
+/// What a handle may do with its device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    #[default]
+    ReadOnly,
+    ReadWrite,
+    /// Read and write, creating a regular file that does not exist (formatting).
+    Create,
+}
+
 /// How to open a device path.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenMode {
-    pub write: bool,
-    /// Create a regular file that does not exist (formatting only).
-    pub create: bool,
+    pub access: Access,
     /// Open without O_DIRECT.
     pub buffered: bool,
     /// Open with O_DSYNC: every write is durable when it returns.
@@ -45,9 +53,10 @@ pub struct Device {
 impl Device {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Device> {
         let shown = path.display();
+        let write = mode.access != Access::ReadOnly;
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && mode.create => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && mode.access == Access::Create => None,
             Err(e) => return Err(Error::io(format!("cannot open {shown}"), e)),
         };
         let kind = match &meta {
@@ -70,17 +79,16 @@ impl Device {
         }
         let file = OpenOptions::new()
             .read(true)
-            .write(mode.write)
-            .create(mode.create && mode.write && kind == DeviceKind::RegularFile)
+            .write(write)
+            .create(mode.access == Access::Create && kind == DeviceKind::RegularFile)
             .custom_flags(flags)
             .open(path)
             .map_err(|e| {
-                let hint = if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
-                    " (the filesystem may not support O_DIRECT; RB_OPEN_BUFFERED turns it off)"
+                if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
+                    Error::DirectIoRefused { path: path.to_path_buf(), source: e }
                 } else {
-                    ""
-                };
-                Error::io(format!("cannot open {shown}{hint}"), e)
+                    Error::io(format!("cannot open {shown}"), e)
+                }
             })?;
         let (capacity, logical_block) = match kind {
             DeviceKind::BlockDevice => block_device_geometry(file.as_raw_fd())
@@ -97,7 +105,7 @@ impl Device {
             capacity,
             logical_block,
             direct: !mode.buffered,
-            writable: mode.write,
+            writable: write,
             lock_file: None,
         })
     }
@@ -228,7 +236,7 @@ mod tests {
     #[test]
     fn file_round_trip_with_o_direct() {
         let p = tmp("rt.img");
-        let mode = OpenMode { write: true, create: true, ..Default::default() };
+        let mode = OpenMode { access: Access::Create, ..Default::default() };
         let mut d = Device::open(&p, mode).unwrap();
         assert_eq!(d.kind(), DeviceKind::RegularFile);
         assert!(d.is_direct());
@@ -255,7 +263,7 @@ mod tests {
     #[test]
     fn second_writer_is_busy() {
         let p = tmp("lock.img");
-        let mode = OpenMode { write: true, create: true, ..Default::default() };
+        let mode = OpenMode { access: Access::Create, ..Default::default() };
         let mut a = Device::open(&p, mode).unwrap();
         a.lock().unwrap();
         let mut b = Device::open(&p, mode).unwrap();

@@ -2,6 +2,9 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::path::PathBuf;
+
+use crate::engine::EngineChoice;
 
 /// Status codes returned by every C-ABI function. Values are part of the ABI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,42 @@ impl Status {
     }
 }
 
+/// What a too-large argument was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Oversized {
+    Key,
+    Value,
+}
+
+impl std::fmt::Display for Oversized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Oversized::Key => "key",
+            Oversized::Value => "value",
+        })
+    }
+}
+
+/// What a device about to be formatted already holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// A rawblock superblock.
+    Rawblock,
+    /// Bytes that are not all zero.
+    Data,
+}
+
+impl std::fmt::Display for Holds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Holds::Rawblock => "a rawblock device",
+            Holds::Data => "data",
+        })
+    }
+}
+
+/// Every error of the crate. Messages name no C identifier: each front end
+/// (the C boundary, Python, the tools) adds hints in its own terms.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0}")]
@@ -67,28 +106,49 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Opening with O_DIRECT failed with EINVAL: the filesystem may not support it.
+    #[error("cannot open {} with O_DIRECT: {source}", path.display())]
+    DirectIoRefused {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// No rawblock superblock at the start of the device.
+    #[error("{}: no rawblock superblock (the device was never formatted)", path.display())]
+    NotRawblock { path: PathBuf },
     #[error("{0}")]
     Format(String),
-    #[error("no space: {0}")]
-    NoSpace(String),
-    #[error("too large: {0}")]
-    TooLarge(String),
+    /// Every slot holds a value.
+    #[error("no space: all {slot_count} slots are in use")]
+    SlotsFull { slot_count: u64 },
+    #[error("no space: a checkpoint of {entries} entries needs {needed} bytes; each container holds {capacity}")]
+    CheckpointTooLarge { entries: u64, needed: u64, capacity: u64 },
+    #[error("too large: a {what} of {len} bytes exceeds the device's maximum of {max}")]
+    TooLarge { what: Oversized, len: u64, max: u64 },
     #[error("key not found")]
     NotFound,
     #[error("corrupt: {0}")]
     Corrupt(String),
     #[error("buffer too small: {needed} bytes needed")]
     BufferTooSmall { needed: u64 },
+    /// The engine asked for cannot run here.
+    #[error("the {engine} engine is not available: {reason}")]
+    EngineUnavailable { engine: EngineChoice, reason: String },
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("the handle is read-only")]
     ReadOnly,
     #[error("busy: {0}")]
     Busy(String),
-    #[error("{0}")]
-    State(String),
-    #[error("{0}")]
-    Exists(String),
+    /// An existing device answers reads and writes only after recovery.
+    #[error("the device must be recovered before it is used")]
+    NeedsRecovery,
+    /// Recovery on a writable handle that is already in use.
+    #[error("this handle is already in use (formatted or recovered); reopen the device to recover again")]
+    AlreadyRecovered,
+    /// Formatting would overwrite something.
+    #[error("{} already holds {holds}", path.display())]
+    Exists { path: PathBuf, holds: Holds },
 }
 
 impl Error {
@@ -99,18 +159,18 @@ impl Error {
     pub fn status(&self) -> Status {
         match self {
             Error::InvalidArgument(_) => Status::InvalidArgument,
-            Error::Io { .. } => Status::Io,
-            Error::Format(_) => Status::Format,
-            Error::NoSpace(_) => Status::NoSpace,
-            Error::TooLarge(_) => Status::TooLarge,
+            Error::Io { .. } | Error::DirectIoRefused { .. } => Status::Io,
+            Error::Format(_) | Error::NotRawblock { .. } => Status::Format,
+            Error::SlotsFull { .. } | Error::CheckpointTooLarge { .. } => Status::NoSpace,
+            Error::TooLarge { .. } => Status::TooLarge,
             Error::NotFound => Status::NotFound,
             Error::Corrupt(_) => Status::Corrupt,
             Error::BufferTooSmall { .. } => Status::BufferTooSmall,
-            Error::Unsupported(_) => Status::Unsupported,
+            Error::EngineUnavailable { .. } | Error::Unsupported(_) => Status::Unsupported,
             Error::ReadOnly => Status::ReadOnly,
             Error::Busy(_) => Status::Busy,
-            Error::State(_) => Status::State,
-            Error::Exists(_) => Status::Exists,
+            Error::NeedsRecovery | Error::AlreadyRecovered => Status::State,
+            Error::Exists { .. } => Status::Exists,
         }
     }
 }

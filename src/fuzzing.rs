@@ -4,14 +4,14 @@
 //! cannot re-encode identically, or any panic inside the library.
 
 use crate::format::checkpoint::{decode_payload, encode_payload, CheckpointHeader};
-use crate::format::{SlotHeader, SlotState, Superblock};
+use crate::format::{SlotHeader, SlotIndex, SlotState, Superblock};
 
 /// `data`'s first `len` bytes with the flag and reserved ranges and the trailing CRC zeroed:
 /// a v1 reader ignores flags and reserved fields (they are for compatible additions), so
 /// those bytes, and the CRC over them, do not round-trip; every other byte must.
 fn without_ignored(data: &[u8], len: usize, ignored: &[std::ops::Range<usize>]) -> Vec<u8> {
     let mut v = data[..len].to_vec();
-    for r in ignored.iter().cloned().chain([len - 4..len]) {
+    for r in ignored.iter().cloned().chain(std::iter::once(len - 4..len)) {
         v[r].fill(0);
     }
     v
@@ -31,7 +31,7 @@ pub fn checkpoint(data: &[u8]) {
     if let Some(h) = CheckpointHeader::decode(data) {
         let mut again = vec![0u8; crate::format::checkpoint::HEADER_ENCODED_BYTES];
         h.encode(&mut again);
-        assert_eq!(without_ignored(data, again.len(), &[12..16]), without_ignored(&again, again.len(), &[12..16]), "checkpoint header does not round-trip");
+        assert_eq!(without_ignored(data, again.len(), std::slice::from_ref(&(12..16))), without_ignored(&again, again.len(), std::slice::from_ref(&(12..16))), "checkpoint header does not round-trip");
     }
     let (count, payload) = match data.split_first_chunk::<2>() {
         Some((c, rest)) => (u16::from_le_bytes(*c) as u64, rest),
@@ -47,7 +47,7 @@ pub fn checkpoint(data: &[u8]) {
 /// Slot header classification: valid headers re-encode to the same bytes.
 pub fn slot_header(data: &[u8]) {
     const ID: [u8; 16] = *b"fuzz-device-id!!";
-    let slot = 7;
+    let slot = SlotIndex(7);
     if let SlotState::Valid(h) = SlotHeader::classify(data, &ID, slot) {
         let mut again = vec![0u8; h.encoded_len()];
         h.encode(&mut again);
@@ -60,7 +60,7 @@ pub fn slot_header(data: &[u8]) {
 /// `[u32 offset][u8 len][len bytes]...`. Every outcome is fine except a panic or a get that
 /// returns bytes whose CRC does not match what the header promised (checked inside get).
 pub fn open_recover(data: &[u8]) {
-    use crate::store::{OpenOptions, RecoverMode, RecoverOptions};
+    use crate::store::{FormatOptions, OpenMode, OpenOptions, RecoverMode, RecoverOptions};
     use std::sync::OnceLock;
     static BASE: OnceLock<(Vec<u8>, Vec<Vec<u8>>)> = OnceLock::new();
     let dir = std::env::temp_dir().join(format!("rawblock-fuzz-{}", std::process::id()));
@@ -69,10 +69,12 @@ pub fn open_recover(data: &[u8]) {
         let path = dir.join("base.img");
         let _ = std::fs::remove_file(&path);
         let opts = OpenOptions {
-            create: true,
+            mode: OpenMode::Create(FormatOptions {
+                capacity_bytes: 1 << 20,
+                geometry: crate::format::GeometryRequest { slot_bytes: 16384, meta_bytes: 9 * 4096, ..Default::default() },
+                overwrite: false,
+            }),
             buffered: true,
-            capacity_bytes: 1 << 20,
-            geometry: crate::format::GeometryRequest { slot_bytes: 16384, meta_bytes: 9 * 4096, ..Default::default() },
             ..Default::default()
         };
         let s = crate::Store::open(&path, &opts).expect("base image");
@@ -96,7 +98,7 @@ pub fn open_recover(data: &[u8]) {
     }
     let path = dir.join(format!("work-{:?}.img", std::thread::current().id()));
     std::fs::write(&path, &image).expect("write image");
-    let opts = OpenOptions { read_only: true, buffered: true, ..Default::default() };
+    let opts = OpenOptions { mode: OpenMode::ReadOnly, buffered: true, ..Default::default() };
     let Ok(s) = crate::Store::open(&path, &opts) else { return };
     for mode in [RecoverMode::Auto, RecoverMode::Checkpoint, RecoverMode::Scan] {
         if s.recover(&RecoverOptions { mode, keep_unreadable: true, scrub_free: true }).is_err() {
@@ -106,7 +108,7 @@ pub fn open_recover(data: &[u8]) {
         for k in keys.iter().map(|k| &k[..]).chain([&b"after-checkpoint"[..]]) {
             let _ = s.get(k, &mut buf);
         }
-        let all: Vec<u64> = (0..s.geometry().slot_count).collect();
+        let all: Vec<SlotIndex> = s.geometry().all_slots().collect();
         let mut out = vec![(); all.len()];
         let _ = s.read_headers(&all, &mut out, &|_, _| ());
     }
@@ -115,6 +117,8 @@ pub fn open_recover(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use crate::format::{Generation, SlotIndex};
 
     /// Replays every committed corpus file and past crash through its target's body.
     #[test]
@@ -159,12 +163,12 @@ mod tests {
         let h = CheckpointHeader { device_id: *b"fuzz-device-id!!", sequence: 3, payload_len: 40, entry_count: 1, payload_crc: 9 };
         h.encode(&mut block);
         write("checkpoint", "seed-header", &block[..64]);
-        let e = CheckpointEntry { key: b"key-1", slot: 7, generation: 99, payload_len: 4096, payload_crc: 1 };
+        let e = CheckpointEntry { key: b"key-1", slot: SlotIndex(7), generation: Generation(99), payload_len: 4096, payload_crc: 1 };
         let mut payload = vec![1u8, 0];
         payload.resize(2 + e.encoded_len() as usize, 0);
         encode_payload([e], &mut payload[2..]);
         write("checkpoint", "seed-payload", &payload);
-        SlotHeader { device_id: *b"fuzz-device-id!!", slot: 7, generation: 5, payload_len: 100, payload_crc: 3, key: b"model@chunk" }
+        SlotHeader { device_id: *b"fuzz-device-id!!", slot: SlotIndex(7), generation: Generation(5), payload_len: 100, payload_crc: 3, key: b"model@chunk" }
             .encode(&mut block);
         write("slot_header", "seed-valid", &block[..96]);
         // open_recover: patches [u32 offset][u8 len][bytes] of the base image.

@@ -3,7 +3,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#define RB_ABI_VERSION 1
 #define RB_ENGINE_AUTO 0
 #define RB_ENGINE_POSIX 1
 #define RB_ENGINE_IO_URING 2
@@ -30,6 +29,8 @@
 #define RB_FAULT_TRANSIENT 2
 #define RB_FAULT_SUBMIT 3
 #define RB_HEADER_KEY_INLINE 256
+#define RB_ENGINE_NOTE_BYTES 256
+#define RB_ABI_VERSION 1
 typedef struct rb_device rb_device;
 typedef int32_t rb_status;
 typedef struct rb_options {
@@ -110,6 +111,7 @@ typedef struct rb_device_info {
   uint32_t direct_io;
   uint32_t reserved;
   uint64_t indexed;
+  char engine_note[RB_ENGINE_NOTE_BYTES];
 } rb_device_info;
 #define RB_OK 0
 #define RB_E_INVALID_ARGUMENT 1

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rawblock::engine::{EngineChoice, EngineConfig, EngineKind};
 use rawblock::format::GeometryRequest;
-use rawblock::store::{RecoverMode, RecoverOptions, RecoverReport};
+use rawblock::store::{FormatOptions, OpenMode, RecoverMode, RecoverOptions, RecoverReport};
 use rawblock::{OpenOptions, Store};
 
 const USAGE: &str = "usage: rb-bench [--device-path PATH] [--cache-space-gb GB] [--slot-bytes N] [--header-bytes N]
@@ -198,28 +198,30 @@ fn prepare(args: &Args) -> Result<(), String> {
     }
     let capacity = (args.cache_space_gb * (1u64 << 30) as f64) as u64;
     let is_block = std::fs::metadata(&args.device).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    let format = FormatOptions {
+        capacity_bytes: if is_block { 0 } else { capacity },
+        geometry: GeometryRequest { slot_bytes: args.slot_bytes, header_bytes: args.header_bytes, ..Default::default() },
+        overwrite: args.overwrite_ok,
+    };
     let opts = OpenOptions {
-        create: true,
-        overwrite_ok: args.overwrite_ok,
+        mode: OpenMode::Create(format),
         // O_DIRECT writes into the holes of a sparse file serialise on ext4's block
         // allocation; the page cache batches it. Only preparing: measuring stays O_DIRECT,
         // and the checkpoint's fdatasync makes everything durable first.
         buffered: args.buffered || !is_block,
-        capacity_bytes: if is_block { 0 } else { capacity },
-        geometry: GeometryRequest { slot_bytes: args.slot_bytes, header_bytes: args.header_bytes, ..Default::default() },
         ..Default::default()
     };
     let store = Store::open(&args.device, &opts).map_err(|e| match e {
-        rawblock::Error::Exists(m) => format!("{m}\n(pass --i-understand-this-overwrites-device to format it)"),
+        e @ rawblock::Error::Exists { .. } => format!("{e}\n(pass --i-understand-this-overwrites-device to format it)"),
         e => e.to_string(),
     })?;
     let g = *store.geometry();
-    let n = args.max_entries.map_or(g.slot_count, |m| m.min(g.slot_count));
+    let n = args.max_entries.map_or(g.slot_count(), |m| m.min(g.slot_count()));
     eprintln!(
         "preparing {}: {n} entries of {} slots ({} B each, data base {} B), {} threads",
         args.device.display(),
-        g.slot_count,
-        g.slot_bytes,
+        g.slot_count(),
+        g.slot_bytes(),
         g.data_base(),
         args.prepare_threads
     );
@@ -279,17 +281,17 @@ fn variants(args: &Args) -> Vec<Variant> {
                 for &t in &args.threads {
                     v.push(Variant {
                         label: format!("posix(threads={t})"),
-                        config: EngineConfig { choice: EngineChoice::Posix, posix_threads: t, queue_depth: args.queue_depth },
+                        config: EngineConfig::new(EngineChoice::Posix, t, args.queue_depth),
                     });
                 }
             }
             "io_uring" => v.push(Variant {
                 label: format!("io_uring(qd={})", args.queue_depth),
-                config: EngineConfig { choice: EngineChoice::IoUring, posix_threads: 1, queue_depth: args.queue_depth },
+                config: EngineConfig::new(EngineChoice::IoUring, 1, args.queue_depth),
             }),
             _ => v.push(Variant {
                 label: "uring_cmd".into(),
-                config: EngineConfig { choice: EngineChoice::UringCmd, posix_threads: 1, queue_depth: args.queue_depth },
+                config: EngineConfig::new(EngineChoice::UringCmd, 1, args.queue_depth),
             }),
         }
     }
@@ -329,9 +331,9 @@ struct Run {
 }
 
 fn run_once(args: &Args, v: &Variant) -> Result<Run, String> {
-    let opts = OpenOptions { read_only: true, buffered: args.buffered, engine: v.config, ..Default::default() };
+    let opts = OpenOptions { mode: OpenMode::ReadOnly, buffered: args.buffered, engine: v.config, ..Default::default() };
     let store = Store::open(&args.device, &opts).map_err(|e| e.to_string())?;
-    if v.config.choice == EngineChoice::IoUring && store.engine_kind() != EngineKind::IoUring {
+    if v.config.choice() == EngineChoice::IoUring && store.engine_kind() != EngineKind::IoUring {
         return Err("io_uring did not run".into());
     }
     let cpu0 = cpu_time();
@@ -373,7 +375,7 @@ fn measure(args: &Args) -> Result<bool, String> {
     );
     // What --prepare wrote: the entries of its checkpoint (a scan must find the same).
     let (expected, geometry) = {
-        let opts = OpenOptions { read_only: true, buffered: args.buffered, ..Default::default() };
+        let opts = OpenOptions { mode: OpenMode::ReadOnly, buffered: args.buffered, ..Default::default() };
         let store = Store::open(&args.device, &opts).map_err(|e| format!("{e} (run --prepare first?)"))?;
         let r = store
             .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() })
@@ -452,7 +454,7 @@ fn measure(args: &Args) -> Result<bool, String> {
         if let Some(uring) = summaries.iter().find(|s| s.label.starts_with("io_uring")) {
             // fio reads as many headers as the recovery did (a scan reads every slot).
             let reads = uring.runs[0].report.header_reads;
-            match fio_rate(args, geometry.data_base(), geometry.slot_bytes, reads) {
+            match fio_rate(args, geometry.data_base(), geometry.slot_bytes(), reads) {
                 Ok(fio) => {
                     let ours = uring.runs[0].report.header_reads as f64 / uring.median;
                     println!("fio io_uring qd={}: {fio:.0} reads/s; rawblock {}: {ours:.0} headers/s = {:.2} of fio", args.queue_depth, uring.label, ours / fio);

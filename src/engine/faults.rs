@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::format::SlotIndex;
 use crate::sync::lock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub enum FaultMode {
 
 #[derive(Default)]
 struct Faults {
-    slots: HashMap<u64, (i32, FaultMode)>,
+    slots: HashMap<SlotIndex, (i32, FaultMode)>,
     submit: Option<i32>,
 }
 
@@ -32,7 +33,7 @@ pub struct FaultTable {
 }
 
 impl FaultTable {
-    pub fn inject(&self, slots: &[u64], errno: i32, mode: FaultMode) {
+    pub fn inject(&self, slots: &[SlotIndex], errno: i32, mode: FaultMode) {
         let mut f = lock(&self.faults);
         match mode {
             FaultMode::Submit => f.submit = Some(errno),
@@ -48,7 +49,7 @@ impl FaultTable {
     }
 
     /// The errno a batched read of `slot` fails with, if one is armed. A transient fault fires once.
-    pub fn batched_read(&self, slot: u64) -> Option<i32> {
+    pub fn batched_read(&self, slot: SlotIndex) -> Option<i32> {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
@@ -64,7 +65,7 @@ impl FaultTable {
     }
 
     /// The errno a per-slot fallback read of `slot` fails with: persistent faults only.
-    pub fn fallback_read(&self, slot: u64) -> Option<i32> {
+    pub fn fallback_read(&self, slot: SlotIndex) -> Option<i32> {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
@@ -91,18 +92,18 @@ mod tests {
     #[test]
     fn modes() {
         let t = FaultTable::default();
-        assert_eq!(t.batched_read(1), None);
-        t.inject(&[1], libc::EIO, FaultMode::Persistent);
-        t.inject(&[2], libc::ENODATA, FaultMode::Transient);
+        assert_eq!(t.batched_read(SlotIndex(1)), None);
+        t.inject(&[SlotIndex(1)], libc::EIO, FaultMode::Persistent);
+        t.inject(&[SlotIndex(2)], libc::ENODATA, FaultMode::Transient);
         t.inject(&[], libc::EBADF, FaultMode::Submit);
-        assert_eq!((t.batched_read(1), t.fallback_read(1)), (Some(libc::EIO), Some(libc::EIO)));
-        assert_eq!(t.batched_read(1), Some(libc::EIO), "persistent stays");
-        assert_eq!(t.fallback_read(2), None);
-        assert_eq!(t.batched_read(2), Some(libc::ENODATA));
-        assert_eq!(t.batched_read(2), None, "transient fires once");
+        assert_eq!((t.batched_read(SlotIndex(1)), t.fallback_read(SlotIndex(1))), (Some(libc::EIO), Some(libc::EIO)));
+        assert_eq!(t.batched_read(SlotIndex(1)), Some(libc::EIO), "persistent stays");
+        assert_eq!(t.fallback_read(SlotIndex(2)), None);
+        assert_eq!(t.batched_read(SlotIndex(2)), Some(libc::ENODATA));
+        assert_eq!(t.batched_read(SlotIndex(2)), None, "transient fires once");
         assert_eq!(t.take_submit(), Some(libc::EBADF));
         assert_eq!(t.take_submit(), None);
         t.clear();
-        assert_eq!(t.batched_read(1), None);
+        assert_eq!(t.batched_read(SlotIndex(1)), None);
     }
 }

@@ -15,18 +15,14 @@ mod window;
 
 use crate::device::{errno_of, Device};
 use crate::error::{Error, Result};
+use crate::format::SlotIndex;
 pub use faults::{FaultMode, FaultTable};
-
-pub const DEFAULT_QUEUE_DEPTH: usize = 128;
-pub const MAX_QUEUE_DEPTH: usize = 4096;
-pub const MAX_POSIX_THREADS: usize = 256;
 
 /// The engine that actually runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Posix,
     IoUring,
-    UringCmd,
 }
 
 impl EngineKind {
@@ -34,8 +30,13 @@ impl EngineKind {
         match self {
             EngineKind::Posix => "posix",
             EngineKind::IoUring => "io_uring",
-            EngineKind::UringCmd => "uring_cmd",
         }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -47,22 +48,74 @@ pub enum EngineChoice {
     Auto,
     Posix,
     IoUring,
+    /// NVMe passthrough (io_uring_cmd): not implemented yet.
     UringCmd,
 }
 
-#[derive(Clone, Copy, Debug)]
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Posix => "posix",
+            EngineChoice::IoUring => "io_uring",
+            EngineChoice::UringCmd => "uring_cmd (NVMe passthrough)",
+        })
+    }
+}
+
+/// An engine request with its defaults applied and its numbers clamped: the one
+/// place those rules live (the C boundary and the bindings pass raw numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    pub choice: EngineChoice,
-    /// 1: a serial pread loop; more: a pool of that many threads.
-    pub posix_threads: usize,
-    /// Most reads in flight at once (io_uring).
-    pub queue_depth: usize,
+    choice: EngineChoice,
+    posix_threads: usize,
+    queue_depth: usize,
+}
+
+/// 1: a serial pread loop.
+const DEFAULT_POSIX_THREADS: usize = 1;
+const MAX_POSIX_THREADS: usize = 256;
+const DEFAULT_QUEUE_DEPTH: usize = 128;
+const MAX_QUEUE_DEPTH: usize = 4096;
+
+impl EngineConfig {
+    /// `posix_threads` (1 = serial, more = a pool) and `queue_depth` (most reads in
+    /// flight, io_uring): 0 means the default; larger than the maximum means the maximum.
+    pub fn new(choice: EngineChoice, posix_threads: usize, queue_depth: usize) -> EngineConfig {
+        let pick = |v: usize, default: usize, max: usize| if v == 0 { default } else { v.min(max) };
+        EngineConfig {
+            choice,
+            posix_threads: pick(posix_threads, DEFAULT_POSIX_THREADS, MAX_POSIX_THREADS),
+            queue_depth: pick(queue_depth, DEFAULT_QUEUE_DEPTH, MAX_QUEUE_DEPTH),
+        }
+    }
+
+    pub fn choice(&self) -> EngineChoice {
+        self.choice
+    }
+    pub fn posix_threads(&self) -> usize {
+        self.posix_threads
+    }
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { choice: EngineChoice::Auto, posix_threads: 1, queue_depth: DEFAULT_QUEUE_DEPTH }
+        EngineConfig::new(EngineChoice::Auto, 0, 0)
     }
+}
+
+#[cfg(test)]
+#[test]
+fn engine_config_applies_defaults_and_clamps() {
+    let c = EngineConfig::new(EngineChoice::Posix, 0, 0);
+    assert_eq!((c.posix_threads(), c.queue_depth()), (DEFAULT_POSIX_THREADS, DEFAULT_QUEUE_DEPTH));
+    let c = EngineConfig::new(EngineChoice::IoUring, 100_000, 100_000);
+    assert_eq!((c.posix_threads(), c.queue_depth()), (MAX_POSIX_THREADS, MAX_QUEUE_DEPTH));
+    let c = EngineConfig::new(EngineChoice::Auto, 3, 7);
+    assert_eq!((c.choice(), c.posix_threads(), c.queue_depth()), (EngineChoice::Auto, 3, 7));
 }
 
 /// Where the records to read are: `len` bytes at `base + slot * stride`.
@@ -74,8 +127,8 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    pub fn offset(&self, slot: u64) -> u64 {
-        self.base + slot * self.stride
+    pub fn offset(&self, slot: SlotIndex) -> u64 {
+        self.base + slot.0 * self.stride
     }
 }
 
@@ -115,7 +168,7 @@ impl BatchStats {
 pub type ReadResult<'a> = std::result::Result<&'a [u8], i32>;
 
 /// Decodes one read into the caller's output type: `(input index, slot, result)`.
-pub type Decoder<'f, T> = dyn Fn(usize, u64, ReadResult<'_>) -> T + Sync + 'f;
+pub type Decoder<'f, T> = dyn Fn(usize, SlotIndex, ReadResult<'_>) -> T + Sync + 'f;
 
 /// Everything a read needs besides its buffer.
 #[derive(Clone, Copy)]
@@ -130,7 +183,7 @@ const MAX_RETRIES_PER_READ: u32 = 64;
 
 impl ReadCtx<'_> {
     /// One positional read into `buf`, retrying EAGAIN/EINTR.
-    fn pread(&self, slot: u64, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
+    fn pread(&self, slot: SlotIndex, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
         let mut tries = 0;
         loop {
             match self.dev.read_at(buf, self.plan.offset(slot)) {
@@ -149,7 +202,7 @@ impl ReadCtx<'_> {
     }
 
     /// The first, batched-path read of a slot done synchronously (POSIX engine).
-    fn batched_pread(&self, slot: u64, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
+    fn batched_pread(&self, slot: SlotIndex, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
         stats.reads_submitted += 1;
         match self.faults.batched_read(slot) {
             Some(errno) => Err(errno),
@@ -158,7 +211,7 @@ impl ReadCtx<'_> {
     }
 
     /// The per-slot retry after a batched read failed: one synchronous read on its own.
-    fn sync_fallback(&self, slot: u64, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
+    fn sync_fallback(&self, slot: SlotIndex, buf: &mut [u8], stats: &mut BatchStats) -> std::result::Result<(), i32> {
         stats.fallbacks += 1;
         let r = match self.faults.fallback_read(slot) {
             Some(errno) => Err(errno),
@@ -171,49 +224,70 @@ impl ReadCtx<'_> {
     }
 }
 
-/// The engine a handle reads with.
-pub enum Engine {
+/// The engine a handle reads with; callers never see which variant runs.
+pub struct Engine {
+    inner: Inner,
+    /// Why AUTO did not pick io_uring, when it did not.
+    note: Option<String>,
+}
+
+enum Inner {
     Posix(posix::PosixEngine),
     IoUring(uring::UringEngine),
 }
 
 impl Engine {
     /// Builds the engine `cfg` asks for. AUTO falls back to POSIX when io_uring
-    /// is unavailable and says why in the returned note.
-    pub fn new(cfg: &EngineConfig, dev: &Device, record_len: usize) -> Result<(Engine, Option<String>)> {
-        let posix = || Engine::Posix(posix::PosixEngine::new(cfg.posix_threads));
-        match cfg.choice {
-            EngineChoice::Posix => Ok((posix(), None)),
-            EngineChoice::UringCmd => Err(Error::Unsupported(
-                "RB_ENGINE_URING_CMD (NVMe passthrough) is not implemented yet; use RB_ENGINE_IO_URING or RB_ENGINE_AUTO".into(),
-            )),
-            EngineChoice::IoUring => match uring::UringEngine::new(dev, cfg.queue_depth, record_len) {
-                Ok(u) => Ok((Engine::IoUring(u), None)),
-                Err(e) => Err(Error::Unsupported(format!("io_uring is not available here: {e}"))),
+    /// is unavailable and keeps the reason ([`Engine::note`]).
+    pub fn new(cfg: &EngineConfig, dev: &Device, record_len: usize) -> Result<Engine> {
+        let posix = || Inner::Posix(posix::PosixEngine::new(cfg.posix_threads()));
+        let uring = || uring::UringEngine::new(dev, cfg.queue_depth(), record_len).map(Inner::IoUring);
+        let (inner, note) = match cfg.choice() {
+            EngineChoice::Posix => (posix(), None),
+            EngineChoice::UringCmd => {
+                return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: "not implemented yet".into() })
+            }
+            EngineChoice::IoUring => match uring() {
+                Ok(u) => (u, None),
+                Err(e) => return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: e.to_string() }),
             },
-            EngineChoice::Auto => match uring::UringEngine::new(dev, cfg.queue_depth, record_len) {
-                Ok(u) => Ok((Engine::IoUring(u), None)),
-                Err(e) => Ok((posix(), Some(format!("io_uring unavailable ({e}); using POSIX")))),
+            EngineChoice::Auto => match uring() {
+                Ok(u) => (u, None),
+                Err(e) => (posix(), Some(format!("io_uring unavailable ({e}); using posix"))),
             },
-        }
+        };
+        Ok(Engine { inner, note })
     }
 
     pub fn kind(&self) -> EngineKind {
-        match self {
-            Engine::Posix(_) => EngineKind::Posix,
-            Engine::IoUring(_) => EngineKind::IoUring,
+        match self.inner {
+            Inner::Posix(_) => EngineKind::Posix,
+            Inner::IoUring(_) => EngineKind::IoUring,
         }
     }
 
+    /// Reads in flight at most: the queue depth (io_uring) or the thread count (POSIX).
+    pub fn concurrency(&self) -> usize {
+        match &self.inner {
+            Inner::IoUring(u) => u.queue_depth(),
+            Inner::Posix(p) => p.threads(),
+        }
+    }
+
+    /// Why AUTO fell back from io_uring, if it did.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
     /// Reads every slot of `slots` and stores `decode(i, slot, result)` in `out[i]`.
-    pub fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[u64], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
+    pub fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[SlotIndex], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
         assert_eq!(slots.len(), out.len(), "one output per slot");
         if slots.is_empty() {
             return BatchStats::default();
         }
-        match self {
-            Engine::Posix(p) => p.read_slots(ctx, slots, out, decode),
-            Engine::IoUring(u) => u.read_slots(ctx, slots, out, decode),
+        match &self.inner {
+            Inner::Posix(p) => p.read_slots(ctx, slots, out, decode),
+            Inner::IoUring(u) => u.read_slots(ctx, slots, out, decode),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::{BatchStats, Decoder, ReadCtx};
+use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
 use crate::sync::{self, lock};
 
@@ -16,7 +17,6 @@ pub struct PosixEngine {
 
 impl PosixEngine {
     pub fn new(threads: usize) -> PosixEngine {
-        let threads = threads.clamp(1, super::MAX_POSIX_THREADS);
         PosixEngine { pool: (threads > 1).then(|| WorkerPool::new(threads)) }
     }
 
@@ -24,7 +24,7 @@ impl PosixEngine {
         self.pool.as_ref().map_or(1, |p| p.workers.len())
     }
 
-    pub(super) fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[u64], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
+    pub(super) fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[SlotIndex], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {
         let Some(pool) = &self.pool else {
             let mut stats = BatchStats { submit_calls: 1, max_in_flight: 1, ..Default::default() };
             let concurrency = Concurrency::default();
@@ -60,7 +60,7 @@ impl PosixEngine {
 }
 
 /// One worker's share: the index of its first input, its inputs, its outputs, its counters.
-type Range<'a, T> = (usize, &'a [u64], &'a mut [T], BatchStats);
+type Range<'a, T> = (usize, &'a [SlotIndex], &'a mut [T], BatchStats);
 
 /// Counts reads in flight across workers, to report the real concurrency.
 #[derive(Default)]
@@ -71,7 +71,7 @@ struct Concurrency {
 
 fn read_range<T>(
     ctx: ReadCtx<'_>,
-    slots: &[u64],
+    slots: &[SlotIndex],
     first: usize,
     out: &mut [T],
     decode: &Decoder<'_, T>,

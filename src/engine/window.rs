@@ -5,6 +5,7 @@
 use std::io;
 
 use super::{BatchStats, ReadCtx, ReadResult};
+use crate::format::SlotIndex;
 
 /// An asynchronous read queue with `depth` buffers of the plan's length.
 pub(crate) trait ReadQueue {
@@ -43,7 +44,7 @@ fn wait_batch(depth: usize) -> usize {
 pub(crate) fn drive<Q: ReadQueue>(
     q: &mut Q,
     ctx: ReadCtx<'_>,
-    slots: &[u64],
+    slots: &[SlotIndex],
     done: &mut dyn FnMut(usize, ReadResult<'_>),
     stats: &mut BatchStats,
 ) {
@@ -64,8 +65,8 @@ pub(crate) fn drive<Q: ReadQueue>(
                 // This submit fails as a whole: every read it would have carried goes per-slot.
                 let take = free.len().min(slots.len() - next);
                 let buf = free[0];
-                for idx in next..next + take {
-                    let r = ctx.sync_fallback(slots[idx], q.buffer_mut(buf), stats);
+                for (idx, &slot) in slots.iter().enumerate().skip(next).take(take) {
+                    let r = ctx.sync_fallback(slot, q.buffer_mut(buf), stats);
                     done(idx, r.map(|_| q.buffer(buf)));
                 }
                 next += take;
@@ -267,7 +268,7 @@ mod tests {
         stats: BatchStats,
     }
 
-    fn run(q: &mut FakeQueue, dev: &Device, faults: &FaultTable, slots: &[u64]) -> Run {
+    fn run(q: &mut FakeQueue, dev: &Device, faults: &FaultTable, slots: &[SlotIndex]) -> Run {
         let ctx = ReadCtx { dev, faults, plan: ReadPlan { base: 0, stride: LEN as u64, len: LEN } };
         let mut results = vec![None; slots.len()];
         let mut stats = BatchStats::default();
@@ -284,8 +285,8 @@ mod tests {
         Run { results, stats }
     }
 
-    fn shuffled_slots(n: u64) -> Vec<u64> {
-        (0..n).map(|i| (i * 7919) % n).collect()
+    fn shuffled_slots(n: u64) -> Vec<SlotIndex> {
+        (0..n).map(|i| SlotIndex((i * 7919) % n)).collect()
     }
 
     #[test]
@@ -295,7 +296,7 @@ mod tests {
         let mut q = FakeQueue::new(8, slots.len());
         let r = run(&mut q, &dev, &FaultTable::default(), &slots);
         for (i, res) in r.results.iter().enumerate() {
-            assert_eq!(*res, Some(Ok(slots[i] * LEN as u64)), "input {i}");
+            assert_eq!(*res, Some(Ok(slots[i].0 * LEN as u64)), "input {i}");
         }
         assert_eq!(q.max_in_flight, 8);
         assert_eq!(r.stats.max_in_flight, 8);
@@ -313,7 +314,7 @@ mod tests {
         let mut q = FakeQueue::new(16, slots.len());
         q.fail_offsets.insert(123 * LEN as u64);
         let r = run(&mut q, &dev, &FaultTable::default(), &slots);
-        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i] * LEN as u64))));
+        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i].0 * LEN as u64))));
         assert_eq!((r.stats.fallbacks, r.stats.failed), (1, 0));
     }
 
@@ -322,10 +323,10 @@ mod tests {
         let slots = shuffled_slots(1000);
         let dev = fixture(1000);
         let faults = FaultTable::default();
-        faults.inject(&[500], libc::EIO, FaultMode::Persistent);
+        faults.inject(&[SlotIndex(500)], libc::EIO, FaultMode::Persistent);
         let r = run(&mut FakeQueue::new(8, slots.len()), &dev, &faults, &slots);
         for (i, res) in r.results.iter().enumerate() {
-            let want = if slots[i] == 500 { Err(libc::EIO) } else { Ok(slots[i] * LEN as u64) };
+            let want = if slots[i] == SlotIndex(500) { Err(libc::EIO) } else { Ok(slots[i].0 * LEN as u64) };
             assert_eq!(*res, Some(want), "input {i}");
         }
         assert_eq!((r.stats.fallbacks, r.stats.failed), (1, 1));
@@ -338,7 +339,7 @@ mod tests {
         let mut q = FakeQueue::new(8, slots.len());
         q.eagain_once.insert(42 * LEN as u64);
         let r = run(&mut q, &dev, &FaultTable::default(), &slots);
-        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i] * LEN as u64))));
+        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i].0 * LEN as u64))));
         assert_eq!((r.stats.retries, r.stats.fallbacks), (1, 0));
     }
 
@@ -349,7 +350,7 @@ mod tests {
         let faults = FaultTable::default();
         faults.inject(&[], libc::EIO, FaultMode::Submit);
         let r = run(&mut FakeQueue::new(8, slots.len()), &dev, &faults, &slots);
-        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i] * LEN as u64))));
+        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i].0 * LEN as u64))));
         assert_eq!((r.stats.fallbacks, r.stats.failed), (8, 0));
         assert_eq!(r.stats.reads_submitted, 92);
     }
@@ -361,7 +362,7 @@ mod tests {
         let mut q = FakeQueue::new(8, slots.len());
         q.hard_fail_at_submit = Some(5);
         let r = run(&mut q, &dev, &FaultTable::default(), &slots);
-        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i] * LEN as u64))));
+        assert!(r.results.iter().enumerate().all(|(i, x)| *x == Some(Ok(slots[i].0 * LEN as u64))));
         assert!(q.poisoned);
         assert!(r.stats.fallbacks > 0);
     }

@@ -6,6 +6,7 @@ use std::ffi::{c_char, CString};
 use std::panic::{self, AssertUnwindSafe};
 
 use super::types::*;
+use crate::engine::EngineChoice;
 use crate::error::{Error, Status};
 
 thread_local! {
@@ -27,7 +28,7 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_
     match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => RB_OK,
         Ok(Err(e)) => {
-            set_message(&format!("{name}: {e}"));
+            set_message(&format!("{name}: {e}{}", hint(&e)));
             e.status() as rb_status
         }
         Err(payload) => {
@@ -40,6 +41,33 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_
             Status::Panic as rb_status
         }
     }
+}
+
+/// What a C caller can do about an error, in the header's terms.
+fn hint(e: &Error) -> &'static str {
+    match e {
+        Error::NeedsRecovery => "; call rb_recover first",
+        Error::NotRawblock { .. } => "; open with RB_OPEN_CREATE to format it",
+        Error::Exists { .. } => "; pass RB_OPEN_OVERWRITE_OK to format it anyway",
+        Error::DirectIoRefused { .. } => " (the filesystem may not support O_DIRECT; RB_OPEN_BUFFERED turns it off)",
+        Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. } => "; use RB_ENGINE_IO_URING or RB_ENGINE_AUTO",
+        Error::SlotsFull { .. } => "; rb_delete keys to make room",
+        Error::CheckpointTooLarge { .. } => "; format with a larger meta_bytes",
+        _ => "",
+    }
+}
+
+/// A fixed, NUL-terminated C string field; longer text is cut at a character boundary.
+pub(super) fn c_text<const N: usize>(text: &str) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    let mut end = text.len().min(N - 1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    for (o, &b) in out.iter_mut().zip(text.as_bytes()[..end].iter()) {
+        *o = b as c_char;
+    }
+    out
 }
 
 pub(super) fn invalid(msg: impl Into<String>) -> Error {

@@ -12,17 +12,16 @@ use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use boundary::{bytes, guard, invalid, out_size, read_in, write_out, write_sized, Versioned};
+use boundary::{bytes, c_text, guard, invalid, out_size, read_in, write_out, write_sized, Versioned};
 use types::*;
 
 use crate::engine::{BatchStats, EngineChoice, EngineConfig, EngineKind, FaultMode};
 use crate::error::{Error, Status};
-use crate::format::{GeometryRequest, SlotState};
-use crate::store::{HeaderRead, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
+use crate::format::{GeometryRequest, SlotIndex, SlotState};
+use crate::store::{FormatOptions, HeaderRead, OpenMode, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
-/// ABI version: bumped on any incompatible change to this header. It is also the
-/// SONAME's number (librawblock.so.1); build.rs sets it and a test keeps the two equal.
-pub const RB_ABI_VERSION: u32 = 1;
+mod abi;
+pub use abi::RB_ABI_VERSION;
 
 static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
     Ok(v) => v,
@@ -66,8 +65,9 @@ pub unsafe extern "C" fn rb_options_init(opts: *mut rb_options) -> rb_status {
         }
         let mut o = rb_options::default();
         o.set_struct_size();
-        o.posix_threads = 1;
-        o.queue_depth = crate::engine::DEFAULT_QUEUE_DEPTH as u32;
+        let defaults = EngineConfig::default();
+        o.posix_threads = defaults.posix_threads() as u32;
+        o.queue_depth = defaults.queue_depth() as u32;
         // SAFETY: non-NULL and the caller provides a whole rb_options.
         unsafe { opts.write(o) };
         Ok(())
@@ -92,10 +92,24 @@ pub unsafe extern "C" fn rb_recover_options_init(opts: *mut rb_recover_options) 
     })
 }
 
-#[cfg(test)]
-#[test]
-fn soname_matches_the_abi_version() {
-    assert_eq!(env!("RAWBLOCK_SONAME_ABI"), RB_ABI_VERSION.to_string());
+fn open_mode(o: &rb_options) -> Result<OpenMode, Error> {
+    let flag = |f: u32| o.flags & f != 0;
+    match (flag(RB_OPEN_CREATE), flag(RB_OPEN_READ_ONLY)) {
+        (true, true) => Err(invalid("RB_OPEN_CREATE and RB_OPEN_READ_ONLY exclude each other")),
+        (false, true) => Ok(OpenMode::ReadOnly),
+        (false, false) => Ok(OpenMode::ReadWrite),
+        (true, false) => Ok(OpenMode::Create(FormatOptions {
+            geometry: GeometryRequest {
+                block_size: o.block_size,
+                header_bytes: o.header_bytes,
+                slot_bytes: o.slot_bytes,
+                meta_bytes: o.meta_bytes,
+                max_key_bytes: o.max_key_bytes,
+            },
+            capacity_bytes: o.capacity_bytes,
+            overwrite: flag(RB_OPEN_OVERWRITE_OK),
+        })),
+    }
 }
 
 fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
@@ -110,26 +124,11 @@ fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
         RB_ENGINE_URING_CMD => EngineChoice::UringCmd,
         e => return Err(invalid(format!("unknown engine {e}"))),
     };
-    let default_or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
     Ok(OpenOptions {
-        engine: EngineConfig {
-            choice,
-            posix_threads: default_or(o.posix_threads, 1).min(crate::engine::MAX_POSIX_THREADS),
-            queue_depth: default_or(o.queue_depth, crate::engine::DEFAULT_QUEUE_DEPTH).min(crate::engine::MAX_QUEUE_DEPTH),
-        },
-        create: o.flags & RB_OPEN_CREATE != 0,
-        overwrite_ok: o.flags & RB_OPEN_OVERWRITE_OK != 0,
-        read_only: o.flags & RB_OPEN_READ_ONLY != 0,
+        mode: open_mode(o)?,
+        engine: EngineConfig::new(choice, o.posix_threads as usize, o.queue_depth as usize),
         buffered: o.flags & RB_OPEN_BUFFERED != 0,
         sync_writes: o.flags & RB_OPEN_SYNC_WRITES != 0,
-        geometry: GeometryRequest {
-            block_size: o.block_size,
-            header_bytes: o.header_bytes,
-            slot_bytes: o.slot_bytes,
-            meta_bytes: o.meta_bytes,
-            max_key_bytes: o.max_key_bytes,
-        },
-        capacity_bytes: o.capacity_bytes,
     })
 }
 
@@ -290,7 +289,6 @@ fn engine_code(k: EngineKind) -> u32 {
     match k {
         EngineKind::Posix => RB_ENGINE_POSIX,
         EngineKind::IoUring => RB_ENGINE_IO_URING,
-        EngineKind::UringCmd => RB_ENGINE_URING_CMD,
     }
 }
 
@@ -373,8 +371,8 @@ pub unsafe extern "C" fn rb_recover(dev: *mut rb_device, opts: *const rb_recover
     })
 }
 
-fn slot_header(slot: u64, h: HeaderRead<'_>) -> rb_slot_header {
-    let mut out = rb_slot_header { slot, ..Default::default() };
+fn slot_header(slot: SlotIndex, h: HeaderRead<'_>) -> rb_slot_header {
+    let mut out = rb_slot_header { slot: slot.0, ..Default::default() };
     match h {
         HeaderRead::IoError(errno) => {
             out.status = RB_HEADER_IO_ERROR;
@@ -385,7 +383,7 @@ fn slot_header(slot: u64, h: HeaderRead<'_>) -> rb_slot_header {
         HeaderRead::State(SlotState::Foreign) => out.status = RB_HEADER_FOREIGN,
         HeaderRead::State(SlotState::Valid(h)) => {
             out.status = RB_HEADER_VALID;
-            out.generation = h.generation;
+            out.generation = h.generation.0;
             out.payload_len = h.payload_len;
             out.payload_crc = h.payload_crc;
             out.key_len = h.key.len() as u32;
@@ -421,7 +419,8 @@ pub unsafe extern "C" fn rb_read_headers_batched(dev: *mut rb_device, slots: *co
             return Err(invalid(format!("{n} headers of {stride} bytes overflow memory")));
         }
         // SAFETY: slots has n readable entries.
-        let slots = unsafe { std::slice::from_raw_parts(slots, n) };
+        let slots: Vec<SlotIndex> = unsafe { std::slice::from_raw_parts(slots, n) }.iter().map(|&s| SlotIndex(s)).collect();
+        let slots = &slots[..];
         if stride == std::mem::size_of::<rb_slot_header>() {
             // SAFETY: out has n writable elements of exactly this type.
             let out = unsafe { std::slice::from_raw_parts_mut(out, n) };
@@ -477,13 +476,13 @@ pub unsafe extern "C" fn rb_get_info(dev: *mut rb_device, out: *mut rb_device_in
         let info = rb_device_info {
             struct_size: std::mem::size_of::<rb_device_info>(),
             device_id: s.device_id(),
-            block_size: g.block_size,
-            header_bytes: g.header_bytes,
-            slot_bytes: g.slot_bytes,
-            slot_count: g.slot_count,
+            block_size: g.block_size(),
+            header_bytes: g.header_bytes(),
+            slot_bytes: g.slot_bytes(),
+            slot_count: g.slot_count(),
             meta_bytes: g.meta_bytes(),
             data_base: g.data_base(),
-            max_key_bytes: g.max_key_bytes,
+            max_key_bytes: g.max_key_bytes(),
             engine: engine_code(s.engine_kind()),
             max_payload: g.max_payload(),
             queue_depth: s.queue_depth() as u32,
@@ -491,6 +490,7 @@ pub unsafe extern "C" fn rb_get_info(dev: *mut rb_device, out: *mut rb_device_in
             direct_io: s.is_direct() as u32,
             reserved: 0,
             indexed: s.len() as u64,
+            engine_note: c_text(s.engine_note().unwrap_or("")),
         };
         // SAFETY: out has struct_size writable bytes.
         unsafe { write_out(out, info) }
@@ -526,7 +526,8 @@ pub unsafe extern "C" fn rb_test_inject_read_faults(dev: *mut rb_device, slots: 
             // SAFETY: slots has n readable entries.
             unsafe { std::slice::from_raw_parts(slots, n) }
         };
-        s.inject_read_faults(slots, os_errno, mode);
+        let slots: Vec<SlotIndex> = slots.iter().map(|&s| SlotIndex(s)).collect();
+        s.inject_read_faults(&slots, os_errno, mode);
         Ok(())
     })
 }
@@ -542,4 +543,72 @@ pub unsafe extern "C" fn rb_test_clear_read_faults(dev: *mut rb_device) -> rb_st
         unsafe { device(dev)? }.clear_read_faults();
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::ffi::CString {
+        let p = crate::store::tmp_path(name);
+        std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
+    }
+
+    fn message() -> String {
+        // SAFETY: rb_last_error_message never returns NULL and the string lives until the next failure.
+        unsafe { CStr::from_ptr(rb_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    /// The core's errors name no C identifier; the boundary adds the hint in C terms.
+    #[test]
+    fn messages_carry_c_hints_added_at_the_boundary() {
+        let path = scratch("ffi-hints");
+        let mut o = rb_options::default();
+        // SAFETY: o is a valid, writable rb_options.
+        assert_eq!(unsafe { rb_options_init(&mut o) }, RB_OK);
+        o.flags = RB_OPEN_CREATE;
+        o.capacity_bytes = 8 << 20;
+        o.slot_bytes = 64 << 10;
+        let mut dev = std::ptr::null_mut();
+        // SAFETY: valid path, options and out pointer; every handle is closed below.
+        unsafe {
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+            assert_eq!(rb_close(dev), RB_OK);
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_E_EXISTS);
+            assert!(message().contains("RB_OPEN_OVERWRITE_OK"), "{}", message());
+            assert_eq!(rb_open(path.as_ptr(), std::ptr::null(), &mut dev), RB_OK);
+            assert_eq!(rb_put(dev, c"k".as_ptr().cast(), 1, c"v".as_ptr().cast(), 1), RB_E_STATE);
+            assert!(message().contains("call rb_recover first"), "{}", message());
+            assert_eq!(rb_close(dev), RB_OK);
+        }
+        let core = crate::Error::NeedsRecovery.to_string();
+        assert!(!core.contains("rb_"), "the core message names a C function: {core}");
+    }
+
+    /// A caller built before engine_note existed passes the shorter struct and gets the rest.
+    #[test]
+    fn device_info_accepts_the_size_before_engine_note() {
+        let path = scratch("ffi-info");
+        let mut o = rb_options::default();
+        let mut dev = std::ptr::null_mut();
+        // SAFETY: valid pointers throughout; the handle is closed at the end.
+        unsafe {
+            rb_options_init(&mut o);
+            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+            o.capacity_bytes = 8 << 20;
+            o.engine = RB_ENGINE_POSIX;
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+            let old = std::mem::offset_of!(rb_device_info, engine_note);
+            let mut info = rb_device_info { struct_size: old, engine_note: [0x7f; RB_ENGINE_NOTE_BYTES], ..Default::default() };
+            assert_eq!(rb_get_info(dev, &mut info), RB_OK);
+            assert_eq!((info.struct_size, info.engine), (old, RB_ENGINE_POSIX));
+            assert!(info.engine_note.iter().all(|&c| c == 0x7f), "wrote past the caller's struct_size");
+            info.struct_size = old - 1;
+            assert_eq!(rb_get_info(dev, &mut info), RB_E_INVALID_ARGUMENT);
+            let mut full = rb_device_info::default();
+            assert_eq!(rb_get_info(dev, &mut full), RB_OK);
+            assert_eq!(full.engine_note[0], 0, "an engine named explicitly leaves no note");
+            assert_eq!(rb_close(dev), RB_OK);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! The C types: status codes, flags and the structs that cross the boundary.
 #![allow(non_camel_case_types)]
 
+use std::ffi::c_char;
+
 use super::boundary::Versioned;
 
 /// Status returned by every function: RB_OK (0) or a positive RB_E_* code.
@@ -230,9 +232,12 @@ impl Default for rb_slot_header {
     }
 }
 
+/// Bytes of rb_device_info.engine_note, its NUL included.
+pub const RB_ENGINE_NOTE_BYTES: usize = 256;
+
 /// A device's geometry and the handle's settings (rb_get_info).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct rb_device_info {
     pub struct_size: usize,
     pub device_id: [u8; 16],
@@ -255,6 +260,34 @@ pub struct rb_device_info {
     pub reserved: u32,
     /// Keys indexed now.
     pub indexed: u64,
+    /// Why RB_ENGINE_AUTO did not pick io_uring (NUL-terminated; "" when it did, or
+    /// when an engine was named). Added after ABI 1's first struct: a caller whose
+    /// struct_size ends before it does not get it.
+    pub engine_note: [c_char; RB_ENGINE_NOTE_BYTES],
+}
+
+impl Default for rb_device_info {
+    fn default() -> Self {
+        rb_device_info {
+            struct_size: std::mem::size_of::<Self>(),
+            device_id: [0; 16],
+            block_size: 0,
+            header_bytes: 0,
+            slot_bytes: 0,
+            slot_count: 0,
+            meta_bytes: 0,
+            data_base: 0,
+            max_key_bytes: 0,
+            engine: 0,
+            max_payload: 0,
+            queue_depth: 0,
+            read_only: 0,
+            direct_io: 0,
+            reserved: 0,
+            indexed: 0,
+            engine_note: [0; RB_ENGINE_NOTE_BYTES],
+        }
+    }
 }
 
 macro_rules! versioned {
@@ -267,7 +300,16 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_device_info);
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header);
+
+impl Versioned for rb_device_info {
+    const NAME: &'static str = "rb_device_info";
+    /// Callers built before engine_note was added pass the size that ends where it begins.
+    const MIN_SIZE: usize = std::mem::offset_of!(rb_device_info, engine_note);
+    fn set_struct_size(&mut self) {
+        self.struct_size = std::mem::size_of::<Self>();
+    }
+}
 
 #[cfg(test)]
 mod tests {

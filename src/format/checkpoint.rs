@@ -1,7 +1,7 @@
 //! Checkpoint containers: a header block (the commit record) and a binary
 //! payload listing every indexed entry.
 
-use super::{DeviceId, Dec, Enc, FORMAT_VERSION};
+use super::{Dec, DeviceId, Enc, Generation, SlotIndex, FORMAT_VERSION};
 
 pub const MAGIC: [u8; 8] = *b"RBCHKPT\x01";
 /// Encoded length of the header; the rest of its block is zero.
@@ -59,8 +59,8 @@ impl CheckpointHeader {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointEntry<'a> {
     pub key: &'a [u8],
-    pub slot: u64,
-    pub generation: u64,
+    pub slot: SlotIndex,
+    pub generation: Generation,
     pub payload_len: u64,
     pub payload_crc: u32,
 }
@@ -78,8 +78,8 @@ pub fn encode_payload<'a>(entries: impl IntoIterator<Item = CheckpointEntry<'a>>
     for entry in entries {
         e.u16(u16::try_from(entry.key.len()).expect("key length checked at put"))
             .bytes(entry.key)
-            .u64(entry.slot)
-            .u64(entry.generation)
+            .u64(entry.slot.0)
+            .u64(entry.generation.0)
             .u64(entry.payload_len)
             .u32(entry.payload_crc);
     }
@@ -99,8 +99,8 @@ pub fn decode_payload(payload: &[u8], count: u64) -> Result<Vec<CheckpointEntry<
             let key_len = d.u16()? as usize;
             Some(CheckpointEntry {
                 key: d.bytes(key_len)?,
-                slot: d.u64()?,
-                generation: d.u64()?,
+                slot: SlotIndex(d.u64()?),
+                generation: Generation(d.u64()?),
                 payload_len: d.u64()?,
                 payload_crc: d.u32()?,
             })
@@ -123,8 +123,8 @@ mod tests {
             .enumerate()
             .map(|(i, k)| CheckpointEntry {
                 key: k,
-                slot: i as u64 * 3,
-                generation: 1000 + i as u64,
+                slot: SlotIndex(i as u64 * 3),
+                generation: Generation(1000 + i as u64),
                 payload_len: 4096 * i as u64 + 1,
                 payload_crc: i as u32 ^ 0xA5A5,
             })

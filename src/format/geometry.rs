@@ -1,6 +1,6 @@
 //! Where everything lives on the device, derived from a few numbers.
 
-use super::{checkpoint, round_up, slot_header};
+use super::{checkpoint, round_up, slot_header, SlotIndex};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_HEADER_BYTES: u32 = 4096;
@@ -21,15 +21,62 @@ pub struct GeometryRequest {
     pub max_key_bytes: u32,
 }
 
-/// The fixed layout of a formatted device. Construct with [`Geometry::plan`]
-/// or decode from a superblock; both validate, so a `Geometry` is always usable.
+/// One of the two checkpoint containers, written alternately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    A,
+    B,
+}
+
+impl Container {
+    pub const BOTH: [Container; 2] = [Container::A, Container::B];
+
+    /// The container a checkpoint goes to when this one holds the newest.
+    pub fn other(self) -> Container {
+        match self {
+            Container::A => Container::B,
+            Container::B => Container::A,
+        }
+    }
+
+    fn position(self) -> u64 {
+        match self {
+            Container::A => 0,
+            Container::B => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Container::A => "A",
+            Container::B => "B",
+        })
+    }
+}
+
+/// The fixed layout of a formatted device. Made only by [`Geometry::plan`] or
+/// by decoding a superblock ([`Geometry::from_parts`]); both validate, and the
+/// fields are private, so a `Geometry` is always usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
+    block_size: u32,
+    header_bytes: u32,
+    slot_bytes: u64,
+    slot_count: u64,
+    /// Bytes of one checkpoint container (its header block plus payload area).
+    container_bytes: u64,
+    max_key_bytes: u32,
+}
+
+/// The numbers a superblock records, before they are validated into a [`Geometry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeometryParts {
     pub block_size: u32,
     pub header_bytes: u32,
     pub slot_bytes: u64,
     pub slot_count: u64,
-    /// Bytes of one checkpoint container (its header block plus payload area).
     pub container_bytes: u64,
     pub max_key_bytes: u32,
 }
@@ -71,13 +118,26 @@ impl Geometry {
             )));
         }
         let slot_count = (capacity - meta_bytes) / slot_bytes;
-        let g = Geometry { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
-        g.validate(device_block).map_err(bad)?;
+        let parts = GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
+        Geometry::from_parts(parts, device_block).map_err(bad)
+    }
+
+    /// Validates recorded numbers (a superblock's) for a device of `device_block` logical blocks.
+    pub fn from_parts(p: GeometryParts, device_block: u32) -> std::result::Result<Geometry, String> {
+        let g = Geometry {
+            block_size: p.block_size,
+            header_bytes: p.header_bytes,
+            slot_bytes: p.slot_bytes,
+            slot_count: p.slot_count,
+            container_bytes: p.container_bytes,
+            max_key_bytes: p.max_key_bytes,
+        };
+        g.validate(device_block)?;
         Ok(g)
     }
 
     /// Checks every invariant the rest of the crate relies on.
-    pub fn validate(&self, device_block: u32) -> std::result::Result<(), String> {
+    fn validate(&self, device_block: u32) -> std::result::Result<(), String> {
         let b = self.block_size;
         if !b.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&b) {
             return Err(format!("block size {b} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"));
@@ -115,13 +175,45 @@ impl Geometry {
         Ok(())
     }
 
+    /// Alignment of everything on the device, and the unit of metadata writes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    /// Bytes of a slot's header block.
+    pub fn header_bytes(&self) -> u32 {
+        self.header_bytes
+    }
+    /// Bytes of a slot, header included.
+    pub fn slot_bytes(&self) -> u64 {
+        self.slot_bytes
+    }
+    pub fn slot_count(&self) -> u64 {
+        self.slot_count
+    }
+    /// Bytes of one checkpoint container (its header block plus payload area).
+    pub fn container_bytes(&self) -> u64 {
+        self.container_bytes
+    }
+    pub fn max_key_bytes(&self) -> u32 {
+        self.max_key_bytes
+    }
+
+    /// Whether `slot` names a slot of this device.
+    pub fn has_slot(&self, slot: SlotIndex) -> bool {
+        slot.0 < self.slot_count
+    }
+
+    /// Every slot of the device, in order.
+    pub fn all_slots(&self) -> impl Iterator<Item = SlotIndex> {
+        (0..self.slot_count).map(SlotIndex)
+    }
+
     pub fn superblock_bytes(&self) -> u64 {
         self.block_size as u64
     }
 
-    /// Offset of checkpoint container 0 (A) or 1 (B).
-    pub fn container_offset(&self, which: usize) -> u64 {
-        self.superblock_bytes() + which as u64 * self.container_bytes
+    pub fn container_offset(&self, which: Container) -> u64 {
+        self.superblock_bytes() + which.position() * self.container_bytes
     }
 
     /// Largest checkpoint payload a container holds.
@@ -137,8 +229,8 @@ impl Geometry {
         self.meta_bytes()
     }
 
-    pub fn slot_offset(&self, slot: u64) -> u64 {
-        self.data_base() + slot * self.slot_bytes
+    pub fn slot_offset(&self, slot: SlotIndex) -> u64 {
+        self.data_base() + slot.0 * self.slot_bytes
     }
 
     pub fn max_payload(&self) -> u64 {
@@ -172,7 +264,7 @@ mod tests {
         assert!(g.device_bytes() <= cap);
         assert_eq!(g.slot_count, (cap - g.meta_bytes()) / g.slot_bytes);
         assert_eq!(g.data_base() % 4096, 0);
-        assert_eq!(g.slot_offset(3), g.data_base() + 3 * (1 << 20));
+        assert_eq!(g.slot_offset(SlotIndex(3)), g.data_base() + 3 * (1 << 20));
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub mod slot_header;
 pub mod superblock;
 
 pub use checkpoint::{CheckpointEntry, CheckpointHeader};
-pub use geometry::{Geometry, GeometryRequest};
-pub use slot_header::{SlotHeader, SlotState};
+pub use geometry::{Container, Geometry, GeometryRequest};
+pub use slot_header::{Decoded, SlotHeader, SlotState};
 pub use superblock::Superblock;
 
 /// Format version written in the superblock, checkpoint and slot headers.
@@ -20,6 +20,23 @@ pub const FORMAT_VERSION: u32 = 1;
 /// A 128-bit identity drawn when a device is formatted; every checkpoint and
 /// slot header carries it so that leftovers of an earlier format are detected.
 pub type DeviceId = [u8; 16];
+
+/// The position of a slot on the device, `0..slot_count`. Not a byte offset
+/// ([`Geometry::slot_offset`] makes one) and not a [`Generation`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotIndex(pub u64);
+
+impl std::fmt::Display for SlotIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The version of a stored value: every put of a device writes a generation
+/// above every earlier one, so the newest copy of a key is the one with the
+/// highest generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(pub u64);
 
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)

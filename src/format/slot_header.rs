@@ -4,7 +4,7 @@
 //! header left by an earlier format, a misdirected write or a replaced value
 //! is told apart from the one a checkpoint entry expects.
 
-use super::{DeviceId, Dec, Enc, FORMAT_VERSION};
+use super::{Dec, DeviceId, Enc, Generation, SlotIndex, FORMAT_VERSION};
 
 pub const MAGIC: [u8; 8] = *b"RBSLOT\0\x01";
 /// Bytes before the key.
@@ -20,8 +20,8 @@ pub fn key_capacity(header_bytes: u32) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotHeader<'a> {
     pub device_id: DeviceId,
-    pub slot: u64,
-    pub generation: u64,
+    pub slot: SlotIndex,
+    pub generation: Generation,
     pub payload_len: u64,
     pub payload_crc: u32,
     pub key: &'a [u8],
@@ -40,6 +40,16 @@ pub enum SlotState<'a> {
     Foreign,
 }
 
+/// A header block as bytes, before it is judged against a device and slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// No rawblock magic at the start of the block.
+    NoHeader,
+    /// The magic, then something that does not decode or fails its CRC.
+    Malformed,
+    Header(SlotHeader<'a>),
+}
+
 impl<'a> SlotHeader<'a> {
     pub fn encoded_len(&self) -> usize {
         FIXED_BYTES + self.key.len() + CRC_BYTES
@@ -54,8 +64,8 @@ impl<'a> SlotHeader<'a> {
             .u32(FORMAT_VERSION)
             .u32(0)
             .bytes(&self.device_id)
-            .u64(self.slot)
-            .u64(self.generation)
+            .u64(self.slot.0)
+            .u64(self.generation.0)
             .u64(self.payload_len)
             .u32(self.payload_crc)
             .u16(self.key.len() as u16)
@@ -64,22 +74,21 @@ impl<'a> SlotHeader<'a> {
             .crc_of_written();
     }
 
-    /// Decodes without judging device or slot; `None` if the magic is absent,
-    /// `Some(Err(()))` if the header is corrupt.
-    pub fn decode(block: &'a [u8]) -> Option<Result<SlotHeader<'a>, ()>> {
+    /// Decodes without judging device or slot.
+    pub fn decode(block: &'a [u8]) -> Decoded<'a> {
         let mut d = Dec::new(block);
         if d.array::<8>() != Some(MAGIC) {
-            return None;
+            return Decoded::NoHeader;
         }
-        Some(Self::decode_after_magic(&mut d).ok_or(()))
+        Self::decode_after_magic(&mut d).map_or(Decoded::Malformed, Decoded::Header)
     }
 
     fn decode_after_magic(d: &mut Dec<'a>) -> Option<SlotHeader<'a>> {
         let version = d.u32()?;
         let _flags = d.u32()?;
         let device_id = d.array::<16>()?;
-        let slot = d.u64()?;
-        let generation = d.u64()?;
+        let slot = SlotIndex(d.u64()?);
+        let generation = Generation(d.u64()?);
         let payload_len = d.u64()?;
         let payload_crc = d.u32()?;
         let key_len = d.u16()? as usize;
@@ -92,12 +101,12 @@ impl<'a> SlotHeader<'a> {
     }
 
     /// Classifies the header block read from `slot` of the device `device_id`.
-    pub fn classify(block: &'a [u8], device_id: &DeviceId, slot: u64) -> SlotState<'a> {
+    pub fn classify(block: &'a [u8], device_id: &DeviceId, slot: SlotIndex) -> SlotState<'a> {
         match Self::decode(block) {
-            None => SlotState::Empty,
-            Some(Err(())) => SlotState::Corrupt,
-            Some(Ok(h)) if h.device_id != *device_id || h.slot != slot => SlotState::Foreign,
-            Some(Ok(h)) => SlotState::Valid(h),
+            Decoded::NoHeader => SlotState::Empty,
+            Decoded::Malformed => SlotState::Corrupt,
+            Decoded::Header(h) if h.device_id != *device_id || h.slot != slot => SlotState::Foreign,
+            Decoded::Header(h) => SlotState::Valid(h),
         }
     }
 }
@@ -109,7 +118,7 @@ mod tests {
     const DEV: DeviceId = *b"device-id-000001";
 
     fn header(key: &[u8]) -> SlotHeader<'_> {
-        SlotHeader { device_id: DEV, slot: 42, generation: 7, payload_len: 12345, payload_crc: 0xDEADBEEF, key }
+        SlotHeader { device_id: DEV, slot: SlotIndex(42), generation: Generation(7), payload_len: 12345, payload_crc: 0xDEADBEEF, key }
     }
 
     #[test]
@@ -117,8 +126,8 @@ mod tests {
         let mut block = vec![0xFFu8; 4096];
         let h = header(b"model@chunk-0001");
         h.encode(&mut block);
-        assert_eq!(SlotHeader::decode(&block), Some(Ok(h)));
-        assert_eq!(SlotHeader::classify(&block, &DEV, 42), SlotState::Valid(h));
+        assert_eq!(SlotHeader::decode(&block), Decoded::Header(h));
+        assert_eq!(SlotHeader::classify(&block, &DEV, SlotIndex(42)), SlotState::Valid(h));
         assert!(block[h.encoded_len()..].iter().all(|&b| b == 0));
     }
 
@@ -127,7 +136,7 @@ mod tests {
         let key = vec![b'k'; key_capacity(4096) as usize];
         let mut block = vec![0u8; 4096];
         header(&key).encode(&mut block);
-        assert_eq!(SlotHeader::decode(&block).unwrap().unwrap().key, &key[..]);
+        assert!(matches!(SlotHeader::decode(&block), Decoded::Header(h) if h.key == &key[..]));
     }
 
     #[test]
@@ -138,25 +147,25 @@ mod tests {
         for byte in 0..h.encoded_len() {
             let mut b = block.clone();
             b[byte] ^= 0x01;
-            assert_ne!(SlotHeader::classify(&b, &DEV, 42), SlotState::Valid(h), "flip at {byte}");
+            assert_ne!(SlotHeader::classify(&b, &DEV, SlotIndex(42)), SlotState::Valid(h), "flip at {byte}");
         }
     }
 
     #[test]
     fn empty_corrupt_and_foreign() {
-        assert_eq!(SlotHeader::classify(&[0u8; 4096], &DEV, 0), SlotState::Empty);
-        assert_eq!(SlotHeader::classify(&[0x33u8; 4096], &DEV, 0), SlotState::Empty);
+        assert_eq!(SlotHeader::classify(&[0u8; 4096], &DEV, SlotIndex(0)), SlotState::Empty);
+        assert_eq!(SlotHeader::classify(&[0x33u8; 4096], &DEV, SlotIndex(0)), SlotState::Empty);
         let mut block = vec![0u8; 4096];
         header(b"abc").encode(&mut block);
-        assert_eq!(SlotHeader::classify(&block, b"another-device!!", 42), SlotState::Foreign);
-        assert_eq!(SlotHeader::classify(&block, &DEV, 43), SlotState::Foreign);
+        assert_eq!(SlotHeader::classify(&block, b"another-device!!", SlotIndex(42)), SlotState::Foreign);
+        assert_eq!(SlotHeader::classify(&block, &DEV, SlotIndex(43)), SlotState::Foreign);
         // A torn header: the magic landed, the rest did not.
         let mut torn = vec![0u8; 4096];
         torn[..40].copy_from_slice(&block[..40]);
-        assert_eq!(SlotHeader::classify(&torn, &DEV, 42), SlotState::Corrupt);
+        assert_eq!(SlotHeader::classify(&torn, &DEV, SlotIndex(42)), SlotState::Corrupt);
         // A key length that runs past the block.
         let mut long = block.clone();
         long[60..62].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert_eq!(SlotHeader::classify(&long, &DEV, 42), SlotState::Corrupt);
+        assert_eq!(SlotHeader::classify(&long, &DEV, SlotIndex(42)), SlotState::Corrupt);
     }
 }

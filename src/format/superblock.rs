@@ -1,6 +1,7 @@
 //! The superblock at offset 0: identity and geometry of the device.
 
-use super::{DeviceId, Dec, Enc, Geometry, FORMAT_VERSION};
+use super::geometry::GeometryParts;
+use super::{Dec, DeviceId, Enc, Geometry, FORMAT_VERSION};
 
 pub const MAGIC: [u8; 8] = *b"RAWBLOCK";
 /// Encoded length; the rest of the superblock block is zero.
@@ -46,14 +47,14 @@ impl Superblock {
             .u32(FORMAT_VERSION)
             .u32(0)
             .bytes(&self.device_id)
-            .u32(g.block_size)
-            .u32(g.header_bytes)
-            .u64(g.slot_bytes)
-            .u64(g.slot_count)
+            .u32(g.block_size())
+            .u32(g.header_bytes())
+            .u64(g.slot_bytes())
+            .u64(g.slot_count())
             .u64(g.meta_bytes())
             .u64(g.data_base())
-            .u64(g.container_bytes)
-            .u32(g.max_key_bytes)
+            .u64(g.container_bytes())
+            .u32(g.max_key_bytes())
             .u32(0)
             .crc_of_written();
     }
@@ -83,8 +84,8 @@ impl Superblock {
         if version != FORMAT_VERSION {
             return Err(SuperblockError::UnsupportedVersion(version));
         }
-        let geometry = Geometry { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
-        geometry.validate(device_block).map_err(SuperblockError::BadGeometry)?;
+        let parts = GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
+        let geometry = Geometry::from_parts(parts, device_block).map_err(SuperblockError::BadGeometry)?;
         if geometry.meta_bytes() != meta_bytes || geometry.data_base() != data_base {
             return Err(SuperblockError::BadGeometry(format!(
                 "metadata size {meta_bytes} / data base {data_base} disagree with the containers"

@@ -1,24 +1,24 @@
 //! Writing and loading checkpoints in the two alternating containers.
 
 use super::Store;
-use crate::sync::lock;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::format::checkpoint::{encode_payload, CheckpointEntry, CheckpointHeader};
-use crate::format::{crc32, round_up};
+use crate::format::checkpoint::{decode_payload, encode_payload, CheckpointEntry, CheckpointHeader, ENTRY_FIXED_BYTES};
+use crate::format::{crc32, round_up, Container};
+use crate::sync::lock;
 
 /// Which container to write next, and with which sequence.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Cursor {
     /// The container holding the newest checkpoint that verifies.
-    pub newest: Option<usize>,
+    pub newest: Option<Container>,
     /// Above every sequence seen on the device, valid or not.
     pub next_sequence: u64,
 }
 
 impl Cursor {
-    fn target(&self) -> usize {
-        self.newest.map_or(0, |c| 1 - c)
+    fn target(&self) -> Container {
+        self.newest.map_or(Container::A, Container::other)
     }
 }
 
@@ -39,8 +39,15 @@ pub(super) struct LoadedCheckpoint {
 
 impl LoadedCheckpoint {
     pub fn entries(&self) -> std::result::Result<Vec<CheckpointEntry<'_>>, String> {
-        crate::format::checkpoint::decode_payload(&self.payload[..self.header.payload_len as usize], self.header.entry_count)
+        decode_payload(&self.payload[..self.header.payload_len as usize], self.header.entry_count)
     }
+}
+
+/// The index encoded as a checkpoint payload, padded to the block size.
+struct EncodedIndex {
+    payload: AlignedBuf,
+    entries: u64,
+    len: u64,
 }
 
 /// Big sequential reads for loading a checkpoint payload.
@@ -49,77 +56,68 @@ const LOAD_CHUNK: usize = 8 << 20;
 impl Store {
     /// Writes the index to the container not holding the newest checkpoint:
     /// payload, fdatasync, then the header block as the commit record, fdatasync.
-    /// A checkpoint too large for its container is [`Error::NoSpace`] and writes nothing.
+    /// A checkpoint too large for its container is [`Error::CheckpointTooLarge`] and writes nothing.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
-        let g = self.sb.geometry;
         let mut cursor = lock(&self.checkpoints);
-        let (payload, entries, payload_len) = {
-            let st = self.writable()?;
-            let len: u64 = st.index.iter().map(|(k, _)| crate::format::checkpoint::ENTRY_FIXED_BYTES + k.len() as u64).sum();
-            if len > g.checkpoint_capacity() {
-                return Err(Error::NoSpace(format!(
-                    "a checkpoint of {} entries needs {len} bytes; each container holds {}",
-                    st.index.len(),
-                    g.checkpoint_capacity()
-                )));
-            }
-            let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size as u64) as usize);
-            let written = encode_payload(
-                st.index.iter().map(|(key, e)| CheckpointEntry {
-                    key,
-                    slot: e.slot,
-                    generation: e.generation,
-                    payload_len: e.payload_len,
-                    payload_crc: e.payload_crc,
-                }),
-                &mut payload,
-            );
-            debug_assert_eq!(written as u64, len);
-            (payload, st.index.len() as u64, len)
-        };
+        let encoded = self.encode_index()?;
         let target = cursor.target();
         let sequence = cursor.next_sequence.max(1);
-        let base = g.container_offset(target);
-        let block = g.block_size as u64;
         let header = CheckpointHeader {
             device_id: self.sb.device_id,
             sequence,
-            payload_len,
-            entry_count: entries,
-            payload_crc: crc32(&payload[..payload_len as usize]),
+            payload_len: encoded.len,
+            entry_count: encoded.entries,
+            payload_crc: crc32(&encoded.payload[..encoded.len as usize]),
         };
+        self.write_checkpoint(target, &header, &encoded.payload)?;
+        *cursor = Cursor { newest: Some(target), next_sequence: sequence + 1 };
+        Ok(CheckpointInfo { sequence, entries: encoded.entries, payload_bytes: encoded.len })
+    }
+
+    /// Encodes the index under the state lock (a writable, recovered handle only).
+    fn encode_index(&self) -> Result<EncodedIndex> {
+        let g = self.sb.geometry;
+        let st = self.writable()?;
+        let len: u64 = st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum();
+        let entries = st.index.len() as u64;
+        if len > g.checkpoint_capacity() {
+            return Err(Error::CheckpointTooLarge { entries, needed: len, capacity: g.checkpoint_capacity() });
+        }
+        let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size() as u64) as usize);
+        let written = encode_payload(
+            st.index.iter().map(|(key, e)| CheckpointEntry {
+                key,
+                slot: e.slot,
+                generation: e.generation,
+                payload_len: e.payload_len,
+                payload_crc: e.payload_crc,
+            }),
+            &mut payload,
+        );
+        debug_assert_eq!(written as u64, len);
+        Ok(EncodedIndex { payload, entries, len })
+    }
+
+    /// Payload, sync, commit record, sync: a crash anywhere leaves the other container newest.
+    fn write_checkpoint(&self, target: Container, header: &CheckpointHeader, payload: &[u8]) -> Result<()> {
+        let g = self.sb.geometry;
+        let base = g.container_offset(target);
+        let block = g.block_size() as u64;
         let mut header_block = AlignedBuf::zeroed(block as usize);
         header.encode(&mut header_block);
-        let io = |what: &str, e| Error::io(format!("checkpoint {sequence}: {what}"), e);
+        let io = |what: &str, e| Error::io(format!("checkpoint {}: {what}", header.sequence), e);
         if !payload.is_empty() {
-            self.dev.write_at(&payload, base + block).map_err(|e| io("writing the payload", e))?;
+            self.dev.write_at(payload, base + block).map_err(|e| io("writing the payload", e))?;
         }
         self.dev.sync().map_err(|e| io("syncing the payload", e))?;
         self.dev.write_at(&header_block, base).map_err(|e| io("writing the commit record", e))?;
-        self.dev.sync().map_err(|e| io("syncing the commit record", e))?;
-        *cursor = Cursor { newest: Some(target), next_sequence: sequence + 1 };
-        Ok(CheckpointInfo { sequence, entries, payload_bytes: payload_len })
+        self.dev.sync().map_err(|e| io("syncing the commit record", e))
     }
 
     /// Finds the newest checkpoint of this device whose header and payload both verify.
     /// None verifying is `Ok(None)`, not an error.
     pub(super) fn load_checkpoint(&self) -> Result<(Cursor, Option<LoadedCheckpoint>)> {
-        let g = self.sb.geometry;
-        let block = g.block_size as usize;
-        let mut headers = Vec::with_capacity(2);
-        let mut max_seq = 0;
-        for which in 0..2 {
-            let mut buf = AlignedBuf::zeroed(block);
-            self.dev
-                .read_at(&mut buf, g.container_offset(which))
-                .map_err(|e| Error::io(format!("reading checkpoint container {which}"), e))?;
-            if let Some(h) = CheckpointHeader::decode(&buf) {
-                max_seq = max_seq.max(h.sequence);
-                if h.device_id == self.sb.device_id && h.payload_len <= g.checkpoint_capacity() {
-                    headers.push((which, h));
-                }
-            }
-        }
+        let (mut headers, max_seq) = self.read_checkpoint_headers()?;
         headers.sort_by_key(|(_, h)| std::cmp::Reverse(h.sequence));
         let mut cursor = Cursor { newest: None, next_sequence: max_seq + 1 };
         for (which, header) in headers {
@@ -137,10 +135,30 @@ impl Store {
         Ok((cursor, None))
     }
 
-    fn read_payload(&self, which: usize, len: u64) -> Result<AlignedBuf> {
+    /// The well-formed commit records of this device, and the highest sequence of any.
+    fn read_checkpoint_headers(&self) -> Result<(Vec<(Container, CheckpointHeader)>, u64)> {
         let g = self.sb.geometry;
-        let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size as u64) as usize);
-        let base = g.container_offset(which) + g.block_size as u64;
+        let mut headers = Vec::with_capacity(2);
+        let mut max_seq = 0;
+        for which in Container::BOTH {
+            let mut buf = AlignedBuf::zeroed(g.block_size() as usize);
+            self.dev
+                .read_at(&mut buf, g.container_offset(which))
+                .map_err(|e| Error::io(format!("reading checkpoint container {which}"), e))?;
+            if let Some(h) = CheckpointHeader::decode(&buf) {
+                max_seq = max_seq.max(h.sequence);
+                if h.device_id == self.sb.device_id && h.payload_len <= g.checkpoint_capacity() {
+                    headers.push((which, h));
+                }
+            }
+        }
+        Ok((headers, max_seq))
+    }
+
+    fn read_payload(&self, which: Container, len: u64) -> Result<AlignedBuf> {
+        let g = self.sb.geometry;
+        let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size() as u64) as usize);
+        let base = g.container_offset(which) + g.block_size() as u64;
         for (i, chunk) in payload.chunks_mut(LOAD_CHUNK).enumerate() {
             self.dev
                 .read_at(chunk, base + (i * LOAD_CHUNK) as u64)

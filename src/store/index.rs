@@ -2,16 +2,15 @@
 
 use std::collections::HashMap;
 
+use crate::format::{Generation, SlotIndex};
+
 /// Where a key's value lives and what its header must say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    pub slot: u64,
-    pub generation: u64,
+    pub slot: SlotIndex,
+    pub generation: Generation,
     pub payload_len: u64,
     pub payload_crc: u32,
-    /// False for an entry kept although its header could not be read at
-    /// recovery (RB_RECOVER_KEEP_UNREADABLE); reads verify it like any other.
-    pub verified: bool,
 }
 
 /// What installing an entry displaced, if anything: its slot must be invalidated.
@@ -29,18 +28,18 @@ pub struct Index {
     /// One bit per slot: allocated (indexed, being written, or being invalidated).
     used: Vec<u64>,
     /// Free slots, lowest on top.
-    free: Vec<u64>,
+    free: Vec<SlotIndex>,
 }
 
 impl Index {
     /// An index with every one of `slot_count` slots free.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), used: vec![0; slot_count.div_ceil(64) as usize], free: (0..slot_count).rev().collect() }
+        Index { map: HashMap::new(), used: vec![0; slot_count.div_ceil(64) as usize], free: (0..slot_count).rev().map(SlotIndex).collect() }
     }
 
     /// Builds the free list from the used bits once every entry is in.
     fn rebuild_free(&mut self, slot_count: u64) {
-        self.free = (0..slot_count).rev().filter(|&s| !self.is_used(s)).collect();
+        self.free = (0..slot_count).rev().map(SlotIndex).filter(|&s| !self.is_used(s)).collect();
     }
 
     pub fn len(&self) -> usize {
@@ -63,28 +62,28 @@ impl Index {
         self.map.iter().map(|(k, e)| (&k[..], e))
     }
 
-    pub fn is_used(&self, slot: u64) -> bool {
-        self.used[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+    pub fn is_used(&self, slot: SlotIndex) -> bool {
+        self.used[(slot.0 / 64) as usize] & (1 << (slot.0 % 64)) != 0
     }
 
-    fn set_used(&mut self, slot: u64, used: bool) {
-        let word = &mut self.used[(slot / 64) as usize];
+    fn set_used(&mut self, slot: SlotIndex, used: bool) {
+        let word = &mut self.used[(slot.0 / 64) as usize];
         if used {
-            *word |= 1 << (slot % 64);
+            *word |= 1 << (slot.0 % 64);
         } else {
-            *word &= !(1 << (slot % 64));
+            *word &= !(1 << (slot.0 % 64));
         }
     }
 
     /// Reserves a free slot.
-    pub fn allocate(&mut self) -> Option<u64> {
+    pub fn allocate(&mut self) -> Option<SlotIndex> {
         let slot = self.free.pop()?;
         self.set_used(slot, true);
         Some(slot)
     }
 
     /// Returns a slot that holds nothing the index points at.
-    pub fn release(&mut self, slot: u64) {
+    pub fn release(&mut self, slot: SlotIndex) {
         debug_assert!(self.is_used(slot), "double free of slot {slot}");
         if self.is_used(slot) {
             self.set_used(slot, false);
@@ -144,7 +143,7 @@ impl Index {
     }
 
     /// Marks a slot allocated without an entry (e.g. quarantined until invalidated).
-    pub fn reserve(&mut self, slot: u64) {
+    pub fn reserve(&mut self, slot: SlotIndex) {
         if !self.is_used(slot) {
             self.set_used(slot, true);
             self.free.retain(|&s| s != slot);
@@ -164,15 +163,16 @@ mod tests {
     use super::*;
 
     fn e(slot: u64, generation: u64) -> Entry {
-        Entry { slot, generation, payload_len: 1, payload_crc: 2, verified: true }
+        Entry { slot: SlotIndex(slot), generation: Generation(generation), payload_len: 1, payload_crc: 2 }
     }
 
     #[test]
     fn allocate_lowest_first_and_release() {
         let mut ix = Index::new(3);
-        assert_eq!((ix.allocate(), ix.allocate(), ix.allocate(), ix.allocate()), (Some(0), Some(1), Some(2), None));
-        ix.release(1);
-        assert_eq!(ix.allocate(), Some(1));
+        let s = |i| Some(SlotIndex(i));
+        assert_eq!((ix.allocate(), ix.allocate(), ix.allocate(), ix.allocate()), (s(0), s(1), s(2), None));
+        ix.release(SlotIndex(1));
+        assert_eq!(ix.allocate(), s(1));
     }
 
     #[test]
@@ -197,7 +197,8 @@ mod tests {
         assert_eq!(ix.get(b"d"), Some(e(4, 1)));
         assert_eq!(losers, vec![e(0, 1), e(1, 9), e(5, 1)]);
         assert_eq!(ix.free_slots(), 3);
-        assert!(ix.is_used(1) && ix.is_used(2) && ix.is_used(4));
-        assert!(!ix.is_used(0) && !ix.is_used(3) && !ix.is_used(5));
+        let used = |i| ix.is_used(SlotIndex(i));
+        assert!(used(1) && used(2) && used(4));
+        assert!(!used(0) && !used(3) && !used(5));
     }
 }

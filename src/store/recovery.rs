@@ -8,8 +8,9 @@ use super::{Phase, Store};
 use crate::sync::lock;
 use crate::engine::{BatchStats, EngineKind, ReadResult};
 use crate::error::{Error, Result};
+use super::checkpoint::LoadedCheckpoint;
 use crate::format::checkpoint::CheckpointEntry;
-use crate::format::{SlotHeader, SlotState};
+use crate::format::{SlotHeader, SlotIndex, SlotState};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoverMode {
@@ -70,6 +71,29 @@ pub struct RecoverReport {
     pub first_errno: i32,
 }
 
+impl RecoverReport {
+    fn new(engine: EngineKind, checkpoint_load_ns: u64) -> RecoverReport {
+        RecoverReport {
+            from: RecoveredFrom::Nothing,
+            engine,
+            checkpoint_sequence: 0,
+            checkpoint_entries: 0,
+            indexed: 0,
+            dropped_stale: 0,
+            dropped_unreadable: 0,
+            kept_unverified: 0,
+            empty_slots: 0,
+            orphans: 0,
+            header_reads: 0,
+            elapsed_ns: 0,
+            checkpoint_load_ns,
+            validate_ns: 0,
+            io: BatchStats::default(),
+            first_errno: 0,
+        }
+    }
+}
+
 /// What one checkpoint entry's header says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
@@ -91,54 +115,20 @@ impl Store {
     /// a read-only handle may recover again. Recovery itself never writes.
     pub fn recover(&self, opts: &RecoverOptions) -> Result<RecoverReport> {
         let start = Instant::now();
-        // Same lock order as checkpoint(): checkpoints, then state.
+        // The crate's lock order: checkpoints, then state.
         let mut cursor_slot = lock(&self.checkpoints);
         let mut st = lock(&self.state);
         if st.phase == Phase::Ready && !self.is_read_only() {
-            return Err(Error::State(
-                "this handle is already in use (formatted or recovered); reopen the device to recover again".into(),
-            ));
+            return Err(Error::AlreadyRecovered);
         }
         let (cursor, loaded) = self.load_checkpoint()?;
-        let load_ns = start.elapsed().as_nanos() as u64;
-        let mut report = RecoverReport {
-            from: RecoveredFrom::Nothing,
-            engine: self.engine.kind(),
-            checkpoint_sequence: 0,
-            checkpoint_entries: 0,
-            indexed: 0,
-            dropped_stale: 0,
-            dropped_unreadable: 0,
-            kept_unverified: 0,
-            empty_slots: 0,
-            orphans: 0,
-            header_reads: 0,
-            elapsed_ns: 0,
-            checkpoint_load_ns: load_ns,
-            validate_ns: 0,
-            io: BatchStats::default(),
-            first_errno: 0,
-        };
+        let mut report = RecoverReport::new(self.engine.kind(), start.elapsed().as_nanos() as u64);
         let validate_start = Instant::now();
-        let scan = matches!((opts.mode, &loaded), (RecoverMode::Scan, _) | (RecoverMode::Auto, None));
-        let (index, mut invalidate) = if scan {
-            self.rebuild_from_scan(&mut report)
-        } else if let Some(ck) = &loaded {
-            let entries = ck.entries().map_err(Error::Corrupt)?;
-            report.from = RecoveredFrom::Checkpoint;
-            report.checkpoint_sequence = ck.header.sequence;
-            report.checkpoint_entries = entries.len() as u64;
-            self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, &mut report)
-        } else {
-            (Index::new(self.sb.geometry.slot_count), Vec::new())
-        };
-        if opts.scrub_free && report.from == RecoveredFrom::Checkpoint {
-            invalidate.extend(self.find_orphans(&index, &mut report));
-        }
+        let (index, invalidate) = self.rebuild(opts, loaded.as_ref(), &mut report)?;
         report.validate_ns = validate_start.elapsed().as_nanos() as u64;
         report.indexed = index.len() as u64;
-        let newest_generation = index.iter().map(|(_, e)| e.generation).max().unwrap_or(0);
-        st.last_generation = st.last_generation.max(newest_generation);
+        let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
+        st.last_generation = st.last_generation.max(newest);
         st.index = index;
         st.pending_invalidation.clear();
         if !self.is_read_only() {
@@ -153,28 +143,86 @@ impl Store {
         Ok(report)
     }
 
-    fn rebuild_from_checkpoint(
+    /// The index `opts` asks for, and the slots to invalidate before the first write.
+    fn rebuild(
         &self,
-        entries: &[CheckpointEntry<'_>],
-        keep_unreadable: bool,
+        opts: &RecoverOptions,
+        loaded: Option<&LoadedCheckpoint>,
         report: &mut RecoverReport,
-    ) -> (Index, Vec<u64>) {
+    ) -> Result<(Index, Vec<SlotIndex>)> {
+        let scan = matches!((opts.mode, loaded), (RecoverMode::Scan, _) | (RecoverMode::Auto, None));
+        if scan {
+            return Ok(self.rebuild_from_scan(report));
+        }
+        let Some(ck) = loaded else {
+            return Ok((Index::new(self.sb.geometry.slot_count()), Vec::new()));
+        };
+        let entries = ck.entries().map_err(Error::Corrupt)?;
+        report.from = RecoveredFrom::Checkpoint;
+        report.checkpoint_sequence = ck.header.sequence;
+        report.checkpoint_entries = entries.len() as u64;
+        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report);
+        let orphans = if opts.scrub_free { self.find_orphans(&index, report) } else { Vec::new() };
+        Ok((index, orphans))
+    }
+
+    /// Every checkpoint entry checked against its slot header; entries that do not match are dropped.
+    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Index {
         let g = self.sb.geometry;
         // Entries that cannot be right on this device are stale without a read.
         let plausible: Vec<usize> = (0..entries.len())
             .filter(|&i| {
                 let e = &entries[i];
-                e.slot < g.slot_count
+                g.has_slot(e.slot)
                     && e.payload_len <= g.max_payload()
                     && !e.key.is_empty()
-                    && e.key.len() <= g.max_key_bytes as usize
+                    && e.key.len() <= g.max_key_bytes() as usize
             })
             .collect();
         report.dropped_stale += (entries.len() - plausible.len()) as u64;
-        let slots: Vec<u64> = plausible.iter().map(|&i| entries[i].slot).collect();
+        let slots: Vec<SlotIndex> = plausible.iter().map(|&i| entries[i].slot).collect();
+        let verdicts = self.validate_entries(entries, &plausible, &slots, report);
+        let mut kept = Vec::with_capacity(verdicts.len());
+        for (&i, v) in plausible.iter().zip(&verdicts) {
+            let e = &entries[i];
+            if let Verdict::Unreadable(errno) = *v {
+                if report.first_errno == 0 {
+                    report.first_errno = errno;
+                }
+            }
+            match (*v, keep_unreadable) {
+                (Verdict::Valid, _) => {}
+                (Verdict::Stale, _) => {
+                    report.dropped_stale += 1;
+                    continue;
+                }
+                (Verdict::Unreadable(_), false) => {
+                    report.dropped_unreadable += 1;
+                    continue;
+                }
+                (Verdict::Unreadable(_), true) => report.kept_unverified += 1,
+            }
+            let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
+            kept.push((e.key, entry));
+        }
+        let (index, losers) = Index::rebuild(g.slot_count(), kept);
+        report.dropped_stale += losers.len() as u64;
+        // A checkpoint never lists a key or slot twice; losers here came from a damaged one
+        // and their slots must not be invalidated (another entry may own them).
+        index
+    }
+
+    /// Reads the header of each plausible entry's slot and judges it against the entry.
+    fn validate_entries(
+        &self,
+        entries: &[CheckpointEntry<'_>],
+        plausible: &[usize],
+        slots: &[SlotIndex],
+        report: &mut RecoverReport,
+    ) -> Vec<Verdict> {
         let mut verdicts = vec![Verdict::Stale; slots.len()];
         let id = self.sb.device_id;
-        let decode = |i: usize, slot: u64, r: ReadResult<'_>| -> Verdict {
+        let decode = |i: usize, slot: SlotIndex, r: ReadResult<'_>| -> Verdict {
             let want = &entries[plausible[i]];
             match r {
                 Err(errno) => Verdict::Unreadable(errno),
@@ -191,59 +239,25 @@ impl Store {
                 },
             }
         };
-        report.io = self.read_slot_headers(&slots, &mut verdicts, &decode);
+        report.io = self.read_slot_headers(slots, &mut verdicts, &decode);
         report.header_reads = slots.len() as u64;
-        let mut kept = Vec::with_capacity(verdicts.len());
-        for (&i, v) in plausible.iter().zip(&verdicts) {
-            let e = &entries[i];
-            let verified = match *v {
-                Verdict::Valid => true,
-                Verdict::Stale => {
-                    report.dropped_stale += 1;
-                    continue;
-                }
-                Verdict::Unreadable(errno) => {
-                    if report.first_errno == 0 {
-                        report.first_errno = errno;
-                    }
-                    if !keep_unreadable {
-                        report.dropped_unreadable += 1;
-                        continue;
-                    }
-                    report.kept_unverified += 1;
-                    false
-                }
-            };
-            let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc, verified };
-            kept.push((e.key, entry));
-        }
-        let (index, losers) = Index::rebuild(g.slot_count, kept);
-        report.dropped_stale += losers.len() as u64;
-        // A checkpoint never lists a key or slot twice; losers here came from a damaged one
-        // and their slots must not be invalidated (another entry may own them).
-        (index, Vec::new())
+        verdicts
     }
 
     /// Rebuilds from every header; returns the index and the slots of superseded duplicates.
-    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<u64>) {
+    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<SlotIndex>) {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Scan;
-        let slots: Vec<u64> = (0..g.slot_count).collect();
+        let slots: Vec<SlotIndex> = g.all_slots().collect();
         let mut scanned: Vec<Scanned> = (0..slots.len()).map(|_| Scanned::Empty).collect();
         let id = self.sb.device_id;
-        let decode = |_: usize, slot: u64, r: ReadResult<'_>| -> Scanned {
+        let decode = |_: usize, slot: SlotIndex, r: ReadResult<'_>| -> Scanned {
             match r {
                 Err(errno) => Scanned::Unreadable(errno),
                 Ok(block) => match SlotHeader::classify(block, &id, slot) {
                     SlotState::Valid(h) => Scanned::Valid(
                         h.key.into(),
-                        Entry {
-                            slot,
-                            generation: h.generation,
-                            payload_len: h.payload_len,
-                            payload_crc: h.payload_crc,
-                            verified: true,
-                        },
+                        Entry { slot, generation: h.generation, payload_len: h.payload_len, payload_crc: h.payload_crc },
                     ),
                     SlotState::Empty => Scanned::Empty,
                     SlotState::Corrupt | SlotState::Foreign => Scanned::Stale,
@@ -266,22 +280,22 @@ impl Store {
                 }
             }
         }
-        let (index, losers) = Index::rebuild(g.slot_count, valid);
+        let (index, losers) = Index::rebuild(g.slot_count(), valid);
         report.dropped_stale += losers.len() as u64;
         (index, losers.iter().map(|e| e.slot).collect())
     }
 
     /// Reads the header of every slot `index` leaves free; returns those holding a valid header.
-    fn find_orphans(&self, index: &Index, report: &mut RecoverReport) -> Vec<u64> {
-        let free: Vec<u64> = (0..self.sb.geometry.slot_count).filter(|&s| !index.is_used(s)).collect();
+    fn find_orphans(&self, index: &Index, report: &mut RecoverReport) -> Vec<SlotIndex> {
+        let free: Vec<SlotIndex> = self.sb.geometry.all_slots().filter(|&s| !index.is_used(s)).collect();
         let mut valid = vec![false; free.len()];
         let id = self.sb.device_id;
-        let decode = |_: usize, slot: u64, r: ReadResult<'_>| {
+        let decode = |_: usize, slot: SlotIndex, r: ReadResult<'_>| {
             matches!(r, Ok(block) if matches!(SlotHeader::classify(block, &id, slot), SlotState::Valid(_)))
         };
         report.io.merge(&self.read_slot_headers(&free, &mut valid, &decode));
         report.header_reads += free.len() as u64;
-        let orphans: Vec<u64> = free.iter().zip(&valid).filter(|(_, &v)| v).map(|(&s, _)| s).collect();
+        let orphans: Vec<SlotIndex> = free.iter().zip(&valid).filter(|(_, &v)| v).map(|(&s, _)| s).collect();
         report.orphans = orphans.len() as u64;
         orphans
     }

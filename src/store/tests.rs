@@ -4,7 +4,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::*;
-use crate::engine::EngineChoice;
+use crate::engine::{EngineChoice, EngineConfig, FaultMode};
+use crate::error::Holds;
+use crate::format::{Container, Generation, GeometryRequest, SlotHeader, SlotState};
+use std::path::Path;
 
 pub(crate) fn tmp(name: &str) -> PathBuf {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/store"));
@@ -14,13 +17,12 @@ pub(crate) fn tmp(name: &str) -> PathBuf {
     p
 }
 
+fn format_opts(capacity: u64, geometry: GeometryRequest, overwrite: bool) -> OpenOptions {
+    OpenOptions { mode: OpenMode::Create(FormatOptions { capacity_bytes: capacity, geometry, overwrite }), ..Default::default() }
+}
+
 fn create_opts(capacity: u64) -> OpenOptions {
-    OpenOptions {
-        create: true,
-        capacity_bytes: capacity,
-        geometry: GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() },
-        ..Default::default()
-    }
+    format_opts(capacity, GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() }, false)
 }
 
 fn small(name: &str) -> (PathBuf, Store) {
@@ -31,8 +33,8 @@ fn small(name: &str) -> (PathBuf, Store) {
 
 fn reopen(p: &Path, engine: EngineChoice, read_only: bool) -> Store {
     let opts = OpenOptions {
-        read_only,
-        engine: EngineConfig { choice: engine, queue_depth: 8, posix_threads: 1 },
+        mode: if read_only { OpenMode::ReadOnly } else { OpenMode::ReadWrite },
+        engine: EngineConfig::new(engine, 1, 8),
         ..Default::default()
     };
     Store::open(p, &opts).unwrap()
@@ -89,15 +91,15 @@ fn small_buffer_says_how_much_is_needed() {
 fn limits_are_clear_errors() {
     let (_p, s) = small("limits");
     let g = *s.geometry();
-    assert!(matches!(s.put(&vec![b'k'; g.max_key_bytes as usize + 1], b"v"), Err(Error::TooLarge(_))));
-    assert!(matches!(s.put(b"k", &vec![0; g.max_payload() as usize + 1]), Err(Error::TooLarge(_))));
+    assert!(matches!(s.put(&vec![b'k'; g.max_key_bytes() as usize + 1], b"v"), Err(Error::TooLarge { what: Oversized::Key, .. })));
+    assert!(matches!(s.put(b"k", &vec![0; g.max_payload() as usize + 1]), Err(Error::TooLarge { what: Oversized::Value, .. })));
     assert!(matches!(s.put(b"", b"v"), Err(Error::InvalidArgument(_))));
-    for i in 0..g.slot_count {
+    for i in 0..g.slot_count() {
         s.put(format!("{i}").as_bytes(), b"x").unwrap();
     }
-    assert!(matches!(s.put(b"one-too-many", b"x"), Err(Error::NoSpace(_))));
+    assert!(matches!(s.put(b"one-too-many", b"x"), Err(Error::SlotsFull { .. })));
     // Replacing needs a free slot too, and losing that race keeps the old value.
-    assert!(matches!(s.put(b"0", b"y"), Err(Error::NoSpace(_))));
+    assert!(matches!(s.put(b"0", b"y"), Err(Error::SlotsFull { .. })));
     assert_eq!(get(&s, b"0").unwrap(), b"x");
     s.delete(b"1").unwrap();
     s.put(b"one-too-many", b"x").unwrap();
@@ -110,13 +112,13 @@ fn existing_device_needs_recovery_and_overwrite_flag() {
     s.checkpoint().unwrap();
     drop(s);
     let s = reopen(&p, EngineChoice::Posix, false);
-    assert!(matches!(s.put(b"x", b"y"), Err(Error::State(_))));
-    assert!(matches!(s.contains(b"k"), Err(Error::State(_))));
+    assert!(matches!(s.put(b"x", b"y"), Err(Error::NeedsRecovery)));
+    assert!(matches!(s.contains(b"k"), Err(Error::NeedsRecovery)));
     s.recover(&RecoverOptions::default()).unwrap();
-    assert!(matches!(s.recover(&RecoverOptions::default()), Err(Error::State(_))));
+    assert!(matches!(s.recover(&RecoverOptions::default()), Err(Error::AlreadyRecovered)));
     drop(s);
-    assert!(matches!(Store::open(&p, &create_opts(8 << 20)), Err(Error::Exists(_))));
-    let again = OpenOptions { overwrite_ok: true, ..create_opts(8 << 20) };
+    assert!(matches!(Store::open(&p, &create_opts(8 << 20)), Err(Error::Exists { holds: Holds::Rawblock, .. })));
+    let again = format_opts(8 << 20, GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() }, true);
     let s = Store::open(&p, &again).unwrap();
     assert!(s.is_empty());
 }
@@ -125,7 +127,9 @@ fn existing_device_needs_recovery_and_overwrite_flag() {
 fn unformatted_and_truncated_devices_are_format_errors() {
     let p = tmp("unformatted");
     std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
-    assert!(matches!(Store::open(&p, &OpenOptions::default()), Err(Error::Format(_))));
+    let e = Store::open(&p, &OpenOptions::default()).err().expect("an unformatted file does not open");
+    assert!(matches!(e, Error::NotRawblock { .. }), "{e}");
+    assert_eq!(e.status(), crate::Status::Format);
     let (p, s) = small("truncated");
     drop(s);
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
@@ -194,7 +198,7 @@ fn header_from_a_previous_format_is_stale() {
     let f = std::fs::File::open(&p).unwrap();
     f.read_exact_at(&mut old_header, header_offset(&s, b"old-1")).unwrap();
     drop(s);
-    let s = Store::open(&p, &OpenOptions { overwrite_ok: true, ..create_opts(8 << 20) }).unwrap();
+    let s = Store::open(&p, &format_opts(8 << 20, GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() }, true)).unwrap();
     s.put(b"new-0", b"a").unwrap();
     s.put(b"new-1", b"b").unwrap();
     s.checkpoint().unwrap();
@@ -227,17 +231,14 @@ fn flipped_payload_bit_is_corrupt_never_wrong_bytes() {
 #[test]
 fn checkpoint_too_large_keeps_the_older_one() {
     let p = tmp("ckpt-nospace");
-    let opts = OpenOptions {
-        geometry: GeometryRequest { slot_bytes: 64 * 1024, meta_bytes: 5 * 4096, ..Default::default() },
-        ..create_opts(8 << 20)
-    };
+    let opts = format_opts(8 << 20, GeometryRequest { slot_bytes: 64 * 1024, meta_bytes: 5 * 4096, ..Default::default() }, false);
     let s = Store::open(&p, &opts).unwrap();
     s.put(b"first", b"1").unwrap();
     assert_eq!(s.checkpoint().unwrap().sequence, 1);
     for i in 0..100 {
         s.put(format!("a-rather-long-key-to-fill-the-container-{i:04}").as_bytes(), b"v").unwrap();
     }
-    assert!(matches!(s.checkpoint(), Err(Error::NoSpace(_))));
+    assert!(matches!(s.checkpoint(), Err(Error::CheckpointTooLarge { .. })));
     drop(s);
     let s = reopen(&p, EngineChoice::Posix, true);
     let r = s.recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }).unwrap();
@@ -254,7 +255,7 @@ fn checkpoint_with_torn_payload_falls_back_to_the_older() {
     let g = *s.geometry();
     drop(s);
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    f.write_all_at(&[0xAB; 16], g.container_offset(1) + g.block_size as u64).unwrap(); // B's payload
+    f.write_all_at(&[0xAB; 16], g.container_offset(Container::B) + g.block_size() as u64).unwrap(); // B's payload
     drop(f);
     let s = reopen(&p, EngineChoice::Posix, false);
     let r = s.recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }).unwrap();
@@ -284,8 +285,8 @@ fn scan_rebuilds_without_a_checkpoint_and_prefers_newer_generations() {
     let r = s.recover(&RecoverOptions::default()).unwrap();
     assert_eq!(r.from, RecoveredFrom::Scan, "no checkpoint was written");
     assert_eq!((r.indexed, r.dropped_stale), (30, 1));
-    assert_eq!(r.header_reads, s.geometry().slot_count);
-    assert_eq!(r.empty_slots, s.geometry().slot_count - 31);
+    assert_eq!(r.header_reads, s.geometry().slot_count());
+    assert_eq!(r.empty_slots, s.geometry().slot_count() - 31);
     assert_eq!(get(&s, b"k5").unwrap(), b"newer");
     // The superseded copy is invalidated before the first write, so deleting the key sticks.
     s.delete(b"k5").unwrap();
@@ -321,15 +322,15 @@ fn read_headers_reports_each_slot() {
     s.put(b"b", b"2").unwrap();
     s.delete(b"a").unwrap();
     let mut out = vec![String::new(); 3];
-    let f = |slot: u64, h: HeaderRead<'_>| match h {
+    let f = |slot: SlotIndex, h: HeaderRead<'_>| match h {
         HeaderRead::State(SlotState::Valid(h)) => format!("{slot}:{}", String::from_utf8_lossy(h.key)),
         HeaderRead::State(other) => format!("{slot}:{other:?}"),
         HeaderRead::IoError(e) => format!("{slot}:errno {e}"),
     };
-    s.read_headers(&[1, 0, 2], &mut out, &f).unwrap();
+    s.read_headers(&[SlotIndex(1), SlotIndex(0), SlotIndex(2)], &mut out, &f).unwrap();
     assert_eq!(out, ["1:b", "0:Empty", "2:Empty"]);
-    let n = s.geometry().slot_count;
-    assert!(matches!(s.read_headers(&[n], &mut out[..1], &f), Err(Error::InvalidArgument(_))));
+    let n = s.geometry().slot_count();
+    assert!(matches!(s.read_headers(&[SlotIndex(n)], &mut out[..1], &f), Err(Error::InvalidArgument(_))));
 }
 
 #[test]
@@ -364,7 +365,7 @@ fn concurrent_writers_and_readers_never_see_wrong_bytes() {
         });
     });
     let free = lock(&s.state).index.free_slots() as u64;
-    assert_eq!(free + s.len() as u64, s.geometry().slot_count, "no slot leaked");
+    assert_eq!(free + s.len() as u64, s.geometry().slot_count(), "no slot leaked");
 }
 
 #[test]
@@ -379,14 +380,14 @@ fn half_written_slot_header_drops_only_that_entry() {
     drop(s);
     // A newer header for the same slot, torn after its first 512-byte sector.
     let mut newer = vec![0u8; 4096];
-    let slot = (off - g.data_base()) / g.slot_bytes;
+    let slot = SlotIndex((off - g.data_base()) / g.slot_bytes());
     let id = {
         let mut b = vec![0u8; 4096];
         std::fs::File::open(&p).unwrap().read_exact_at(&mut b, 0).unwrap();
         crate::format::Superblock::decode(&b, 512).unwrap().device_id
     };
     let long_key = vec![b'n'; 900];
-    SlotHeader { device_id: id, slot, generation: u64::MAX, payload_len: 1, payload_crc: 0, key: &long_key }.encode(&mut newer);
+    SlotHeader { device_id: id, slot, generation: Generation(u64::MAX), payload_len: 1, payload_crc: 0, key: &long_key }.encode(&mut newer);
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at(&newer[..512], off).unwrap();
     drop(f);
@@ -446,11 +447,7 @@ fn other_geometry_is_a_format_error_or_stale() {
     s.checkpoint().unwrap();
     drop(s);
     // Reformat with another slot size: old headers sit at other offsets and carry another id.
-    let opts = OpenOptions {
-        overwrite_ok: true,
-        geometry: GeometryRequest { slot_bytes: 128 * 1024, ..Default::default() },
-        ..create_opts(8 << 20)
-    };
+    let opts = format_opts(8 << 20, GeometryRequest { slot_bytes: 128 * 1024, ..Default::default() }, true);
     drop(Store::open(&p, &opts).unwrap());
     let s = reopen(&p, EngineChoice::Posix, true);
     let r = s.recover(&RecoverOptions::default()).unwrap();
@@ -472,7 +469,7 @@ fn concurrent_batched_reads_each_get_a_ring_or_wait() {
     let s = reopen(&p, EngineChoice::IoUring, false);
     s.recover(&RecoverOptions::default()).unwrap();
     s.reset_io_stats();
-    let slots: Vec<u64> = (0..40).collect();
+    let slots: Vec<SlotIndex> = (0..40).map(SlotIndex).collect();
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {
@@ -512,14 +509,14 @@ fn scrubbing_free_slots_keeps_deleted_keys_deleted_through_a_later_scan() {
         assert_eq!(r.indexed, 0, "v1's header was zeroed when v2 replaced it");
         assert_eq!(r.orphans, if scrub { 2 } else { 0 });
         if scrub {
-            assert_eq!(r.header_reads, 1 + g.slot_count, "the entry plus every free slot");
+            assert_eq!(r.header_reads, 1 + g.slot_count(), "the entry plus every free slot");
         }
         s.put(b"k", b"v3").unwrap();
         s.delete(b"k").unwrap();
         drop(s);
         // Both checkpoints lost: the next recovery scans.
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        for which in 0..2 {
+        for which in Container::BOTH {
             f.write_all_at(&[0xEE; 64], g.container_offset(which)).unwrap();
         }
         drop(f);

@@ -1,0 +1,164 @@
+//! The data path: put, get, delete, and the record buffers they reuse.
+
+use std::sync::Mutex;
+
+use super::index::{Displaced, Entry};
+use super::Store;
+use crate::aligned::AlignedBuf;
+use crate::error::{Error, Oversized, Result};
+use crate::format::{crc32, SlotHeader, SlotIndex, SlotState};
+use crate::sync::lock;
+
+/// Aligned buffers of the largest record (header + max payload), reused so the data
+/// path does not allocate (and fault in) a fresh record per call.
+pub(super) struct RecordPool {
+    record_bytes: usize,
+    kept: Mutex<Vec<AlignedBuf>>,
+}
+
+/// Most record buffers kept for reuse; more concurrent calls allocate and free their own.
+const KEPT_RECORD_BUFS: usize = 16;
+
+impl RecordPool {
+    pub fn new(record_bytes: usize) -> RecordPool {
+        RecordPool { record_bytes, kept: Mutex::new(Vec::new()) }
+    }
+
+    fn take(&self) -> AlignedBuf {
+        lock(&self.kept).pop().unwrap_or_else(|| AlignedBuf::zeroed(self.record_bytes))
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        let mut kept = lock(&self.kept);
+        if kept.len() < KEPT_RECORD_BUFS {
+            kept.push(buf);
+        }
+    }
+}
+
+/// Why a record read back does not hold the value its entry names.
+type Mismatch = &'static str;
+
+impl Store {
+    /// Stores `value` under `key` in a newly allocated slot; a previous value of the key is
+    /// invalidated on the device before this returns.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        let g = self.sb.geometry;
+        if value.len() as u64 > g.max_payload() {
+            return Err(Error::TooLarge { what: Oversized::Value, len: value.len() as u64, max: g.max_payload() });
+        }
+        let (slot, generation) = {
+            let mut st = self.writable()?;
+            let slot = st.index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })?;
+            (slot, st.next_generation())
+        };
+        let payload_len = value.len() as u64;
+        let payload_crc = crc32(value);
+        let mut buf = self.records.take();
+        let rec = &mut buf[..g.record_bytes(payload_len) as usize];
+        let hb = g.header_bytes() as usize;
+        SlotHeader { device_id: self.sb.device_id, slot, generation, payload_len, payload_crc, key }.encode(&mut rec[..hb]);
+        rec[hb..hb + value.len()].copy_from_slice(value);
+        rec[hb + value.len()..].fill(0); // the padding: no bytes of an earlier value reach the device
+        let written = self.dev.write_at(rec, g.slot_offset(slot));
+        self.records.give_back(buf);
+        if let Err(e) = written {
+            lock(&self.state).index.release(slot);
+            return Err(Error::io(format!("writing slot {slot}"), e));
+        }
+        let displaced = lock(&self.state).index.install(key, Entry { slot, generation, payload_len, payload_crc });
+        match displaced {
+            Displaced::Nothing => Ok(()),
+            Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate(old.slot),
+        }
+    }
+
+    /// Overwrites a slot's header with zeros, then frees the slot. If the write fails the
+    /// slot stays allocated (never reused) so its stale header cannot be mistaken later.
+    pub(super) fn invalidate(&self, slot: SlotIndex) -> Result<()> {
+        let zeros = AlignedBuf::zeroed(self.sb.geometry.block_size() as usize);
+        self.dev
+            .write_at(&zeros, self.sb.geometry.slot_offset(slot))
+            .map_err(|e| Error::io(format!("invalidating the old header of slot {slot}"), e))?;
+        lock(&self.state).index.release(slot);
+        Ok(())
+    }
+
+    /// Copies the value of `key` into `out` and returns its length. The header and payload
+    /// are verified first: a mismatch is [`Error::Corrupt`], never wrong bytes.
+    pub fn get(&self, key: &[u8], out: &mut [u8]) -> Result<usize> {
+        self.check_key(key)?;
+        // A concurrent replace or delete can reuse the slot between lookup and read;
+        // that shows as a changed index entry, and the lookup is retried.
+        for _ in 0..64 {
+            let e = self.ready()?.index.get(key).ok_or(Error::NotFound)?;
+            if (out.len() as u64) < e.payload_len {
+                return Err(Error::BufferTooSmall { needed: e.payload_len });
+            }
+            if let Some(n) = self.read_entry(key, &e, out)? {
+                return Ok(n);
+            }
+        }
+        Err(Error::Busy("the key kept changing under concurrent writes".into()))
+    }
+
+    /// Reads the record `e` names into `out`; `None` when the entry changed meanwhile.
+    fn read_entry(&self, key: &[u8], e: &Entry, out: &mut [u8]) -> Result<Option<usize>> {
+        let g = self.sb.geometry;
+        let mut buf = self.records.take();
+        let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+        let verdict = match self.dev.read_at(rec, g.slot_offset(e.slot)) {
+            Err(err) => Err(Error::io(format!("reading slot {}", e.slot), err)),
+            Ok(()) => match self.verify(rec, key, e) {
+                Ok(payload) => {
+                    out[..payload.len()].copy_from_slice(payload);
+                    Ok(Some(payload.len()))
+                }
+                Err(why) if self.ready()?.index.get(key) == Some(*e) => {
+                    Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))
+                }
+                Err(_) => Ok(None),
+            },
+        };
+        self.records.give_back(buf);
+        verdict
+    }
+
+    /// The payload of `rec` when its header and payload CRC match `e`.
+    fn verify<'a>(&self, rec: &'a [u8], key: &[u8], e: &Entry) -> std::result::Result<&'a [u8], Mismatch> {
+        let hb = self.sb.geometry.header_bytes() as usize;
+        let h = match SlotHeader::classify(&rec[..hb], &self.sb.device_id, e.slot) {
+            SlotState::Valid(h) => h,
+            SlotState::Empty => return Err("the slot header is gone"),
+            SlotState::Corrupt => return Err("the slot header fails its CRC"),
+            SlotState::Foreign => return Err("the slot header belongs to another device or slot"),
+        };
+        if h.key != key || h.generation != e.generation || h.payload_len != e.payload_len || h.payload_crc != e.payload_crc {
+            return Err("the slot header names another value");
+        }
+        let payload = &rec[hb..hb + e.payload_len as usize];
+        if crc32(payload) != h.payload_crc {
+            return Err("the payload fails its CRC32");
+        }
+        Ok(payload)
+    }
+
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.check_key(key)?;
+        Ok(self.ready()?.index.get(key).is_some())
+    }
+
+    /// Length of the value of `key`.
+    pub fn value_len(&self, key: &[u8]) -> Result<u64> {
+        self.check_key(key)?;
+        self.ready()?.index.get(key).map(|e| e.payload_len).ok_or(Error::NotFound)
+    }
+
+    /// Removes `key`; its header is invalidated on the device before this returns.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        let e = self.writable()?.index.remove(key).ok_or(Error::NotFound)?;
+        self.invalidate(e.slot)
+    }
+}
