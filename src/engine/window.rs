@@ -40,6 +40,27 @@ fn wait_batch(depth: usize) -> usize {
     (depth / 8).max(1)
 }
 
+/// The bookkeeping of one batch: which buffers are free, which input each busy
+/// buffer serves, and how many reads are queued (pushed, not yet submitted) or in flight.
+struct Window<'s> {
+    slots: &'s [SlotIndex],
+    free: Vec<usize>,
+    /// The input index each buffer's read belongs to, while it is queued or in flight.
+    owner: Vec<Option<usize>>,
+    next: usize,
+    queued: usize,
+    in_flight: usize,
+    /// EAGAIN/EINTR retries allowed for the whole batch before reads count as failed.
+    retry_budget: u64,
+}
+
+/// Whether the batch goes on after a submit.
+enum Submitted {
+    Continue,
+    /// The kernel refused the submit: every unreported read was served per slot.
+    Abandoned,
+}
+
 /// Reads every slot through `q`, calling `done(i, result)` once per input index.
 pub(crate) fn drive<Q: ReadQueue>(
     q: &mut Q,
@@ -50,49 +71,84 @@ pub(crate) fn drive<Q: ReadQueue>(
 ) {
     let depth = q.depth().min(slots.len());
     assert!(depth < (1 << BUF_BITS), "queue depth is clamped far below 2^16");
-    let mut free: Vec<usize> = (0..depth).rev().collect();
-    // The input index each buffer's read belongs to, while it is queued or in flight.
-    let mut owner: Vec<Option<usize>> = vec![None; depth];
-    let mut queued = 0usize;
+    let mut w = Window {
+        slots,
+        free: (0..depth).rev().collect(),
+        owner: vec![None; depth],
+        next: 0,
+        queued: 0,
+        in_flight: 0,
+        retry_budget: slots.len() as u64 * 4 + 64,
+    };
     let mut completions = Vec::with_capacity(depth);
-    let (mut next, mut in_flight) = (0usize, 0usize);
-    let retry_budget = slots.len() as u64 * 4 + 64;
-
-    while next < slots.len() || in_flight > 0 || queued > 0 {
-        // Refill the window.
-        if !free.is_empty() && next < slots.len() {
-            if ctx.faults.take_submit().is_some() {
-                // This submit fails as a whole: every read it would have carried goes per-slot.
-                let take = free.len().min(slots.len() - next);
-                let buf = free[0];
-                for (idx, &slot) in slots.iter().enumerate().skip(next).take(take) {
-                    let r = ctx.sync_fallback(slot, q.buffer_mut(buf), stats);
-                    done(idx, r.map(|_| q.buffer(buf)));
-                }
-                next += take;
-                continue;
-            }
-            while next < slots.len() {
-                let Some(buf) = free.pop() else { break };
-                q.push(tag(next, buf), ctx.plan.offset(slots[next]), buf);
-                owner[buf] = Some(next);
-                queued += 1;
-                next += 1;
-            }
+    while w.next < slots.len() || w.in_flight > 0 || w.queued > 0 {
+        if !w.free.is_empty() && w.next < slots.len() && ctx.faults.take_submit().is_some() {
+            w.fail_one_submit(q, ctx, done, stats);
+            continue;
         }
+        w.refill(q, ctx);
+        if let Submitted::Abandoned = w.submit(q, ctx, wait_batch(depth), done, stats) {
+            return;
+        }
+        q.reap(&mut completions);
+        for (user_data, res) in completions.drain(..) {
+            w.complete(q, ctx, user_data, res, done, stats);
+        }
+    }
+}
 
-        let wait = (in_flight + queued).min(wait_batch(depth));
+impl Window<'_> {
+    /// Queues a read into every free buffer while inputs remain.
+    fn refill<Q: ReadQueue>(&mut self, q: &mut Q, ctx: ReadCtx<'_>) {
+        while self.next < self.slots.len() {
+            let Some(buf) = self.free.pop() else { break };
+            q.push(tag(self.next, buf), ctx.plan.offset(self.slots[self.next]), buf);
+            self.owner[buf] = Some(self.next);
+            self.queued += 1;
+            self.next += 1;
+        }
+    }
+
+    /// An injected submit fault: every read this submit would have carried goes per slot.
+    fn fail_one_submit<Q: ReadQueue>(
+        &mut self,
+        q: &mut Q,
+        ctx: ReadCtx<'_>,
+        done: &mut dyn FnMut(usize, ReadResult<'_>),
+        stats: &mut BatchStats,
+    ) {
+        let take = self.free.len().min(self.slots.len() - self.next);
+        let buf = self.free[0];
+        for (idx, &slot) in self.slots.iter().enumerate().skip(self.next).take(take) {
+            let r = ctx.sync_fallback(slot, q.buffer_mut(buf), stats);
+            done(idx, r.map(|_| q.buffer(buf)));
+        }
+        self.next += take;
+    }
+
+    /// Submits what is queued and waits for some completions.
+    fn submit<Q: ReadQueue>(
+        &mut self,
+        q: &mut Q,
+        ctx: ReadCtx<'_>,
+        batch: usize,
+        done: &mut dyn FnMut(usize, ReadResult<'_>),
+        stats: &mut BatchStats,
+    ) -> Submitted {
+        let wait = (self.in_flight + self.queued).min(batch);
         match q.submit_and_wait(wait) {
             Ok(n) => {
                 stats.submit_calls += 1;
-                let n = n.min(queued);
+                let n = n.min(self.queued);
                 stats.reads_submitted += n as u64;
-                in_flight += n;
-                queued -= n;
-                stats.max_in_flight = stats.max_in_flight.max(in_flight as u64);
+                self.in_flight += n;
+                self.queued -= n;
+                stats.max_in_flight = stats.max_in_flight.max(self.in_flight as u64);
+                Submitted::Continue
             }
-            Err(e) if is_transient(&e) && stats.retries < retry_budget => {
+            Err(e) if is_transient(&e) && stats.retries < self.retry_budget => {
                 stats.retries += 1;
+                Submitted::Continue
             }
             Err(_) => {
                 // The kernel refused the submit. Serve every read not yet reported per slot,
@@ -100,39 +156,47 @@ pub(crate) fn drive<Q: ReadQueue>(
                 // sit in it or be in flight.
                 q.poison();
                 let mut spare = crate::aligned::AlignedBuf::zeroed(ctx.plan.len);
-                let pending = owner.iter().flatten().copied().chain(next..slots.len());
-                for idx in pending.collect::<Vec<_>>() {
-                    let r = ctx.sync_fallback(slots[idx], &mut spare, stats);
+                let pending: Vec<usize> = self.owner.iter().flatten().copied().chain(self.next..self.slots.len()).collect();
+                for idx in pending {
+                    let r = ctx.sync_fallback(self.slots[idx], &mut spare, stats);
                     done(idx, r.map(|_| &spare[..]));
                 }
-                return;
+                Submitted::Abandoned
             }
         }
+    }
 
-        q.reap(&mut completions);
-        for (user_data, res) in completions.drain(..) {
-            let (idx, buf) = untag(user_data);
-            in_flight -= 1;
-            owner[buf] = None;
-            let slot = slots[idx];
-            let res = match ctx.faults.batched_read(slot) {
-                Some(errno) => -errno,
-                None => res,
-            };
-            if res >= 0 && res as usize == ctx.plan.len {
-                done(idx, Ok(q.buffer(buf)));
-            } else if (res == -libc::EAGAIN || res == -libc::EINTR) && stats.retries < retry_budget {
-                stats.retries += 1;
-                owner[buf] = Some(idx);
-                q.push(user_data, ctx.plan.offset(slot), buf);
-                queued += 1;
-                continue;
-            } else {
-                let r = ctx.sync_fallback(slot, q.buffer_mut(buf), stats);
-                done(idx, r.map(|_| q.buffer(buf)));
-            }
-            free.push(buf);
+    /// One completion: hand the bytes over, retry EAGAIN/EINTR, or fall back to a per-slot read.
+    fn complete<Q: ReadQueue>(
+        &mut self,
+        q: &mut Q,
+        ctx: ReadCtx<'_>,
+        user_data: u64,
+        res: i32,
+        done: &mut dyn FnMut(usize, ReadResult<'_>),
+        stats: &mut BatchStats,
+    ) {
+        let (idx, buf) = untag(user_data);
+        self.in_flight -= 1;
+        self.owner[buf] = None;
+        let slot = self.slots[idx];
+        let res = match ctx.faults.batched_read(slot) {
+            Some(errno) => -errno,
+            None => res,
+        };
+        if res >= 0 && res as usize == ctx.plan.len {
+            done(idx, Ok(q.buffer(buf)));
+        } else if (res == -libc::EAGAIN || res == -libc::EINTR) && stats.retries < self.retry_budget {
+            stats.retries += 1;
+            self.owner[buf] = Some(idx);
+            q.push(user_data, ctx.plan.offset(slot), buf);
+            self.queued += 1;
+            return;
+        } else {
+            let r = ctx.sync_fallback(slot, q.buffer_mut(buf), stats);
+            done(idx, r.map(|_| q.buffer(buf)));
         }
+        self.free.push(buf);
     }
 }
 
