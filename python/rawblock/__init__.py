@@ -31,59 +31,65 @@ __all__ = [
 _L = _lib.load()
 
 
+# The values live in _lib (copied from include/rawblock.h and checked against it by
+# tests/test_header.py); each enum names them without the RB_ prefix.
 class Status(IntEnum):
-    OK = 0
-    INVALID_ARGUMENT = 1
-    IO = 2
-    FORMAT = 3
-    NO_SPACE = 4
-    TOO_LARGE = 5
-    NOT_FOUND = 6
-    CORRUPT = 7
-    BUFFER_TOO_SMALL = 8
-    UNSUPPORTED = 9
-    READ_ONLY = 10
-    BUSY = 11
-    STATE = 12
-    EXISTS = 13
-    PANIC = 14
+    OK = _lib.RB_OK
+    INVALID_ARGUMENT = _lib.RB_E_INVALID_ARGUMENT
+    IO = _lib.RB_E_IO
+    FORMAT = _lib.RB_E_FORMAT
+    NO_SPACE = _lib.RB_E_NO_SPACE
+    TOO_LARGE = _lib.RB_E_TOO_LARGE
+    NOT_FOUND = _lib.RB_E_NOT_FOUND
+    CORRUPT = _lib.RB_E_CORRUPT
+    BUFFER_TOO_SMALL = _lib.RB_E_BUFFER_TOO_SMALL
+    UNSUPPORTED = _lib.RB_E_UNSUPPORTED
+    READ_ONLY = _lib.RB_E_READ_ONLY
+    BUSY = _lib.RB_E_BUSY
+    STATE = _lib.RB_E_STATE
+    EXISTS = _lib.RB_E_EXISTS
+    PANIC = _lib.RB_E_PANIC
 
 
 class Engine(IntEnum):
-    AUTO = 0
-    POSIX = 1
-    IO_URING = 2
-    URING_CMD = 3
+    AUTO = _lib.RB_ENGINE_AUTO
+    POSIX = _lib.RB_ENGINE_POSIX
+    IO_URING = _lib.RB_ENGINE_IO_URING
+    URING_CMD = _lib.RB_ENGINE_URING_CMD
 
 
 class RecoverMode(IntEnum):
-    AUTO = 0
-    CHECKPOINT = 1
-    SCAN = 2
+    AUTO = _lib.RB_RECOVER_AUTO
+    CHECKPOINT = _lib.RB_RECOVER_CHECKPOINT
+    SCAN = _lib.RB_RECOVER_SCAN
 
 
 class Source(IntEnum):
-    NOTHING = 0
-    CHECKPOINT = 1
-    SCAN = 2
+    NOTHING = _lib.RB_RECOVERED_NOTHING
+    CHECKPOINT = _lib.RB_RECOVERED_CHECKPOINT
+    SCAN = _lib.RB_RECOVERED_SCAN
 
 
 class HeaderStatus(IntEnum):
-    VALID = 0
-    EMPTY = 1
-    CORRUPT = 2
-    FOREIGN = 3
-    IO_ERROR = 4
+    VALID = _lib.RB_HEADER_VALID
+    EMPTY = _lib.RB_HEADER_EMPTY
+    CORRUPT = _lib.RB_HEADER_CORRUPT
+    FOREIGN = _lib.RB_HEADER_FOREIGN
+    IO_ERROR = _lib.RB_HEADER_IO_ERROR
 
 
 class Fault(IntEnum):
-    PERSISTENT = 1
-    TRANSIENT = 2
-    SUBMIT = 3
+    PERSISTENT = _lib.RB_FAULT_PERSISTENT
+    TRANSIENT = _lib.RB_FAULT_TRANSIENT
+    SUBMIT = _lib.RB_FAULT_SUBMIT
 
 
-_OPEN_CREATE, _OPEN_OVERWRITE_OK, _OPEN_READ_ONLY, _OPEN_BUFFERED, _OPEN_SYNC_WRITES = 1, 2, 4, 8, 16
-_RECOVER_KEEP_UNREADABLE, _RECOVER_SCRUB_FREE = 1, 2
+# Device() / recover() keyword -> the C name of the flag bit it sets.
+_OPEN_FLAG_NAMES = {"create": "RB_OPEN_CREATE", "overwrite": "RB_OPEN_OVERWRITE_OK", "read_only": "RB_OPEN_READ_ONLY",
+                    "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES"}
+_RECOVER_FLAG_NAMES = {"keep_unreadable": "RB_RECOVER_KEEP_UNREADABLE", "scrub_free": "RB_RECOVER_SCRUB_FREE"}
+_OPEN_FLAGS = {kw: getattr(_lib, c) for kw, c in _OPEN_FLAG_NAMES.items()}
+_RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
 
 
 class RawblockError(Exception):
@@ -182,7 +188,7 @@ class SlotHeader:
     payload_len: int
     payload_crc: int
     key: bytes
-    """The key, or its first 256 bytes when `key_len` is longer."""
+    """The key, or its first RB_HEADER_KEY_INLINE bytes when `key_len` is longer."""
     key_len: int
 
 
@@ -221,9 +227,9 @@ class Device:
         opts = _lib.Options()
         _check(_L.rb_options_init(ctypes.byref(opts)))
         opts.engine = int(engine)
-        opts.flags = ((_OPEN_CREATE if create else 0) | (_OPEN_OVERWRITE_OK if overwrite else 0)
-                      | (_OPEN_READ_ONLY if read_only else 0) | (_OPEN_BUFFERED if buffered else 0)
-                      | (_OPEN_SYNC_WRITES if sync_writes else 0))
+        opts.flags = ((_OPEN_FLAGS["create"] if create else 0) | (_OPEN_FLAGS["overwrite"] if overwrite else 0)
+                      | (_OPEN_FLAGS["read_only"] if read_only else 0) | (_OPEN_FLAGS["buffered"] if buffered else 0)
+                      | (_OPEN_FLAGS["sync_writes"] if sync_writes else 0))
         opts.posix_threads = posix_threads
         opts.queue_depth = queue_depth
         opts.capacity_bytes = capacity_bytes
@@ -306,7 +312,8 @@ class Device:
         opts = _lib.RecoverOptions()
         _check(_L.rb_recover_options_init(ctypes.byref(opts)))
         opts.mode = int(mode)
-        opts.flags = (_RECOVER_KEEP_UNREADABLE if keep_unreadable else 0) | (_RECOVER_SCRUB_FREE if scrub_free else 0)
+        opts.flags = ((_RECOVER_FLAGS["keep_unreadable"] if keep_unreadable else 0)
+                      | (_RECOVER_FLAGS["scrub_free"] if scrub_free else 0))
         r = _lib.RecoverReport()
         r.struct_size = ctypes.sizeof(r)
         _check(_L.rb_recover(self._handle(), ctypes.byref(opts), ctypes.byref(r)))
@@ -324,7 +331,7 @@ class Device:
         out[0].struct_size = ctypes.sizeof(_lib.SlotHeader)
         _check(_L.rb_read_headers_batched(self._handle(), arr, len(slots), out))
         return [SlotHeader(h.slot, HeaderStatus(h.status), h.os_errno, h.generation, h.payload_len, h.payload_crc,
-                           bytes(h.key[: min(h.key_len, _lib.HEADER_KEY_INLINE)]), h.key_len) for h in out]
+                           bytes(h.key[: min(h.key_len, _lib.RB_HEADER_KEY_INLINE)]), h.key_len) for h in out]
 
     def info(self) -> DeviceInfo:
         i = _lib.DeviceInfo()
