@@ -217,33 +217,48 @@ def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
     return ctypes.c_char_p(data), len(data)
 
 
-class Device:
-    """An open rawblock device. Use Device.create() to format, Device.open() to reopen."""
+def _set_flag(flags: int, bit: int, on: Optional[bool]) -> int:
+    if on is None:
+        return flags  # the library's default
+    return (flags | bit) if on else (flags & ~bit)
 
-    def __init__(self, path: str, *, create: bool = False, overwrite: bool = False, read_only: bool = False,
-                 buffered: bool = False, sync_writes: bool = False, engine: Engine = Engine.AUTO,
-                 posix_threads: int = 1, queue_depth: int = 128, capacity_bytes: int = 0, slot_bytes: int = 0,
-                 header_bytes: int = 0, block_size: int = 0, meta_bytes: int = 0, max_key_bytes: int = 0):
+
+def _override(opts: ctypes.Structure, **given) -> None:
+    """Sets the fields the caller gave; a None leaves what the library's *_init filled in."""
+    for name, value in given.items():
+        if value is not None:
+            setattr(opts, name, value)
+
+
+class Device:
+    """An open rawblock device. Use Device.create() to format, Device.open() to reopen.
+
+    Every option left at None takes the library's default (rb_options_init); 0 in a
+    number also means its default there.
+    """
+
+    def __init__(self, path: str, *, create: Optional[bool] = None, overwrite: Optional[bool] = None,
+                 read_only: Optional[bool] = None, buffered: Optional[bool] = None,
+                 sync_writes: Optional[bool] = None, engine: Optional[Engine] = None,
+                 posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
+                 capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
+                 header_bytes: Optional[int] = None, block_size: Optional[int] = None,
+                 meta_bytes: Optional[int] = None, max_key_bytes: Optional[int] = None):
         opts = _lib.Options()
         _check(_L.rb_options_init(ctypes.byref(opts)))
-        opts.engine = int(engine)
-        opts.flags = ((_OPEN_FLAGS["create"] if create else 0) | (_OPEN_FLAGS["overwrite"] if overwrite else 0)
-                      | (_OPEN_FLAGS["read_only"] if read_only else 0) | (_OPEN_FLAGS["buffered"] if buffered else 0)
-                      | (_OPEN_FLAGS["sync_writes"] if sync_writes else 0))
-        opts.posix_threads = posix_threads
-        opts.queue_depth = queue_depth
-        opts.capacity_bytes = capacity_bytes
-        opts.slot_bytes = slot_bytes
-        opts.header_bytes = header_bytes
-        opts.block_size = block_size
-        opts.meta_bytes = meta_bytes
-        opts.max_key_bytes = max_key_bytes
+        flags = opts.flags
+        for kw, on in (("create", create), ("overwrite", overwrite), ("read_only", read_only),
+                       ("buffered", buffered), ("sync_writes", sync_writes)):
+            flags = _set_flag(flags, _OPEN_FLAGS[kw], on)
+        _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
+                  capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,
+                  block_size=block_size, meta_bytes=meta_bytes, max_key_bytes=max_key_bytes)
         handle = ctypes.c_void_p()
         _check(_L.rb_open(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
         self._h: Optional[ctypes.c_void_p] = handle
 
     @classmethod
-    def create(cls, path: str, *, overwrite: bool = False, **kw) -> "Device":
+    def create(cls, path: str, *, overwrite: Optional[bool] = None, **kw) -> "Device":
         """Formats `path` (a block device, or a file sized by capacity_bytes) and opens it."""
         return cls(path, create=True, overwrite=overwrite, **kw)
 
@@ -307,13 +322,14 @@ class Device:
     def checkpoint(self) -> None:
         _check(_L.rb_checkpoint(self._handle()))
 
-    def recover(self, mode: RecoverMode = RecoverMode.AUTO, keep_unreadable: bool = False,
-                scrub_free: bool = False) -> RecoverReport:
+    def recover(self, mode: Optional[RecoverMode] = None, keep_unreadable: Optional[bool] = None,
+                scrub_free: Optional[bool] = None) -> RecoverReport:
+        """Rebuilds the index; options left at None take rb_recover_options_init's defaults."""
         opts = _lib.RecoverOptions()
         _check(_L.rb_recover_options_init(ctypes.byref(opts)))
-        opts.mode = int(mode)
-        opts.flags = ((_RECOVER_FLAGS["keep_unreadable"] if keep_unreadable else 0)
-                      | (_RECOVER_FLAGS["scrub_free"] if scrub_free else 0))
+        flags = _set_flag(opts.flags, _RECOVER_FLAGS["keep_unreadable"], keep_unreadable)
+        flags = _set_flag(flags, _RECOVER_FLAGS["scrub_free"], scrub_free)
+        _override(opts, mode=mode, flags=flags)
         r = _lib.RecoverReport()
         r.struct_size = ctypes.sizeof(r)
         _check(_L.rb_recover(self._handle(), ctypes.byref(opts), ctypes.byref(r)))

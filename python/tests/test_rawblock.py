@@ -1,4 +1,6 @@
+import ctypes
 import errno
+import inspect
 import os
 import threading
 from pathlib import Path
@@ -6,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rawblock
-from rawblock import Device, Engine, Fault, HeaderStatus, RecoverMode, Source, Status
+from rawblock import Device, Engine, Fault, HeaderStatus, RecoverMode, Source, Status, _lib
 
 from conftest import create
 
@@ -136,3 +138,32 @@ def test_threads_share_a_device(path):
             t.join()
         assert not errors
         assert dev.info().indexed == 20
+
+
+def test_no_default_number_is_repeated_in_python():
+    """Defaults have one home, the library's rb_options_init / rb_recover_options_init."""
+    for name, p in inspect.signature(Device.__init__).parameters.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert p.default is None, f"Device({name}=...) defaults to {p.default!r}, not the library's default"
+    for name, p in inspect.signature(Device.recover).parameters.items():
+        if name != "self":
+            assert p.default is None, f"recover({name}=...) defaults to {p.default!r}"
+
+
+def test_unset_options_take_the_library_defaults(path):
+    defaults = _lib.Options()
+    assert rawblock._L.rb_options_init(ctypes.byref(defaults)) == 0
+    with create(path, engine=Engine.POSIX) as dev:
+        assert dev.info().queue_depth == defaults.posix_threads
+    with create(path, engine=Engine.POSIX, posix_threads=3) as dev:
+        assert dev.info().queue_depth == 3
+    with create(path, engine=Engine.IO_URING) as dev:
+        assert dev.info().queue_depth == defaults.queue_depth
+    with create(path, engine=Engine.IO_URING, queue_depth=16) as dev:
+        assert dev.info().queue_depth == 16
+    with create(path) as dev:
+        dev.put(b"k", b"v")
+        dev.checkpoint()
+    with Device.open(path, read_only=True) as dev:
+        r = dev.recover()  # RB_RECOVER_AUTO from rb_recover_options_init: the checkpoint verifies
+        assert r.source == Source.CHECKPOINT and r.orphans == 0 and r.kept_unverified == 0
