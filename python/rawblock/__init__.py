@@ -9,13 +9,15 @@
         assert dev.get(b"key") == b"value"
 
 A Device may be used from several threads at once (the library locks
-internally; ctypes releases the GIL during each call). Close it once, after
-every other call on it has returned.
+internally; ctypes releases the GIL during each call). close() may be called
+from any thread at any time: it refuses new calls at once (they raise Closed),
+waits for the calls already inside the library to return, then closes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable, Optional
@@ -23,7 +25,7 @@ from typing import Iterable, Optional
 from . import _lib
 
 __all__ = [
-    "Device", "RawblockError", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
+    "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
     "DeviceInfo", "version", "abi_version",
 ]
@@ -100,6 +102,13 @@ class RawblockError(Exception):
         self.message = message
         name = self.status.name if isinstance(self.status, Status) else str(status)
         super().__init__(f"{name}: {message}")
+
+
+class Closed(RawblockError, ValueError):
+    """A call on a Device that is closed or closing (a ValueError, like I/O on a closed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(Status.STATE, "the device is closed")
 
 
 class NotFound(RawblockError, KeyError):
@@ -230,6 +239,53 @@ def _override(opts: ctypes.Structure, **given) -> None:
             setattr(opts, name, value)
 
 
+class _CallGuard:
+    """Keeps the C handle alive while calls are inside the library.
+
+    Every call enters (a shared count, refused once closing began) and leaves; shut()
+    refuses new calls, waits until none is in flight and only then hands the handle
+    over for rb_close, so no thread can reach a freed handle (rb_close's contract:
+    "with no call in progress on it").
+    """
+
+    __slots__ = ("_cv", "_handle", "_calls", "_closing", "_closed")
+
+    def __init__(self, handle: ctypes.c_void_p):
+        self._cv = threading.Condition(threading.Lock())
+        self._handle = handle
+        self._calls = 0
+        self._closing = False
+        self._closed = False
+
+    def __enter__(self) -> ctypes.c_void_p:
+        with self._cv:
+            if self._closing:
+                raise Closed()
+            self._calls += 1
+            return self._handle
+
+    def __exit__(self, *exc) -> None:
+        with self._cv:
+            self._calls -= 1
+            if self._calls == 0 and self._closing:
+                self._cv.notify_all()
+
+    def shut(self, rb_close) -> None:
+        with self._cv:
+            if self._closing:  # closed, or another thread is closing: return once it is closed
+                self._cv.wait_for(lambda: self._closed)
+                return
+            self._closing = True
+            self._cv.wait_for(lambda: self._calls == 0)
+            handle, self._handle = self._handle, None
+        try:
+            rb_close(handle)
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+
+
 class Device:
     """An open rawblock device. Use Device.create() to format, Device.open() to reopen.
 
@@ -255,7 +311,7 @@ class Device:
                   block_size=block_size, meta_bytes=meta_bytes, max_key_bytes=max_key_bytes)
         handle = ctypes.c_void_p()
         _check(_L.rb_open(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
-        self._h: Optional[ctypes.c_void_p] = handle
+        self._guard = _CallGuard(handle)
 
     @classmethod
     def create(cls, path: str, *, overwrite: Optional[bool] = None, **kw) -> "Device":
@@ -267,16 +323,14 @@ class Device:
         """Opens a formatted device; call recover() before reading or writing."""
         return cls(path, **kw)
 
-    def _handle(self) -> ctypes.c_void_p:
-        if self._h is None:
-            raise RawblockError(Status.INVALID_ARGUMENT, "the device is closed")
-        return self._h
-
     def close(self) -> None:
-        """Closes the handle (idempotent). Does not checkpoint."""
-        if self._h is not None:
-            h, self._h = self._h, None
-            _check(_L.rb_close(h))
+        """Closes the handle (idempotent, from any thread). Does not checkpoint.
+
+        New calls raise Closed from now on; calls already inside the library finish first.
+        """
+        guard = getattr(self, "_guard", None)  # absent when __init__ failed
+        if guard is not None:
+            guard.shut(lambda h: _check(_L.rb_close(h)))
 
     def __enter__(self) -> "Device":
         return self
@@ -293,34 +347,39 @@ class Device:
     def put(self, key: bytes, value: bytes) -> None:
         k, kl = _buf(key)
         v, vl = _buf(value)
-        _check(_L.rb_put(self._handle(), k, kl, v, vl))
+        with self._guard as h:
+            _check(_L.rb_put(h, k, kl, v, vl))
 
     def get(self, key: bytes) -> bytes:
         """The value of `key`, verified; raises NotFound, or Corrupt rather than return wrong bytes."""
         k, kl = _buf(key)
         n = ctypes.c_size_t(0)
         cap = 64 * 1024
-        while True:
-            out = ctypes.create_string_buffer(cap)
-            s = _L.rb_get(self._handle(), k, kl, out, cap, ctypes.byref(n))
-            if s == Status.BUFFER_TOO_SMALL:
-                cap = n.value
-                continue
-            _check(s)
-            return out.raw[: n.value]
+        with self._guard as h:
+            while True:
+                out = ctypes.create_string_buffer(cap)
+                s = _L.rb_get(h, k, kl, out, cap, ctypes.byref(n))
+                if s == Status.BUFFER_TOO_SMALL:
+                    cap = n.value
+                    continue
+                _check(s)
+                return out.raw[: n.value]
 
     def delete(self, key: bytes) -> None:
         k, kl = _buf(key)
-        _check(_L.rb_delete(self._handle(), k, kl))
+        with self._guard as h:
+            _check(_L.rb_delete(h, k, kl))
 
     def __contains__(self, key: bytes) -> bool:
         k, kl = _buf(key)
         found = ctypes.c_bool(False)
-        _check(_L.rb_contains(self._handle(), k, kl, ctypes.byref(found)))
+        with self._guard as h:
+            _check(_L.rb_contains(h, k, kl, ctypes.byref(found)))
         return bool(found.value)
 
     def checkpoint(self) -> None:
-        _check(_L.rb_checkpoint(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_checkpoint(h))
 
     def recover(self, mode: Optional[RecoverMode] = None, keep_unreadable: Optional[bool] = None,
                 scrub_free: Optional[bool] = None) -> RecoverReport:
@@ -332,7 +391,8 @@ class Device:
         _override(opts, mode=mode, flags=flags)
         r = _lib.RecoverReport()
         r.struct_size = ctypes.sizeof(r)
-        _check(_L.rb_recover(self._handle(), ctypes.byref(opts), ctypes.byref(r)))
+        with self._guard as h:
+            _check(_L.rb_recover(h, ctypes.byref(opts), ctypes.byref(r)))
         return RecoverReport(Source(r.source), Engine(r.engine), r.checkpoint_sequence, r.checkpoint_entries,
                              r.indexed, r.dropped_stale, r.dropped_unreadable, r.kept_unverified, r.empty_slots,
                              r.header_reads, r.elapsed_ns, r.checkpoint_load_ns, r.validate_ns, r.first_errno,
@@ -345,14 +405,16 @@ class Device:
         arr = (ctypes.c_uint64 * len(slots))(*slots)
         out = (_lib.SlotHeader * len(slots))()
         out[0].struct_size = ctypes.sizeof(_lib.SlotHeader)
-        _check(_L.rb_read_headers_batched(self._handle(), arr, len(slots), out))
+        with self._guard as h:
+            _check(_L.rb_read_headers_batched(h, arr, len(slots), out))
         return [SlotHeader(h.slot, HeaderStatus(h.status), h.os_errno, h.generation, h.payload_len, h.payload_crc,
                            bytes(h.key[: min(h.key_len, _lib.RB_HEADER_KEY_INLINE)]), h.key_len) for h in out]
 
     def info(self) -> DeviceInfo:
         i = _lib.DeviceInfo()
         i.struct_size = ctypes.sizeof(i)
-        _check(_L.rb_get_info(self._handle(), ctypes.byref(i)))
+        with self._guard as h:
+            _check(_L.rb_get_info(h, ctypes.byref(i)))
         return DeviceInfo(bytes(i.device_id), i.block_size, i.header_bytes, i.slot_bytes, i.slot_count, i.meta_bytes,
                           i.data_base, i.max_key_bytes, i.max_payload, Engine(i.engine), i.queue_depth,
                           bool(i.read_only), bool(i.direct_io), i.indexed)
@@ -360,16 +422,19 @@ class Device:
     def io_stats(self, reset: bool = False) -> IoStats:
         s = _lib.IoStats()
         s.struct_size = ctypes.sizeof(s)
-        _check(_L.rb_get_io_stats(self._handle(), ctypes.byref(s)))
-        if reset:
-            _check(_L.rb_reset_io_stats(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_get_io_stats(h, ctypes.byref(s)))
+            if reset:
+                _check(_L.rb_reset_io_stats(h))
         return IoStats._from(s)
 
     def inject_read_faults(self, slots: Iterable[int], errno: int, mode: Fault) -> None:
         """Testing aid: makes reads of `slots` fail with `errno` inside the engine (see the C header)."""
         slots = list(slots)
         arr = (ctypes.c_uint64 * max(1, len(slots)))(*slots)
-        _check(_L.rb_test_inject_read_faults(self._handle(), arr, len(slots), errno, int(mode)))
+        with self._guard as h:
+            _check(_L.rb_test_inject_read_faults(h, arr, len(slots), errno, int(mode)))
 
     def clear_read_faults(self) -> None:
-        _check(_L.rb_test_clear_read_faults(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_test_clear_read_faults(h))
