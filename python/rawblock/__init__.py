@@ -17,6 +17,8 @@ waits for the calls already inside the library to return, then closes.
 from __future__ import annotations
 
 import ctypes
+import operator
+import os
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
@@ -226,6 +228,51 @@ def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
     return ctypes.c_char_p(data), len(data)
 
 
+def _path(path: "str | bytes | os.PathLike") -> bytes:
+    """The path as the OS takes it: str, bytes or os.PathLike, like open() (never str(b'..'))."""
+    p = os.fsencode(path)  # TypeError for anything else
+    if b"\0" in p:  # C would stop at the NUL and open a different file
+        raise ValueError(f"embedded null byte in path {p!r}")
+    return p
+
+
+def _int_range(ctype) -> tuple[int, int, str]:
+    bits = 8 * ctypes.sizeof(ctype)
+    if ctype(-1).value < 0:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1, f"int{bits}_t"
+    return 0, (1 << bits) - 1, f"uint{bits}_t"
+
+
+def _c_int(value, ctype, what: str) -> int:
+    """`value` as an int that fits the C type, or OverflowError: ctypes would silently wrap it."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+    lo, hi, name = _int_range(ctype)
+    if not lo <= v <= hi:
+        raise OverflowError(f"{what}={v} is out of range for {name} ({lo}..{hi})")
+    return v
+
+
+def _c_ints(values: Iterable[int], ctype, what: str) -> list[int]:
+    try:
+        vs = [operator.index(v) for v in values]
+    except TypeError as e:
+        raise TypeError(f"{what} must be integers ({e})") from None
+    lo, hi, name = _int_range(ctype)
+    if vs and not (lo <= min(vs) and max(vs) <= hi):
+        i, v = next((i, v) for i, v in enumerate(vs) if not lo <= v <= hi)
+        raise OverflowError(f"{what}[{i}]={v} is out of range for {name} ({lo}..{hi})")
+    return vs
+
+
+def _arg(fn: str, i: int):
+    """The C type of argument `i` of `fn` (the pointee for a pointer), as _lib.SIGNATURES declares it."""
+    t = _lib.SIGNATURES[fn][1][i]
+    return getattr(t, "_type_", t) if issubclass(t, ctypes._Pointer) else t
+
+
 def _set_flag(flags: int, bit: int, on: Optional[bool]) -> int:
     if on is None:
         return flags  # the library's default
@@ -233,10 +280,12 @@ def _set_flag(flags: int, bit: int, on: Optional[bool]) -> int:
 
 
 def _override(opts: ctypes.Structure, **given) -> None:
-    """Sets the fields the caller gave; a None leaves what the library's *_init filled in."""
+    """Sets the fields the caller gave, range-checked for the field's C type; a None leaves
+    what the library's *_init filled in."""
+    types = dict(type(opts)._fields_)
     for name, value in given.items():
         if value is not None:
-            setattr(opts, name, value)
+            setattr(opts, name, _c_int(value, types[name], name))
 
 
 class _CallGuard:
@@ -293,8 +342,8 @@ class Device:
     number also means its default there.
     """
 
-    def __init__(self, path: str, *, create: Optional[bool] = None, overwrite: Optional[bool] = None,
-                 read_only: Optional[bool] = None, buffered: Optional[bool] = None,
+    def __init__(self, path: "str | bytes | os.PathLike", *, create: Optional[bool] = None,
+                 overwrite: Optional[bool] = None, read_only: Optional[bool] = None, buffered: Optional[bool] = None,
                  sync_writes: Optional[bool] = None, engine: Optional[Engine] = None,
                  posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
                  capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
@@ -309,17 +358,18 @@ class Device:
         _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
                   capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,
                   block_size=block_size, meta_bytes=meta_bytes, max_key_bytes=max_key_bytes)
+        c_path = _path(path)
         handle = ctypes.c_void_p()
-        _check(_L.rb_open(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
+        _check(_L.rb_open(c_path, ctypes.byref(opts), ctypes.byref(handle)))
         self._guard = _CallGuard(handle)
 
     @classmethod
-    def create(cls, path: str, *, overwrite: Optional[bool] = None, **kw) -> "Device":
+    def create(cls, path: "str | bytes | os.PathLike", *, overwrite: Optional[bool] = None, **kw) -> "Device":
         """Formats `path` (a block device, or a file sized by capacity_bytes) and opens it."""
         return cls(path, create=True, overwrite=overwrite, **kw)
 
     @classmethod
-    def open(cls, path: str, **kw) -> "Device":
+    def open(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
         """Opens a formatted device; call recover() before reading or writing."""
         return cls(path, **kw)
 
@@ -399,7 +449,7 @@ class Device:
                              r.queue_depth, IoStats._from(r.io), r.orphans)
 
     def read_headers_batched(self, slots: Iterable[int]) -> list[SlotHeader]:
-        slots = list(slots)
+        slots = _c_ints(slots, _arg("rb_read_headers_batched", 1), "slots")
         if not slots:
             return []
         arr = (ctypes.c_uint64 * len(slots))(*slots)
@@ -430,10 +480,12 @@ class Device:
 
     def inject_read_faults(self, slots: Iterable[int], errno: int, mode: Fault) -> None:
         """Testing aid: makes reads of `slots` fail with `errno` inside the engine (see the C header)."""
-        slots = list(slots)
+        slots = _c_ints(slots, _arg("rb_test_inject_read_faults", 1), "slots")
+        errno = _c_int(errno, _arg("rb_test_inject_read_faults", 3), "errno")
+        mode = _c_int(mode, _arg("rb_test_inject_read_faults", 4), "mode")
         arr = (ctypes.c_uint64 * max(1, len(slots)))(*slots)
         with self._guard as h:
-            _check(_L.rb_test_inject_read_faults(h, arr, len(slots), errno, int(mode)))
+            _check(_L.rb_test_inject_read_faults(h, arr, len(slots), errno, mode))
 
     def clear_read_faults(self) -> None:
         with self._guard as h:
