@@ -74,7 +74,8 @@ def parse(path: Path) -> Header:
     # Everything else from the preprocessed header (comments and the __cplusplus block gone),
     # without its #includes so that only rawblock's own declarations remain.
     src = re.sub(r"^\s*#\s*include\b.*$", "", text, flags=re.M)
-    code = subprocess.run([CC, "-E", "-P", "-x", "c", "-"], input=src, capture_output=True, text=True, check=True).stdout
+    cpp = [*shlex.split(CC), "-E", "-P", "-x", "c", "-"]
+    code = subprocess.run(cpp, input=src, capture_output=True, text=True, check=True).stdout
     depth, start, decls = 0, 0, []
     for i, ch in enumerate(code):
         depth += ch == "{"
@@ -194,7 +195,8 @@ def test_every_define_is_in_lib_with_the_compiled_value(header, probe):
 
 
 def test_every_struct_matches_the_header_layout(header, probe):
-    problems = [f"struct {t} is in the header, missing from _lib.STRUCTS" for t in header.structs if t not in _lib.STRUCTS]
+    problems = [f"struct {t} is in the header, missing from _lib.STRUCTS" for t in header.structs
+                if t not in _lib.STRUCTS]
     problems += [f"_lib.STRUCTS[{t!r}] is not in the header" for t in _lib.STRUCTS if t not in header.structs]
     declared = {c for c in vars(_lib).values() if isinstance(c, type) and issubclass(c, ctypes.Structure)}
     problems += [f"_lib.{c.__name__} is not in _lib.STRUCTS" for c in declared - set(_lib.STRUCTS.values())]
