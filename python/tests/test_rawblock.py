@@ -167,3 +167,10 @@ def test_unset_options_take_the_library_defaults(path):
     with Device.open(path, read_only=True) as dev:
         r = dev.recover()  # RB_RECOVER_AUTO from rb_recover_options_init: the checkpoint verifies
         assert r.source == Source.CHECKPOINT and r.orphans == 0 and r.kept_unverified == 0
+
+
+def test_a_library_of_another_abi_is_refused(monkeypatch):
+    """_lib's structs describe RB_ABI_VERSION only; load() must not pair them with another ABI."""
+    monkeypatch.setattr(_lib, "RB_ABI_VERSION", _lib.RB_ABI_VERSION + 1)
+    with pytest.raises(OSError, match="ABI version"):
+        _lib.load()
