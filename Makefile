@@ -52,8 +52,10 @@ $(VENV)/bin/pytest:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet pytest
 
+# tests/test_header.py compiles a probe with $(CC) against the header and checks _lib.py against it.
 py-test: build $(VENV)/bin/pytest
-	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q tests
+	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
+	  PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q tests
 
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build

@@ -9,13 +9,17 @@
         assert dev.get(b"key") == b"value"
 
 A Device may be used from several threads at once (the library locks
-internally; ctypes releases the GIL during each call). Close it once, after
-every other call on it has returned.
+internally; ctypes releases the GIL during each call). close() may be called
+from any thread at any time: it refuses new calls at once (they raise Closed),
+waits for the calls already inside the library to return, then closes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import operator
+import os
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable, Optional
@@ -23,7 +27,7 @@ from typing import Iterable, Optional
 from . import _lib
 
 __all__ = [
-    "Device", "RawblockError", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
+    "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
     "DeviceInfo", "version", "abi_version",
 ]
@@ -31,59 +35,65 @@ __all__ = [
 _L = _lib.load()
 
 
+# The values live in _lib (copied from include/rawblock.h and checked against it by
+# tests/test_header.py); each enum names them without the RB_ prefix.
 class Status(IntEnum):
-    OK = 0
-    INVALID_ARGUMENT = 1
-    IO = 2
-    FORMAT = 3
-    NO_SPACE = 4
-    TOO_LARGE = 5
-    NOT_FOUND = 6
-    CORRUPT = 7
-    BUFFER_TOO_SMALL = 8
-    UNSUPPORTED = 9
-    READ_ONLY = 10
-    BUSY = 11
-    STATE = 12
-    EXISTS = 13
-    PANIC = 14
+    OK = _lib.RB_OK
+    INVALID_ARGUMENT = _lib.RB_E_INVALID_ARGUMENT
+    IO = _lib.RB_E_IO
+    FORMAT = _lib.RB_E_FORMAT
+    NO_SPACE = _lib.RB_E_NO_SPACE
+    TOO_LARGE = _lib.RB_E_TOO_LARGE
+    NOT_FOUND = _lib.RB_E_NOT_FOUND
+    CORRUPT = _lib.RB_E_CORRUPT
+    BUFFER_TOO_SMALL = _lib.RB_E_BUFFER_TOO_SMALL
+    UNSUPPORTED = _lib.RB_E_UNSUPPORTED
+    READ_ONLY = _lib.RB_E_READ_ONLY
+    BUSY = _lib.RB_E_BUSY
+    STATE = _lib.RB_E_STATE
+    EXISTS = _lib.RB_E_EXISTS
+    PANIC = _lib.RB_E_PANIC
 
 
 class Engine(IntEnum):
-    AUTO = 0
-    POSIX = 1
-    IO_URING = 2
-    URING_CMD = 3
+    AUTO = _lib.RB_ENGINE_AUTO
+    POSIX = _lib.RB_ENGINE_POSIX
+    IO_URING = _lib.RB_ENGINE_IO_URING
+    URING_CMD = _lib.RB_ENGINE_URING_CMD
 
 
 class RecoverMode(IntEnum):
-    AUTO = 0
-    CHECKPOINT = 1
-    SCAN = 2
+    AUTO = _lib.RB_RECOVER_AUTO
+    CHECKPOINT = _lib.RB_RECOVER_CHECKPOINT
+    SCAN = _lib.RB_RECOVER_SCAN
 
 
 class Source(IntEnum):
-    NOTHING = 0
-    CHECKPOINT = 1
-    SCAN = 2
+    NOTHING = _lib.RB_RECOVERED_NOTHING
+    CHECKPOINT = _lib.RB_RECOVERED_CHECKPOINT
+    SCAN = _lib.RB_RECOVERED_SCAN
 
 
 class HeaderStatus(IntEnum):
-    VALID = 0
-    EMPTY = 1
-    CORRUPT = 2
-    FOREIGN = 3
-    IO_ERROR = 4
+    VALID = _lib.RB_HEADER_VALID
+    EMPTY = _lib.RB_HEADER_EMPTY
+    CORRUPT = _lib.RB_HEADER_CORRUPT
+    FOREIGN = _lib.RB_HEADER_FOREIGN
+    IO_ERROR = _lib.RB_HEADER_IO_ERROR
 
 
 class Fault(IntEnum):
-    PERSISTENT = 1
-    TRANSIENT = 2
-    SUBMIT = 3
+    PERSISTENT = _lib.RB_FAULT_PERSISTENT
+    TRANSIENT = _lib.RB_FAULT_TRANSIENT
+    SUBMIT = _lib.RB_FAULT_SUBMIT
 
 
-_OPEN_CREATE, _OPEN_OVERWRITE_OK, _OPEN_READ_ONLY, _OPEN_BUFFERED, _OPEN_SYNC_WRITES = 1, 2, 4, 8, 16
-_RECOVER_KEEP_UNREADABLE, _RECOVER_SCRUB_FREE = 1, 2
+# Device() / recover() keyword -> the C name of the flag bit it sets.
+_OPEN_FLAG_NAMES = {"create": "RB_OPEN_CREATE", "overwrite": "RB_OPEN_OVERWRITE_OK", "read_only": "RB_OPEN_READ_ONLY",
+                    "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES"}
+_RECOVER_FLAG_NAMES = {"keep_unreadable": "RB_RECOVER_KEEP_UNREADABLE", "scrub_free": "RB_RECOVER_SCRUB_FREE"}
+_OPEN_FLAGS = {kw: getattr(_lib, c) for kw, c in _OPEN_FLAG_NAMES.items()}
+_RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
 
 
 class RawblockError(Exception):
@@ -94,6 +104,13 @@ class RawblockError(Exception):
         self.message = message
         name = self.status.name if isinstance(self.status, Status) else str(status)
         super().__init__(f"{name}: {message}")
+
+
+class Closed(RawblockError, ValueError):
+    """A call on a Device that is closed or closing (a ValueError, like I/O on a closed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(Status.STATE, "the device is closed")
 
 
 class NotFound(RawblockError, KeyError):
@@ -182,7 +199,7 @@ class SlotHeader:
     payload_len: int
     payload_crc: int
     key: bytes
-    """The key, or its first 256 bytes when `key_len` is longer."""
+    """The key, or its first RB_HEADER_KEY_INLINE bytes when `key_len` is longer."""
     key_len: int
 
 
@@ -211,51 +228,159 @@ def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
     return ctypes.c_char_p(data), len(data)
 
 
-class Device:
-    """An open rawblock device. Use Device.create() to format, Device.open() to reopen."""
+def _path(path: "str | bytes | os.PathLike") -> bytes:
+    """The path as the OS takes it: str, bytes or os.PathLike, like open() (never str(b'..'))."""
+    p = os.fsencode(path)  # TypeError for anything else
+    if b"\0" in p:  # C would stop at the NUL and open a different file
+        raise ValueError(f"embedded null byte in path {p!r}")
+    return p
 
-    def __init__(self, path: str, *, create: bool = False, overwrite: bool = False, read_only: bool = False,
-                 buffered: bool = False, sync_writes: bool = False, engine: Engine = Engine.AUTO,
-                 posix_threads: int = 1, queue_depth: int = 128, capacity_bytes: int = 0, slot_bytes: int = 0,
-                 header_bytes: int = 0, block_size: int = 0, meta_bytes: int = 0, max_key_bytes: int = 0):
+
+def _int_range(ctype) -> tuple[int, int, str]:
+    bits = 8 * ctypes.sizeof(ctype)
+    if ctype(-1).value < 0:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1, f"int{bits}_t"
+    return 0, (1 << bits) - 1, f"uint{bits}_t"
+
+
+def _c_int(value, ctype, what: str) -> int:
+    """`value` as an int that fits the C type, or OverflowError: ctypes would silently wrap it."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+    lo, hi, name = _int_range(ctype)
+    if not lo <= v <= hi:
+        raise OverflowError(f"{what}={v} is out of range for {name} ({lo}..{hi})")
+    return v
+
+
+def _c_ints(values: Iterable[int], ctype, what: str) -> list[int]:
+    try:
+        vs = [operator.index(v) for v in values]
+    except TypeError as e:
+        raise TypeError(f"{what} must be integers ({e})") from None
+    lo, hi, name = _int_range(ctype)
+    if vs and not (lo <= min(vs) and max(vs) <= hi):
+        i, v = next((i, v) for i, v in enumerate(vs) if not lo <= v <= hi)
+        raise OverflowError(f"{what}[{i}]={v} is out of range for {name} ({lo}..{hi})")
+    return vs
+
+
+def _arg(fn: str, i: int):
+    """The C type of argument `i` of `fn` (the pointee for a pointer), as _lib.SIGNATURES declares it."""
+    t = _lib.SIGNATURES[fn][1][i]
+    return getattr(t, "_type_", t) if issubclass(t, ctypes._Pointer) else t
+
+
+def _set_flag(flags: int, bit: int, on: Optional[bool]) -> int:
+    if on is None:
+        return flags  # the library's default
+    return (flags | bit) if on else (flags & ~bit)
+
+
+def _override(opts: ctypes.Structure, **given) -> None:
+    """Sets the fields the caller gave, range-checked for the field's C type; a None leaves
+    what the library's *_init filled in."""
+    types = dict(type(opts)._fields_)
+    for name, value in given.items():
+        if value is not None:
+            setattr(opts, name, _c_int(value, types[name], name))
+
+
+class _CallGuard:
+    """Keeps the C handle alive while calls are inside the library.
+
+    Every call enters (a shared count, refused once closing began) and leaves; shut()
+    refuses new calls, waits until none is in flight and only then hands the handle
+    over for rb_close, so no thread can reach a freed handle (rb_close's contract:
+    "with no call in progress on it").
+    """
+
+    __slots__ = ("_cv", "_handle", "_calls", "_closing", "_closed")
+
+    def __init__(self, handle: ctypes.c_void_p):
+        self._cv = threading.Condition(threading.Lock())
+        self._handle = handle
+        self._calls = 0
+        self._closing = False
+        self._closed = False
+
+    def __enter__(self) -> ctypes.c_void_p:
+        with self._cv:
+            if self._closing:
+                raise Closed()
+            self._calls += 1
+            return self._handle
+
+    def __exit__(self, *exc) -> None:
+        with self._cv:
+            self._calls -= 1
+            if self._calls == 0 and self._closing:
+                self._cv.notify_all()
+
+    def shut(self, rb_close) -> None:
+        with self._cv:
+            if self._closing:  # closed, or another thread is closing: return once it is closed
+                self._cv.wait_for(lambda: self._closed)
+                return
+            self._closing = True
+            self._cv.wait_for(lambda: self._calls == 0)
+            handle, self._handle = self._handle, None
+        try:
+            rb_close(handle)
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+
+
+class Device:
+    """An open rawblock device. Use Device.create() to format, Device.open() to reopen.
+
+    Every option left at None takes the library's default (rb_options_init); 0 in a
+    number also means its default there.
+    """
+
+    def __init__(self, path: "str | bytes | os.PathLike", *, create: Optional[bool] = None,
+                 overwrite: Optional[bool] = None, read_only: Optional[bool] = None, buffered: Optional[bool] = None,
+                 sync_writes: Optional[bool] = None, engine: Optional[Engine] = None,
+                 posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
+                 capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
+                 header_bytes: Optional[int] = None, block_size: Optional[int] = None,
+                 meta_bytes: Optional[int] = None, max_key_bytes: Optional[int] = None):
         opts = _lib.Options()
         _check(_L.rb_options_init(ctypes.byref(opts)))
-        opts.engine = int(engine)
-        opts.flags = ((_OPEN_CREATE if create else 0) | (_OPEN_OVERWRITE_OK if overwrite else 0)
-                      | (_OPEN_READ_ONLY if read_only else 0) | (_OPEN_BUFFERED if buffered else 0)
-                      | (_OPEN_SYNC_WRITES if sync_writes else 0))
-        opts.posix_threads = posix_threads
-        opts.queue_depth = queue_depth
-        opts.capacity_bytes = capacity_bytes
-        opts.slot_bytes = slot_bytes
-        opts.header_bytes = header_bytes
-        opts.block_size = block_size
-        opts.meta_bytes = meta_bytes
-        opts.max_key_bytes = max_key_bytes
+        flags = opts.flags
+        for kw, on in (("create", create), ("overwrite", overwrite), ("read_only", read_only),
+                       ("buffered", buffered), ("sync_writes", sync_writes)):
+            flags = _set_flag(flags, _OPEN_FLAGS[kw], on)
+        _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
+                  capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,
+                  block_size=block_size, meta_bytes=meta_bytes, max_key_bytes=max_key_bytes)
+        c_path = _path(path)
         handle = ctypes.c_void_p()
-        _check(_L.rb_open(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
-        self._h: Optional[ctypes.c_void_p] = handle
+        _check(_L.rb_open(c_path, ctypes.byref(opts), ctypes.byref(handle)))
+        self._guard = _CallGuard(handle)
 
     @classmethod
-    def create(cls, path: str, *, overwrite: bool = False, **kw) -> "Device":
+    def create(cls, path: "str | bytes | os.PathLike", *, overwrite: Optional[bool] = None, **kw) -> "Device":
         """Formats `path` (a block device, or a file sized by capacity_bytes) and opens it."""
         return cls(path, create=True, overwrite=overwrite, **kw)
 
     @classmethod
-    def open(cls, path: str, **kw) -> "Device":
+    def open(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
         """Opens a formatted device; call recover() before reading or writing."""
         return cls(path, **kw)
 
-    def _handle(self) -> ctypes.c_void_p:
-        if self._h is None:
-            raise RawblockError(Status.INVALID_ARGUMENT, "the device is closed")
-        return self._h
-
     def close(self) -> None:
-        """Closes the handle (idempotent). Does not checkpoint."""
-        if self._h is not None:
-            h, self._h = self._h, None
-            _check(_L.rb_close(h))
+        """Closes the handle (idempotent, from any thread). Does not checkpoint.
+
+        New calls raise Closed from now on; calls already inside the library finish first.
+        """
+        guard = getattr(self, "_guard", None)  # absent when __init__ failed
+        if guard is not None:
+            guard.shut(lambda h: _check(_L.rb_close(h)))
 
     def __enter__(self) -> "Device":
         return self
@@ -272,64 +397,74 @@ class Device:
     def put(self, key: bytes, value: bytes) -> None:
         k, kl = _buf(key)
         v, vl = _buf(value)
-        _check(_L.rb_put(self._handle(), k, kl, v, vl))
+        with self._guard as h:
+            _check(_L.rb_put(h, k, kl, v, vl))
 
     def get(self, key: bytes) -> bytes:
         """The value of `key`, verified; raises NotFound, or Corrupt rather than return wrong bytes."""
         k, kl = _buf(key)
         n = ctypes.c_size_t(0)
         cap = 64 * 1024
-        while True:
-            out = ctypes.create_string_buffer(cap)
-            s = _L.rb_get(self._handle(), k, kl, out, cap, ctypes.byref(n))
-            if s == Status.BUFFER_TOO_SMALL:
-                cap = n.value
-                continue
-            _check(s)
-            return out.raw[: n.value]
+        with self._guard as h:
+            while True:
+                out = ctypes.create_string_buffer(cap)
+                s = _L.rb_get(h, k, kl, out, cap, ctypes.byref(n))
+                if s == Status.BUFFER_TOO_SMALL:
+                    cap = n.value
+                    continue
+                _check(s)
+                return out.raw[: n.value]
 
     def delete(self, key: bytes) -> None:
         k, kl = _buf(key)
-        _check(_L.rb_delete(self._handle(), k, kl))
+        with self._guard as h:
+            _check(_L.rb_delete(h, k, kl))
 
     def __contains__(self, key: bytes) -> bool:
         k, kl = _buf(key)
         found = ctypes.c_bool(False)
-        _check(_L.rb_contains(self._handle(), k, kl, ctypes.byref(found)))
+        with self._guard as h:
+            _check(_L.rb_contains(h, k, kl, ctypes.byref(found)))
         return bool(found.value)
 
     def checkpoint(self) -> None:
-        _check(_L.rb_checkpoint(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_checkpoint(h))
 
-    def recover(self, mode: RecoverMode = RecoverMode.AUTO, keep_unreadable: bool = False,
-                scrub_free: bool = False) -> RecoverReport:
+    def recover(self, mode: Optional[RecoverMode] = None, keep_unreadable: Optional[bool] = None,
+                scrub_free: Optional[bool] = None) -> RecoverReport:
+        """Rebuilds the index; options left at None take rb_recover_options_init's defaults."""
         opts = _lib.RecoverOptions()
         _check(_L.rb_recover_options_init(ctypes.byref(opts)))
-        opts.mode = int(mode)
-        opts.flags = (_RECOVER_KEEP_UNREADABLE if keep_unreadable else 0) | (_RECOVER_SCRUB_FREE if scrub_free else 0)
+        flags = _set_flag(opts.flags, _RECOVER_FLAGS["keep_unreadable"], keep_unreadable)
+        flags = _set_flag(flags, _RECOVER_FLAGS["scrub_free"], scrub_free)
+        _override(opts, mode=mode, flags=flags)
         r = _lib.RecoverReport()
         r.struct_size = ctypes.sizeof(r)
-        _check(_L.rb_recover(self._handle(), ctypes.byref(opts), ctypes.byref(r)))
+        with self._guard as h:
+            _check(_L.rb_recover(h, ctypes.byref(opts), ctypes.byref(r)))
         return RecoverReport(Source(r.source), Engine(r.engine), r.checkpoint_sequence, r.checkpoint_entries,
                              r.indexed, r.dropped_stale, r.dropped_unreadable, r.kept_unverified, r.empty_slots,
                              r.header_reads, r.elapsed_ns, r.checkpoint_load_ns, r.validate_ns, r.first_errno,
                              r.queue_depth, IoStats._from(r.io), r.orphans)
 
     def read_headers_batched(self, slots: Iterable[int]) -> list[SlotHeader]:
-        slots = list(slots)
+        slots = _c_ints(slots, _arg("rb_read_headers_batched", 1), "slots")
         if not slots:
             return []
         arr = (ctypes.c_uint64 * len(slots))(*slots)
         out = (_lib.SlotHeader * len(slots))()
         out[0].struct_size = ctypes.sizeof(_lib.SlotHeader)
-        _check(_L.rb_read_headers_batched(self._handle(), arr, len(slots), out))
+        with self._guard as h:
+            _check(_L.rb_read_headers_batched(h, arr, len(slots), out))
         return [SlotHeader(h.slot, HeaderStatus(h.status), h.os_errno, h.generation, h.payload_len, h.payload_crc,
-                           bytes(h.key[: min(h.key_len, _lib.HEADER_KEY_INLINE)]), h.key_len) for h in out]
+                           bytes(h.key[: min(h.key_len, _lib.RB_HEADER_KEY_INLINE)]), h.key_len) for h in out]
 
     def info(self) -> DeviceInfo:
         i = _lib.DeviceInfo()
         i.struct_size = ctypes.sizeof(i)
-        _check(_L.rb_get_info(self._handle(), ctypes.byref(i)))
+        with self._guard as h:
+            _check(_L.rb_get_info(h, ctypes.byref(i)))
         return DeviceInfo(bytes(i.device_id), i.block_size, i.header_bytes, i.slot_bytes, i.slot_count, i.meta_bytes,
                           i.data_base, i.max_key_bytes, i.max_payload, Engine(i.engine), i.queue_depth,
                           bool(i.read_only), bool(i.direct_io), i.indexed)
@@ -337,16 +472,21 @@ class Device:
     def io_stats(self, reset: bool = False) -> IoStats:
         s = _lib.IoStats()
         s.struct_size = ctypes.sizeof(s)
-        _check(_L.rb_get_io_stats(self._handle(), ctypes.byref(s)))
-        if reset:
-            _check(_L.rb_reset_io_stats(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_get_io_stats(h, ctypes.byref(s)))
+            if reset:
+                _check(_L.rb_reset_io_stats(h))
         return IoStats._from(s)
 
     def inject_read_faults(self, slots: Iterable[int], errno: int, mode: Fault) -> None:
         """Testing aid: makes reads of `slots` fail with `errno` inside the engine (see the C header)."""
-        slots = list(slots)
+        slots = _c_ints(slots, _arg("rb_test_inject_read_faults", 1), "slots")
+        errno = _c_int(errno, _arg("rb_test_inject_read_faults", 3), "errno")
+        mode = _c_int(mode, _arg("rb_test_inject_read_faults", 4), "mode")
         arr = (ctypes.c_uint64 * max(1, len(slots)))(*slots)
-        _check(_L.rb_test_inject_read_faults(self._handle(), arr, len(slots), errno, int(mode)))
+        with self._guard as h:
+            _check(_L.rb_test_inject_read_faults(h, arr, len(slots), errno, mode))
 
     def clear_read_faults(self) -> None:
-        _check(_L.rb_test_clear_read_faults(self._handle()))
+        with self._guard as h:
+            _check(_L.rb_test_clear_read_faults(h))

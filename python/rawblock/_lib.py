@@ -7,7 +7,62 @@ import ctypes.util
 import os
 from pathlib import Path
 
-HEADER_KEY_INLINE = 256
+# Every #define of include/rawblock.h, under its C name. tests/test_header.py compiles a probe
+# against the header and fails when one is missing here, extra here, or has another value.
+RB_ABI_VERSION = 1
+
+RB_ENGINE_AUTO = 0
+RB_ENGINE_POSIX = 1
+RB_ENGINE_IO_URING = 2
+RB_ENGINE_URING_CMD = 3
+
+RB_OPEN_CREATE = 1
+RB_OPEN_OVERWRITE_OK = 2
+RB_OPEN_READ_ONLY = 4
+RB_OPEN_BUFFERED = 8
+RB_OPEN_SYNC_WRITES = 16
+
+RB_RECOVER_AUTO = 0
+RB_RECOVER_CHECKPOINT = 1
+RB_RECOVER_SCAN = 2
+
+RB_RECOVER_KEEP_UNREADABLE = 1
+RB_RECOVER_SCRUB_FREE = 2
+
+RB_RECOVERED_NOTHING = 0
+RB_RECOVERED_CHECKPOINT = 1
+RB_RECOVERED_SCAN = 2
+
+RB_HEADER_VALID = 0
+RB_HEADER_EMPTY = 1
+RB_HEADER_CORRUPT = 2
+RB_HEADER_FOREIGN = 3
+RB_HEADER_IO_ERROR = 4
+
+RB_FAULT_PERSISTENT = 1
+RB_FAULT_TRANSIENT = 2
+RB_FAULT_SUBMIT = 3
+
+RB_HEADER_KEY_INLINE = 256
+
+RB_OK = 0
+RB_E_INVALID_ARGUMENT = 1
+RB_E_IO = 2
+RB_E_FORMAT = 3
+RB_E_NO_SPACE = 4
+RB_E_TOO_LARGE = 5
+RB_E_NOT_FOUND = 6
+RB_E_CORRUPT = 7
+RB_E_BUFFER_TOO_SMALL = 8
+RB_E_UNSUPPORTED = 9
+RB_E_READ_ONLY = 10
+RB_E_BUSY = 11
+RB_E_STATE = 12
+RB_E_EXISTS = 13
+RB_E_PANIC = 14
+
+# The header's structs, in its order. Field names, order, C types, offsets and sizes are
+# checked against the header by tests/test_header.py.
 
 
 class Options(ctypes.Structure):
@@ -78,7 +133,7 @@ class SlotHeader(ctypes.Structure):
         ("payload_len", ctypes.c_uint64),
         ("payload_crc", ctypes.c_uint32),
         ("key_len", ctypes.c_uint32),
-        ("key", ctypes.c_uint8 * HEADER_KEY_INLINE),
+        ("key", ctypes.c_uint8 * RB_HEADER_KEY_INLINE),
     ]
 
 
@@ -101,6 +156,47 @@ class DeviceInfo(ctypes.Structure):
         ("reserved", ctypes.c_uint32),
         ("indexed", ctypes.c_uint64),
     ]
+
+
+# C name of each struct -> its ctypes class.
+STRUCTS = {
+    "rb_options": Options,
+    "rb_recover_options": RecoverOptions,
+    "rb_io_stats": IoStats,
+    "rb_recover_report": RecoverReport,
+    "rb_slot_header": SlotHeader,
+    "rb_device_info": DeviceInfo,
+}
+
+
+# Every function of the header: name -> (restype, argtypes). Checked against the header's
+# prototypes by tests/test_header.py. Handles (struct rb_device *) are c_void_p.
+_P = ctypes.POINTER
+_dev = ctypes.c_void_p
+_status = ctypes.c_int32  # rb_status
+_size = ctypes.c_size_t
+SIGNATURES = {
+    "rb_version": (ctypes.c_char_p, []),
+    "rb_abi_version": (ctypes.c_uint32, []),
+    "rb_status_str": (ctypes.c_char_p, [_status]),
+    "rb_last_error_message": (ctypes.c_char_p, []),
+    "rb_options_init": (_status, [_P(Options)]),
+    "rb_recover_options_init": (_status, [_P(RecoverOptions)]),
+    "rb_open": (_status, [ctypes.c_char_p, _P(Options), _P(_dev)]),
+    "rb_close": (_status, [_dev]),
+    "rb_put": (_status, [_dev, ctypes.c_void_p, _size, ctypes.c_void_p, _size]),
+    "rb_get": (_status, [_dev, ctypes.c_void_p, _size, ctypes.c_void_p, _size, _P(_size)]),
+    "rb_delete": (_status, [_dev, ctypes.c_void_p, _size]),
+    "rb_contains": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_bool)]),
+    "rb_checkpoint": (_status, [_dev]),
+    "rb_recover": (_status, [_dev, _P(RecoverOptions), _P(RecoverReport)]),
+    "rb_read_headers_batched": (_status, [_dev, _P(ctypes.c_uint64), _size, _P(SlotHeader)]),
+    "rb_get_io_stats": (_status, [_dev, _P(IoStats)]),
+    "rb_reset_io_stats": (_status, [_dev]),
+    "rb_get_info": (_status, [_dev, _P(DeviceInfo)]),
+    "rb_test_inject_read_faults": (_status, [_dev, _P(ctypes.c_uint64), _size, ctypes.c_int32, ctypes.c_uint32]),
+    "rb_test_clear_read_faults": (_status, [_dev]),
+}
 
 
 def _candidates() -> list[str]:
@@ -130,38 +226,17 @@ def load() -> ctypes.CDLL:
             errors.append(f"{path}: {e}")
             continue
         _declare(lib)
+        abi = lib.rb_abi_version()
+        if abi != RB_ABI_VERSION:
+            # The structs above describe ABI RB_ABI_VERSION; another layout would be read wrongly.
+            errors.append(f"{path}: ABI version {abi}, this package speaks {RB_ABI_VERSION}")
+            continue
         return lib
     raise OSError("cannot load librawblock (set RAWBLOCK_LIB): " + "; ".join(errors))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    P = ctypes.POINTER
-    dev = ctypes.c_void_p
-    status = ctypes.c_int32
-    size = ctypes.c_size_t
-    sigs = {
-        "rb_version": (ctypes.c_char_p, []),
-        "rb_abi_version": (ctypes.c_uint32, []),
-        "rb_status_str": (ctypes.c_char_p, [ctypes.c_int32]),
-        "rb_last_error_message": (ctypes.c_char_p, []),
-        "rb_options_init": (status, [P(Options)]),
-        "rb_recover_options_init": (status, [P(RecoverOptions)]),
-        "rb_open": (status, [ctypes.c_char_p, P(Options), P(dev)]),
-        "rb_close": (status, [dev]),
-        "rb_put": (status, [dev, ctypes.c_void_p, size, ctypes.c_void_p, size]),
-        "rb_get": (status, [dev, ctypes.c_void_p, size, ctypes.c_void_p, size, P(size)]),
-        "rb_delete": (status, [dev, ctypes.c_void_p, size]),
-        "rb_contains": (status, [dev, ctypes.c_void_p, size, P(ctypes.c_bool)]),
-        "rb_checkpoint": (status, [dev]),
-        "rb_recover": (status, [dev, P(RecoverOptions), P(RecoverReport)]),
-        "rb_read_headers_batched": (status, [dev, P(ctypes.c_uint64), size, P(SlotHeader)]),
-        "rb_get_io_stats": (status, [dev, P(IoStats)]),
-        "rb_reset_io_stats": (status, [dev]),
-        "rb_get_info": (status, [dev, P(DeviceInfo)]),
-        "rb_test_inject_read_faults": (status, [dev, P(ctypes.c_uint64), size, ctypes.c_int32, ctypes.c_uint32]),
-        "rb_test_clear_read_faults": (status, [dev]),
-    }
-    for name, (restype, argtypes) in sigs.items():
+    for name, (restype, argtypes) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes

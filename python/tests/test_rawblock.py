@@ -1,4 +1,6 @@
+import ctypes
 import errno
+import inspect
 import os
 import threading
 from pathlib import Path
@@ -6,23 +8,9 @@ from pathlib import Path
 import pytest
 
 import rawblock
-from rawblock import Device, Engine, Fault, HeaderStatus, RecoverMode, Source, Status
+from rawblock import Device, Engine, Fault, HeaderStatus, RecoverMode, Source, Status, _lib
 
-# Scratch files live under target/ (O_DIRECT works there; /tmp may be tmpfs).
-SCRATCH = Path(__file__).resolve().parents[2] / "target" / "python-tests"
-
-
-@pytest.fixture
-def path(request):
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    p = SCRATCH / f"{request.node.name}-{os.getpid()}.img"
-    p.unlink(missing_ok=True)
-    yield str(p)
-    p.unlink(missing_ok=True)
-
-
-def create(path, **kw):
-    return Device.create(path, overwrite=True, capacity_bytes=16 << 20, slot_bytes=64 << 10, **kw)
+from conftest import create
 
 
 def test_version():
@@ -150,3 +138,39 @@ def test_threads_share_a_device(path):
             t.join()
         assert not errors
         assert dev.info().indexed == 20
+
+
+def test_no_default_number_is_repeated_in_python():
+    """Defaults have one home, the library's rb_options_init / rb_recover_options_init."""
+    for name, p in inspect.signature(Device.__init__).parameters.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert p.default is None, f"Device({name}=...) defaults to {p.default!r}, not the library's default"
+    for name, p in inspect.signature(Device.recover).parameters.items():
+        if name != "self":
+            assert p.default is None, f"recover({name}=...) defaults to {p.default!r}"
+
+
+def test_unset_options_take_the_library_defaults(path):
+    defaults = _lib.Options()
+    assert rawblock._L.rb_options_init(ctypes.byref(defaults)) == 0
+    with create(path, engine=Engine.POSIX) as dev:
+        assert dev.info().queue_depth == defaults.posix_threads
+    with create(path, engine=Engine.POSIX, posix_threads=3) as dev:
+        assert dev.info().queue_depth == 3
+    with create(path, engine=Engine.IO_URING) as dev:
+        assert dev.info().queue_depth == defaults.queue_depth
+    with create(path, engine=Engine.IO_URING, queue_depth=16) as dev:
+        assert dev.info().queue_depth == 16
+    with create(path) as dev:
+        dev.put(b"k", b"v")
+        dev.checkpoint()
+    with Device.open(path, read_only=True) as dev:
+        r = dev.recover()  # RB_RECOVER_AUTO from rb_recover_options_init: the checkpoint verifies
+        assert r.source == Source.CHECKPOINT and r.orphans == 0 and r.kept_unverified == 0
+
+
+def test_a_library_of_another_abi_is_refused(monkeypatch):
+    """_lib's structs describe RB_ABI_VERSION only; load() must not pair them with another ABI."""
+    monkeypatch.setattr(_lib, "RB_ABI_VERSION", _lib.RB_ABI_VERSION + 1)
+    with pytest.raises(OSError, match="ABI version"):
+        _lib.load()
