@@ -219,6 +219,8 @@ class DeviceInfo:
     read_only: bool
     direct_io: bool
     indexed: int
+    engine_note: str
+    """Why Engine.AUTO did not pick io_uring; "" when it did or an engine was named."""
 
 
 def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
@@ -467,7 +469,8 @@ class Device:
             _check(_L.rb_get_info(h, ctypes.byref(i)))
         return DeviceInfo(bytes(i.device_id), i.block_size, i.header_bytes, i.slot_bytes, i.slot_count, i.meta_bytes,
                           i.data_base, i.max_key_bytes, i.max_payload, Engine(i.engine), i.queue_depth,
-                          bool(i.read_only), bool(i.direct_io), i.indexed)
+                          bool(i.read_only), bool(i.direct_io), i.indexed,
+                          i.engine_note.decode("utf-8", "replace"))
 
     def io_stats(self, reset: bool = False) -> IoStats:
         s = _lib.IoStats()

@@ -44,6 +44,7 @@ RB_FAULT_TRANSIENT = 2
 RB_FAULT_SUBMIT = 3
 
 RB_HEADER_KEY_INLINE = 256
+RB_ENGINE_NOTE_BYTES = 256
 
 RB_OK = 0
 RB_E_INVALID_ARGUMENT = 1
@@ -155,6 +156,7 @@ class DeviceInfo(ctypes.Structure):
         ("direct_io", ctypes.c_uint32),
         ("reserved", ctypes.c_uint32),
         ("indexed", ctypes.c_uint64),
+        ("engine_note", ctypes.c_char * RB_ENGINE_NOTE_BYTES),
     ]
 
 

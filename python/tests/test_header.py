@@ -38,6 +38,7 @@ SCALARS = {
 PLAIN_CONSTANTS = {
     "RB_ABI_VERSION": "_lib.load() refuses a library of another ABI",
     "RB_HEADER_KEY_INLINE": "the length of SlotHeader.key",
+    "RB_ENGINE_NOTE_BYTES": "the length of DeviceInfo.engine_note",
 }
 
 
