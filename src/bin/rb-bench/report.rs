@@ -81,8 +81,8 @@ pub fn fio(c: &Result<FioComparison, String>) {
     match c {
         Ok(c) => println!(
             "fio {} qd={}: {:.0} reads/s; rawblock {}: {:.0} headers/s = {:.2} of fio",
-            c.ioengine,
-            c.iodepth,
+            c.job.ioengine,
+            c.job.iodepth,
             c.fio_reads_per_second,
             c.label,
             c.ours,
