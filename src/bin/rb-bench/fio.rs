@@ -5,6 +5,7 @@ use std::process::Command;
 
 use rawblock::engine::{EngineChoice, EngineConfig};
 use rawblock::format::Geometry;
+use serde_json::Value;
 
 use crate::args::Args;
 use crate::measure::Summary;
@@ -91,22 +92,52 @@ pub fn compare(args: &Args, geometry: &Geometry, summaries: &[Summary]) -> Resul
     Ok(FioComparison { label: uring.label.clone(), job, fio_reads_per_second: fio, ours: uring.stats.headers_per_second })
 }
 
-/// Runs the job; fio's read IOPS.
+/// What rb-bench reads of fio's JSON: the first job's read side.
+#[derive(Debug, PartialEq)]
+pub struct FioRead {
+    pub iops: f64,
+    pub total_ios: u64,
+}
+
+/// Runs the job; fio's reads per second, once it is clear fio did the reads asked for.
 fn run(job: &FioJob) -> Result<f64, String> {
-    let out = Command::new("fio").args(job.args()).output().map_err(|e| format!("cannot run fio: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    let out = Command::new("fio").args(job.args()).output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "fio is not installed (apt-get install fio, or leave out --compare-fio)".into(),
+        _ => format!("cannot run fio: {e}"),
+    })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let read = match (parse_output(&String::from_utf8_lossy(&out.stdout)), out.status.success()) {
+        (Ok(read), true) => read,
+        (Ok(_), false) => return Err(format!("fio failed ({}): {}", out.status, stderr.trim())),
+        (Err(e), _) if stderr.trim().is_empty() => return Err(e),
+        (Err(e), _) => return Err(format!("{e}; fio said: {}", stderr.trim())),
+    };
+    if read.total_ios != job.ios || read.iops <= 0.0 {
+        return Err(format!("fio made {} reads at {} reads/s; the job asked for {}", read.total_ios, read.iops, job.ios));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let read = text.find("\"read\"").ok_or("no read section in fio's output")?;
-    let iops_at = text[read..].find("\"iops\"").ok_or("no iops in fio's output")? + read;
-    let rest = &text[iops_at + 6..];
-    let num: String = rest
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    num.parse().map_err(|_| format!("cannot parse fio iops {num:?}"))
+    Ok(read.iops)
+}
+
+/// Parses what `fio --output-format=json` printed: jobs[0].error, .read.iops and .read.total_ios.
+pub fn parse_output(stdout: &str) -> Result<FioRead, String> {
+    // When a job fails, fio prints its own "fio: ..." lines on stdout ahead of the JSON.
+    let start = if stdout.starts_with('{') { 0 } else { stdout.find("\n{").ok_or("fio printed no JSON")? + 1 };
+    let doc: Value = serde_json::Deserializer::from_str(&stdout[start..])
+        .into_iter()
+        .next()
+        .ok_or("fio printed no JSON")?
+        .map_err(|e| format!("cannot parse fio's JSON: {e}"))?;
+    let job = doc.pointer("/jobs/0").ok_or("fio's JSON has no jobs[0]")?;
+    let field = |path: &str| job.pointer(path).ok_or_else(|| format!("fio's JSON has no jobs[0]{}", path.replace('/', ".")));
+    let not_a = |path: &str, what: &str| format!("fio's jobs[0]{} is not {what}", path.replace('/', "."));
+    let error = field("/error")?.as_i64().ok_or_else(|| not_a("/error", "an integer"))?;
+    if error != 0 {
+        return Err(format!("fio's job failed: {}", std::io::Error::from_raw_os_error(error as i32)));
+    }
+    Ok(FioRead {
+        iops: field("/read/iops")?.as_f64().ok_or_else(|| not_a("/read/iops", "a number"))?,
+        total_ios: field("/read/total_ios")?.as_u64().ok_or_else(|| not_a("/read/total_ios", "a count"))?,
+    })
 }
 
 #[cfg(test)]
@@ -148,5 +179,33 @@ mod tests {
         let job = FioJob::new(Path::new("/dev/disk/by-path/pci-0000:01:00.0"), &g, 1, &uring, false).unwrap();
         assert!(job.args().contains(&"--filename=/dev/disk/by-path/pci-0000\\:01\\:00.0".to_string()));
         assert!(job.args().contains(&"--direct=0".to_string()) && job.args().contains(&"--bs=4096".to_string()));
+    }
+
+    const FIO_8K: &str = include_str!("testdata/fio-3.33-io_uring-8k-headers.json");
+    const FIO_MISSING: &str = include_str!("testdata/fio-3.33-missing-file.json");
+
+    #[test]
+    fn reads_iops_and_total_ios_from_a_real_fio_run() {
+        // fio 3.33, the job above on a 253-slot fixture (8 KiB headers, 256 KiB slots, QD 16).
+        assert_eq!(parse_output(FIO_8K), Ok(FioRead { iops: 42166.666667, total_ios: 253 }));
+    }
+
+    #[test]
+    fn a_failed_job_is_an_error_even_behind_fio_notes_on_stdout() {
+        // fio 3.33 on a missing file: "fio: ..." lines, then JSON with jobs[0].error = 2 and 0 IOPS.
+        assert!(FIO_MISSING.starts_with("fio: "));
+        assert_eq!(parse_output(FIO_MISSING), Err("fio's job failed: No such file or directory (os error 2)".into()));
+    }
+
+    #[test]
+    fn missing_or_mistyped_fields_are_named() {
+        let no_jobs = r#"{"fio version":"fio-3.33","jobs":[]}"#;
+        assert_eq!(parse_output(no_jobs), Err("fio's JSON has no jobs[0]".into()));
+        let no_iops = r#"{"jobs":[{"error":0,"read":{"total_ios":3}}]}"#;
+        assert_eq!(parse_output(no_iops), Err("fio's JSON has no jobs[0].read.iops".into()));
+        let text_iops = r#"{"jobs":[{"error":0,"read":{"iops":"fast","total_ios":3}}]}"#;
+        assert_eq!(parse_output(text_iops), Err("fio's jobs[0].read.iops is not a number".into()));
+        assert_eq!(parse_output("fio: no such option --bogus\n"), Err("fio printed no JSON".into()));
+        assert!(parse_output("{\"jobs\": [").unwrap_err().starts_with("cannot parse fio's JSON"));
     }
 }
