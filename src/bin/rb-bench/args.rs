@@ -113,6 +113,9 @@ fn check(a: &Args) -> Result<(), String> {
     if let Some(bad) = a.engines.iter().find(|e| !["posix", "io_uring", "uring_cmd"].contains(&e.as_str())) {
         return Err(format!("unknown --io-engine {bad:?} (posix, io_uring, uring_cmd)"));
     }
+    if !(a.cache_space_gb > 0.0 && a.cache_space_gb.is_finite()) {
+        return Err(format!("--cache-space-gb must be a positive number of GiB, not {}", a.cache_space_gb));
+    }
     if a.repeats == 0 || a.threads.contains(&0) || a.queue_depth == 0 || a.prepare_threads == 0 {
         return Err("--repeats, --threads, --queue-depth and --prepare-threads must be positive".into());
     }

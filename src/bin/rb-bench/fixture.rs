@@ -11,6 +11,7 @@ use rawblock::store::{RecoverMode, RecoverOptions};
 use rawblock::{OpenOptions, Store};
 
 use crate::args::Args;
+use crate::hints;
 
 /// Refuses a block device that is mounted, or whose partition is.
 pub fn refuse_mounted(path: &Path) -> Result<(), String> {
@@ -96,10 +97,7 @@ fn format_device(args: &Args) -> Result<Store, String> {
         geometry: GeometryRequest { slot_bytes: args.slot_bytes, header_bytes: args.header_bytes, ..Default::default() },
         ..Default::default()
     };
-    Store::open(&args.device, &opts).map_err(|e| match e {
-        rawblock::Error::Exists(m) => format!("{m}\n(pass --i-understand-this-overwrites-device to format it)"),
-        e => e.to_string(),
-    })
+    Store::open(&args.device, &opts).map_err(|e| hints::prepare(e, &args.device, !opts.buffered))
 }
 
 /// Puts entries 0..n from `threads` writers, thread t taking t, t + threads, ...
@@ -144,7 +142,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn open(args: &Args) -> Result<Fixture, String> {
         let opts = OpenOptions { read_only: true, buffered: args.buffered, ..Default::default() };
-        let store = Store::open(&args.device, &opts).map_err(|e| format!("{e} (run --prepare first?)"))?;
+        let store = Store::open(&args.device, &opts).map_err(|e| hints::open_fixture(e, &args.device, !args.buffered))?;
         let r = store
             .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() })
             .map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@
 mod args;
 mod fio;
 mod fixture;
+mod hints;
 mod json;
 mod measure;
 mod report;

@@ -7,7 +7,7 @@ use rawblock::store::{RecoverOptions, RecoverReport};
 use rawblock::{OpenOptions, Store};
 
 use crate::args::Args;
-use crate::report;
+use crate::{hints, report};
 
 /// One variant of the measurement: an engine and its knob.
 pub struct Variant {
@@ -69,7 +69,7 @@ pub struct Run {
 
 fn run_once(args: &Args, v: &Variant) -> Result<Run, String> {
     let opts = OpenOptions { read_only: true, buffered: args.buffered, engine: v.config, ..Default::default() };
-    let store = Store::open(&args.device, &opts).map_err(|e| e.to_string())?;
+    let store = Store::open(&args.device, &opts).map_err(|e| hints::engine(e, v.config.choice, &args.device, !args.buffered))?;
     if v.config.choice == EngineChoice::IoUring && store.engine_kind() != EngineKind::IoUring {
         return Err("io_uring did not run".into());
     }
