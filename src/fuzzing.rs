@@ -124,7 +124,8 @@ mod tests {
     #[test]
     fn corpus_replays_cleanly() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 4] = [
             ("superblock", super::superblock),
             ("checkpoint", super::checkpoint),
             ("slot_header", super::slot_header),
