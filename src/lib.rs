@@ -7,6 +7,8 @@
 //! - [`engine`]: how batches of header reads happen (POSIX, io_uring);
 //! - [`store`]: what the bytes mean (index, allocation, put/get, checkpoint, recovery);
 //! - `ffi`: the C boundary, which only converts and delegates.
+//!
+//! docs/DESIGN.md is the map: layers, slot lifecycle, lock order, media assumptions.
 
 pub mod aligned;
 pub mod device;
