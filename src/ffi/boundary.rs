@@ -74,6 +74,11 @@ pub(super) fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
+/// Largest struct_size accepted: far above any version of any struct (the largest,
+/// rb_slot_header, is under 400 bytes), so a garbage or SIZE_MAX struct_size is an
+/// error instead of a read or write far past the caller's struct.
+pub(super) const MAX_STRUCT_SIZE: usize = 4096;
+
 /// Structs that cross the boundary begin with `size_t struct_size`. ABI 1 sizes
 /// are the minimum; a larger struct from a newer caller is accepted when the
 /// bytes this library does not know are zero.
@@ -104,6 +109,7 @@ pub(super) unsafe fn read_in<T: Versioned>(p: *const T) -> Result<T, Error> {
             T::NAME
         )));
     }
+    check_not_absurd::<T>(size)?;
     if size > ours {
         // SAFETY: the caller declared `size` readable bytes.
         let extra = unsafe { std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours) };
@@ -165,7 +171,20 @@ pub(super) unsafe fn out_size<T: Versioned>(p: *const T) -> Result<usize, Error>
             T::NAME
         )));
     }
+    check_not_absurd::<T>(size)?;
     Ok(size)
+}
+
+fn check_not_absurd<T: Versioned>(size: usize) -> Result<(), Error> {
+    if size > MAX_STRUCT_SIZE {
+        return Err(invalid(format!(
+            "{}.struct_size is {size}, larger than any version of it can be (at most {MAX_STRUCT_SIZE}); \
+             set it to sizeof({})",
+            T::NAME,
+            T::NAME
+        )));
+    }
+    Ok(())
 }
 
 /// A byte slice from a pointer and length; NULL is allowed only with length 0.

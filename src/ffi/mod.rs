@@ -219,6 +219,9 @@ pub unsafe extern "C" fn rb_get(
         if buf.is_null() && cap > 0 {
             return Err(invalid("buf is NULL but cap is not 0"));
         }
+        if cap > isize::MAX as usize {
+            return Err(invalid(format!("cap {cap} is absurd (above PTRDIFF_MAX)")));
+        }
         // SAFETY: per the contract above.
         let (s, k) = unsafe { (device(dev)?, bytes(key, key_len, "key")?) };
         let out: &mut [u8] = if cap == 0 {
@@ -608,6 +611,53 @@ mod tests {
             let mut full = rb_device_info::default();
             assert_eq!(rb_get_info(dev, &mut full), RB_OK);
             assert_eq!(full.engine_note[0], 0, "an engine named explicitly leaves no note");
+            assert_eq!(rb_close(dev), RB_OK);
+        }
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+
+    /// SIZE_MAX in an input struct_size once made rb_open read far past the struct.
+    #[test]
+    fn absurd_struct_sizes_are_refused_not_followed() {
+        let mut o = rb_options::default();
+        // SAFETY: valid pointers; the open fails before anything is opened.
+        unsafe {
+            rb_options_init(&mut o);
+            o.struct_size = usize::MAX;
+            let mut dev = std::ptr::null_mut();
+            assert_eq!(rb_open(c"/nonexistent".as_ptr(), &o, &mut dev), RB_E_INVALID_ARGUMENT);
+            assert!(dev.is_null());
+            o.struct_size = boundary::MAX_STRUCT_SIZE + 1;
+            assert_eq!(rb_open(c"/nonexistent".as_ptr(), &o, &mut dev), RB_E_INVALID_ARGUMENT);
+            let msg = CStr::from_ptr(rb_last_error_message()).to_string_lossy().into_owned();
+            assert!(msg.contains("larger than any version"), "{msg}");
+            let mut r = rb_recover_options { struct_size: usize::MAX, ..Default::default() };
+            assert_eq!(rb_recover_options_init(&mut r), RB_OK, "init overwrites struct_size");
+            assert_eq!(r.struct_size, std::mem::size_of::<rb_recover_options>());
+        }
+    }
+
+    #[test]
+    fn get_refuses_a_capacity_above_ptrdiff_max() {
+        let path = std::ffi::CString::new(crate::store::tmp_path("ffi-cap").into_os_string().into_encoded_bytes()).unwrap();
+        let mut o = rb_options::default();
+        let (mut dev, mut len, mut byte) = (std::ptr::null_mut(), 0usize, 0u8);
+        // SAFETY: valid pointers; `byte` is one writable byte and the value put is one byte long,
+        // so even the old code, which accepted the capacity, wrote only inside it.
+        unsafe {
+            rb_options_init(&mut o);
+            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+            o.capacity_bytes = 8 << 20;
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+            assert_eq!(rb_put(dev, c"k".as_ptr().cast(), 1, c"v".as_ptr().cast(), 1), RB_OK);
+            let s = rb_get(dev, c"k".as_ptr().cast(), 1, (&mut byte as *mut u8).cast(), usize::MAX, &mut len);
+            assert_eq!(s, RB_E_INVALID_ARGUMENT);
+            assert_eq!(rb_get(dev, c"k".as_ptr().cast(), 1, (&mut byte as *mut u8).cast(), 1, &mut len), RB_OK);
+            assert_eq!((len, byte), (1, b'v'));
             assert_eq!(rb_close(dev), RB_OK);
         }
     }
