@@ -94,6 +94,13 @@
 // Bytes of a key rb_slot_header carries inline; longer keys are truncated there.
 #define RB_HEADER_KEY_INLINE 256
 
+// rb_device_info.superblock_source: the superblock at offset 0 was used.
+#define RB_SUPERBLOCK_PRIMARY 0
+
+// rb_device_info.superblock_source: the superblock at offset 0 was damaged and its copy
+// in the next block was used (a writable handle has rewritten the primary).
+#define RB_SUPERBLOCK_COPY 1
+
 // Bytes of rb_device_info.engine_note, its NUL included.
 #define RB_ENGINE_NOTE_BYTES 256
 
@@ -241,6 +248,8 @@ typedef struct rb_device_info {
   // when an engine was named). Added after ABI 1's first struct: a caller whose
   // struct_size ends before it does not get it.
   char engine_note[RB_ENGINE_NOTE_BYTES];
+  // RB_SUPERBLOCK_PRIMARY or RB_SUPERBLOCK_COPY. Added after engine_note.
+  uint32_t superblock_source;
 } rb_device_info;
 
 

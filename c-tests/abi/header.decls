@@ -29,6 +29,8 @@
 #define RB_FAULT_TRANSIENT 2
 #define RB_FAULT_SUBMIT 3
 #define RB_HEADER_KEY_INLINE 256
+#define RB_SUPERBLOCK_PRIMARY 0
+#define RB_SUPERBLOCK_COPY 1
 #define RB_ENGINE_NOTE_BYTES 256
 #define RB_ABI_VERSION 1
 typedef struct rb_device rb_device;
@@ -112,6 +114,7 @@ typedef struct rb_device_info {
   uint32_t reserved;
   uint64_t indexed;
   char engine_note[RB_ENGINE_NOTE_BYTES];
+  uint32_t superblock_source;
 } rb_device_info;
 #define RB_OK 0
 #define RB_E_INVALID_ARGUMENT 1

@@ -29,7 +29,7 @@ from . import _lib
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -53,6 +53,13 @@ class Status(IntEnum):
     STATE = _lib.RB_E_STATE
     EXISTS = _lib.RB_E_EXISTS
     PANIC = _lib.RB_E_PANIC
+
+
+class SuperblockSource(IntEnum):
+    """Which superblock copy a handle was opened from."""
+    PRIMARY = _lib.RB_SUPERBLOCK_PRIMARY
+    COPY = _lib.RB_SUPERBLOCK_COPY
+    """The primary was damaged; a writable handle has rewritten it from the copy."""
 
 
 class Engine(IntEnum):
@@ -221,6 +228,7 @@ class DeviceInfo:
     indexed: int
     engine_note: str
     """Why Engine.AUTO did not pick io_uring; "" when it did or an engine was named."""
+    superblock_source: SuperblockSource
 
 
 def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
@@ -470,7 +478,7 @@ class Device:
         return DeviceInfo(bytes(i.device_id), i.block_size, i.header_bytes, i.slot_bytes, i.slot_count, i.meta_bytes,
                           i.data_base, i.max_key_bytes, i.max_payload, Engine(i.engine), i.queue_depth,
                           bool(i.read_only), bool(i.direct_io), i.indexed,
-                          i.engine_note.decode("utf-8", "replace"))
+                          i.engine_note.decode("utf-8", "replace"), SuperblockSource(i.superblock_source))
 
     def io_stats(self, reset: bool = False) -> IoStats:
         s = _lib.IoStats()

@@ -45,6 +45,8 @@ RB_FAULT_SUBMIT = 3
 
 RB_HEADER_KEY_INLINE = 256
 RB_ENGINE_NOTE_BYTES = 256
+RB_SUPERBLOCK_PRIMARY = 0
+RB_SUPERBLOCK_COPY = 1
 
 RB_OK = 0
 RB_E_INVALID_ARGUMENT = 1
@@ -157,6 +159,7 @@ class DeviceInfo(ctypes.Structure):
         ("reserved", ctypes.c_uint32),
         ("indexed", ctypes.c_uint64),
         ("engine_note", ctypes.c_char * RB_ENGINE_NOTE_BYTES),
+        ("superblock_source", ctypes.c_uint32),
     ]
 
 

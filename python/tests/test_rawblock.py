@@ -23,6 +23,7 @@ def test_round_trips_and_errors(path):
         info = dev.info()
         # AUTO either picked io_uring (no note) or says why it did not.
         assert (info.engine == rawblock.Engine.IO_URING) == (info.engine_note == ""), info
+        assert info.superblock_source == rawblock.SuperblockSource.PRIMARY
         for n in [0, 1, 4095, 4096, 4097, info.max_payload]:
             value = os.urandom(n)
             dev.put(b"k%d" % n, value)

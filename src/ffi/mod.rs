@@ -18,7 +18,9 @@ use types::*;
 use crate::engine::{BatchStats, EngineChoice, EngineConfig, EngineKind, FaultMode};
 use crate::error::{Error, Status};
 use crate::format::{GeometryRequest, SlotIndex, SlotState};
-use crate::store::{FormatOptions, HeaderRead, OpenMode, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
+use crate::store::{
+    FormatOptions, HeaderRead, OpenMode, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom, SuperblockSource,
+};
 
 mod abi;
 pub use abi::RB_ABI_VERSION;
@@ -494,6 +496,10 @@ pub unsafe extern "C" fn rb_get_info(dev: *mut rb_device, out: *mut rb_device_in
             reserved: 0,
             indexed: s.len() as u64,
             engine_note: c_text(s.engine_note().unwrap_or("")),
+            superblock_source: match s.superblock_source() {
+                SuperblockSource::Primary => RB_SUPERBLOCK_PRIMARY,
+                SuperblockSource::Copy => RB_SUPERBLOCK_COPY,
+            },
         };
         // SAFETY: out has struct_size writable bytes.
         unsafe { write_out(out, info) }

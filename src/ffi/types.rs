@@ -232,6 +232,12 @@ impl Default for rb_slot_header {
     }
 }
 
+/// rb_device_info.superblock_source: the superblock at offset 0 was used.
+pub const RB_SUPERBLOCK_PRIMARY: u32 = 0;
+/// rb_device_info.superblock_source: the superblock at offset 0 was damaged and its copy
+/// in the next block was used (a writable handle has rewritten the primary).
+pub const RB_SUPERBLOCK_COPY: u32 = 1;
+
 /// Bytes of rb_device_info.engine_note, its NUL included.
 pub const RB_ENGINE_NOTE_BYTES: usize = 256;
 
@@ -264,6 +270,8 @@ pub struct rb_device_info {
     /// when an engine was named). Added after ABI 1's first struct: a caller whose
     /// struct_size ends before it does not get it.
     pub engine_note: [c_char; RB_ENGINE_NOTE_BYTES],
+    /// RB_SUPERBLOCK_PRIMARY or RB_SUPERBLOCK_COPY. Added after engine_note.
+    pub superblock_source: u32,
 }
 
 impl Default for rb_device_info {
@@ -286,6 +294,7 @@ impl Default for rb_device_info {
             reserved: 0,
             indexed: 0,
             engine_note: [0; RB_ENGINE_NOTE_BYTES],
+            superblock_source: RB_SUPERBLOCK_PRIMARY,
         }
     }
 }

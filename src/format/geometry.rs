@@ -68,6 +68,9 @@ pub struct Geometry {
     /// Bytes of one checkpoint container (its header block plus payload area).
     container_bytes: u64,
     max_key_bytes: u32,
+    /// A copy of the superblock in the block after it (every device formatted since
+    /// the copy was introduced; older ones have none).
+    superblock_copy: bool,
 }
 
 /// The numbers a superblock records, before they are validated into a [`Geometry`].
@@ -79,6 +82,7 @@ pub struct GeometryParts {
     pub slot_count: u64,
     pub container_bytes: u64,
     pub max_key_bytes: u32,
+    pub superblock_copy: bool,
 }
 
 impl Geometry {
@@ -106,19 +110,21 @@ impl Geometry {
             let per_entry = checkpoint::ENTRY_FIXED_BYTES + max_key_bytes as u64;
             block + round_up(upper_slots.saturating_mul(per_entry), block.max(1))
         } else {
-            if req.meta_bytes < block * 5 {
-                return Err(bad(format!("meta_bytes {} is below the minimum of 5 blocks", req.meta_bytes)));
+            // Two superblock copies and two containers of at least two blocks each.
+            if req.meta_bytes < block * 6 {
+                return Err(bad(format!("meta_bytes {} is below the minimum of 6 blocks", req.meta_bytes)));
             }
-            ((req.meta_bytes - block) / 2) / block * block
+            ((req.meta_bytes - 2 * block) / 2) / block * block
         };
-        let meta_bytes = block + 2 * container_bytes;
+        let meta_bytes = 2 * block + 2 * container_bytes;
         if meta_bytes >= capacity {
             return Err(bad(format!(
                 "capacity {capacity} bytes is too small: the metadata region alone needs {meta_bytes}"
             )));
         }
         let slot_count = (capacity - meta_bytes) / slot_bytes;
-        let parts = GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
+        let parts =
+            GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes, superblock_copy: true };
         Geometry::from_parts(parts, device_block).map_err(bad)
     }
 
@@ -131,6 +137,7 @@ impl Geometry {
             slot_count: p.slot_count,
             container_bytes: p.container_bytes,
             max_key_bytes: p.max_key_bytes,
+            superblock_copy: p.superblock_copy,
         };
         g.validate(device_block)?;
         Ok(g)
@@ -212,8 +219,18 @@ impl Geometry {
         self.block_size as u64
     }
 
+    /// Where the superblock's copy lives: the block after the superblock, if the device has one.
+    pub fn superblock_copy_offset(&self) -> Option<u64> {
+        self.superblock_copy.then_some(self.block_size as u64)
+    }
+
+    /// The superblock and, when there is one, its copy.
+    fn superblocks_bytes(&self) -> u64 {
+        self.superblock_bytes() * if self.superblock_copy { 2 } else { 1 }
+    }
+
     pub fn container_offset(&self, which: Container) -> u64 {
-        self.superblock_bytes() + which.position() * self.container_bytes
+        self.superblocks_bytes() + which.position() * self.container_bytes
     }
 
     /// Largest checkpoint payload a container holds.
@@ -222,7 +239,7 @@ impl Geometry {
     }
 
     pub fn meta_bytes(&self) -> u64 {
-        self.superblock_bytes() + 2 * self.container_bytes
+        self.superblocks_bytes() + 2 * self.container_bytes
     }
 
     pub fn data_base(&self) -> u64 {
@@ -269,10 +286,12 @@ mod tests {
 
     #[test]
     fn explicit_meta_bytes_sets_the_containers() {
-        let req = GeometryRequest { meta_bytes: 4096 * 9, slot_bytes: 64 * 1024, ..Default::default() };
+        let req = GeometryRequest { meta_bytes: 4096 * 10, slot_bytes: 64 * 1024, ..Default::default() };
         let g = Geometry::plan(&req, 16 << 20, 4096).unwrap();
         assert_eq!(g.container_bytes, 4096 * 4);
-        assert_eq!(g.meta_bytes(), 4096 * 9);
+        assert_eq!(g.meta_bytes(), 4096 * 10);
+        assert_eq!(g.superblock_copy_offset(), Some(4096));
+        assert_eq!(g.container_offset(Container::A), 2 * 4096);
     }
 
     #[test]

@@ -6,6 +6,10 @@ use super::{Dec, DeviceId, Enc, Geometry, FORMAT_VERSION};
 pub const MAGIC: [u8; 8] = *b"RAWBLOCK";
 /// Encoded length; the rest of the superblock block is zero.
 pub const ENCODED_BYTES: usize = 92;
+/// Flag: a copy of the superblock lives in the next block.
+pub const FLAG_SUPERBLOCK_COPY: u32 = 1;
+/// The flags this library understands; others mean a newer format feature.
+const KNOWN_FLAGS: u32 = FLAG_SUPERBLOCK_COPY;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -20,6 +24,8 @@ pub enum SuperblockError {
     NotRawblock,
     Corrupt,
     UnsupportedVersion(u32),
+    /// Feature flags this library does not know.
+    UnsupportedFlags(u32),
     /// The stored numbers are inconsistent or unusable.
     BadGeometry(String),
 }
@@ -32,6 +38,7 @@ impl std::fmt::Display for SuperblockError {
             SuperblockError::UnsupportedVersion(v) => {
                 write!(f, "format version {v} is not supported (this library reads version {FORMAT_VERSION})")
             }
+            SuperblockError::UnsupportedFlags(x) => write!(f, "the superblock has feature flags {x:#x} this library does not know"),
             SuperblockError::BadGeometry(m) => write!(f, "the superblock's geometry is unusable: {m}"),
         }
     }
@@ -45,7 +52,7 @@ impl Superblock {
         Enc::new(block)
             .bytes(&MAGIC)
             .u32(FORMAT_VERSION)
-            .u32(0)
+            .u32(if g.superblock_copy_offset().is_some() { FLAG_SUPERBLOCK_COPY } else { 0 })
             .bytes(&self.device_id)
             .u32(g.block_size())
             .u32(g.header_bytes())
@@ -67,7 +74,7 @@ impl Superblock {
         }
         let short = || SuperblockError::Corrupt;
         let version = d.u32().ok_or_else(short)?;
-        let _flags = d.u32().ok_or_else(short)?;
+        let flags = d.u32().ok_or_else(short)?;
         let device_id = d.array::<16>().ok_or_else(short)?;
         let block_size = d.u32().ok_or_else(short)?;
         let header_bytes = d.u32().ok_or_else(short)?;
@@ -84,7 +91,12 @@ impl Superblock {
         if version != FORMAT_VERSION {
             return Err(SuperblockError::UnsupportedVersion(version));
         }
-        let parts = GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes };
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(SuperblockError::UnsupportedFlags(flags & !KNOWN_FLAGS));
+        }
+        let superblock_copy = flags & FLAG_SUPERBLOCK_COPY != 0;
+        let parts =
+            GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes, superblock_copy };
         let geometry = Geometry::from_parts(parts, device_block).map_err(SuperblockError::BadGeometry)?;
         if geometry.meta_bytes() != meta_bytes || geometry.data_base() != data_base {
             return Err(SuperblockError::BadGeometry(format!(
@@ -140,6 +152,17 @@ mod tests {
         let crc = crate::format::crc32(&block[..ENCODED_BYTES - 4]);
         block[ENCODED_BYTES - 4..ENCODED_BYTES].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(Superblock::decode(&block, 512), Err(SuperblockError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn unknown_flags_are_refused_not_ignored() {
+        let mut block = vec![0u8; 4096];
+        sample().encode(&mut block);
+        assert_eq!(u32::from_le_bytes(block[12..16].try_into().unwrap()), FLAG_SUPERBLOCK_COPY);
+        block[12..16].copy_from_slice(&(FLAG_SUPERBLOCK_COPY | 4).to_le_bytes());
+        let crc = crate::format::crc32(&block[..ENCODED_BYTES - 4]);
+        block[ENCODED_BYTES - 4..ENCODED_BYTES].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Superblock::decode(&block, 512), Err(SuperblockError::UnsupportedFlags(4)));
     }
 
     #[test]

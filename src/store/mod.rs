@@ -28,7 +28,7 @@ use index::Index;
 
 pub use checkpoint::CheckpointInfo;
 pub use headers::HeaderRead;
-pub use open::{FormatOptions, OpenMode, OpenOptions};
+pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
 pub use recovery::{RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,7 @@ pub struct Store {
     checkpoints: Mutex<checkpoint::Cursor>,
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
+    superblock_source: SuperblockSource,
 }
 
 impl Store {
@@ -74,6 +75,11 @@ impl Store {
     /// Why AUTO did not pick io_uring, if it did not.
     pub fn engine_note(&self) -> Option<&str> {
         self.engine.note()
+    }
+    /// Whether the superblock was read from its copy because the primary was damaged
+    /// (a writable handle has rewritten the primary by now).
+    pub fn superblock_source(&self) -> SuperblockSource {
+        self.superblock_source
     }
     /// Reads in flight at most: the queue depth (io_uring) or the thread count (POSIX).
     pub fn queue_depth(&self) -> usize {

@@ -58,9 +58,12 @@ impl Store {
         let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
-        let (sb, phase) = match &opts.mode {
-            OpenMode::Create(f) => (format(&mut dev, f)?, Phase::Ready),
-            _ => (read_superblock(&dev)?, Phase::AwaitingRecovery),
+        let (sb, superblock_source, phase) = match &opts.mode {
+            OpenMode::Create(f) => (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Ready),
+            _ => {
+                let (sb, source) = read_superblock(&dev)?;
+                (sb, source, Phase::AwaitingRecovery)
+            }
         };
         let g = sb.geometry;
         let engine = Engine::new(&opts.engine, &dev, g.header_bytes() as usize)?;
@@ -76,24 +79,57 @@ impl Store {
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
+            superblock_source,
             dev,
             sb,
         })
     }
 }
 
-fn read_superblock(dev: &Device) -> Result<Superblock> {
+/// Where the superblock a handle uses came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperblockSource {
+    Primary,
+    /// The primary failed to decode; its copy in the next block was used.
+    Copy,
+}
+
+/// Block sizes a superblock's copy may sit at (it lives one `block_size` in).
+const COPY_OFFSETS: [u64; 5] = [4096, 8192, 16384, 32768, 65536];
+
+fn read_block(dev: &Device, offset: u64) -> Result<AlignedBuf> {
     let len = (dev.logical_block() as usize).max(IO_ALIGN);
     let mut block = AlignedBuf::zeroed(len);
+    dev.read_at(&mut block, offset)
+        .map_err(|e| Error::io(format!("reading the superblock of {} at offset {offset}", dev.path().display()), e))?;
+    Ok(block)
+}
+
+/// The superblock at offset 0 or, when it does not decode, its copy; a writable
+/// handle rewrites whichever of the two is damaged.
+fn read_superblock(dev: &Device) -> Result<(Superblock, SuperblockSource)> {
     let shown = dev.path().display();
-    if dev.capacity() < len as u64 {
+    if dev.capacity() < IO_ALIGN as u64 {
         return Err(Error::Format(format!("{shown} is too small ({} bytes) to hold a rawblock superblock", dev.capacity())));
     }
-    dev.read_at(&mut block, 0).map_err(|e| Error::io(format!("reading the superblock of {shown}"), e))?;
-    let sb = Superblock::decode(&block, dev.logical_block()).map_err(|e| match e {
-        SuperblockError::NotRawblock => Error::NotRawblock { path: dev.path().to_path_buf() },
-        e => Error::Format(format!("{shown}: {e}")),
-    })?;
+    let first = read_block(dev, 0)?;
+    let (sb, source) = match Superblock::decode(&first, dev.logical_block()) {
+        Ok(sb) => (sb, SuperblockSource::Primary),
+        Err(primary) => match find_copy(dev)? {
+            Some(sb) if is_damaged_copy_of(&first, &sb) => (sb, SuperblockSource::Copy),
+            Some(sb) => {
+                return Err(Error::Format(format!(
+                    "{shown}: the first block holds other data, though a rawblock superblock copy remains at offset {}; \
+                     not treating it as a rawblock device",
+                    sb.geometry.superblock_copy_offset().unwrap_or_default()
+                )))
+            }
+            None if primary == SuperblockError::NotRawblock => {
+                return Err(Error::NotRawblock { path: dev.path().to_path_buf() })
+            }
+            None => return Err(Error::Format(format!("{shown}: {primary}, and it has no usable copy"))),
+        },
+    };
     if dev.capacity() < sb.geometry.device_bytes() {
         return Err(Error::Format(format!(
             "{shown} has {} bytes but its superblock describes {} (a truncated copy?)",
@@ -101,7 +137,54 @@ fn read_superblock(dev: &Device) -> Result<Superblock> {
             sb.geometry.device_bytes()
         )));
     }
-    Ok(sb)
+    if dev.is_writable() {
+        repair_superblocks(dev, &sb)?;
+    }
+    Ok((sb, source))
+}
+
+/// Whether `first` is the superblock `sb` with a few bytes damaged, rather than
+/// something else written over the device's start (which a repair would destroy).
+fn is_damaged_copy_of(first: &[u8], sb: &Superblock) -> bool {
+    const MAX_DAMAGED_BYTES: usize = 16;
+    let mut want = vec![0u8; first.len()];
+    sb.encode(&mut want);
+    first.starts_with(&MAGIC) || first.iter().zip(&want).filter(|(a, b)| a != b).count() <= MAX_DAMAGED_BYTES
+}
+
+/// A valid superblock copy one block in, for whichever block size the device was formatted with.
+fn find_copy(dev: &Device) -> Result<Option<Superblock>> {
+    for offset in COPY_OFFSETS {
+        if offset + IO_ALIGN as u64 > dev.capacity() || offset % dev.logical_block() as u64 != 0 {
+            continue;
+        }
+        if let Ok(sb) = Superblock::decode(&read_block(dev, offset)?, dev.logical_block()) {
+            if sb.geometry.superblock_copy_offset() == Some(offset) {
+                return Ok(Some(sb));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Rewrites the primary or the copy when it does not hold `sb`, then syncs.
+fn repair_superblocks(dev: &Device, sb: &Superblock) -> Result<()> {
+    let g = sb.geometry;
+    let mut want = AlignedBuf::zeroed(g.block_size() as usize);
+    sb.encode(&mut want);
+    let mut repaired = false;
+    for offset in std::iter::once(0).chain(g.superblock_copy_offset()) {
+        let mut have = AlignedBuf::zeroed(want.len());
+        dev.read_at(&mut have, offset).map_err(|e| Error::io("reading a superblock to check it", e))?;
+        if have[..] != want[..] {
+            dev.write_at(&want, offset).map_err(|e| Error::io(format!("repairing the superblock at offset {offset}"), e))?;
+            repaired = true;
+        }
+    }
+    if repaired {
+        dev.sync().map_err(|e| Error::io("syncing the repaired superblock", e))?;
+    }
+    Ok(())
 }
 
 /// The bytes to format: the request, or what the device has.
@@ -149,6 +232,10 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
         dev.write_at(&buf, geometry.container_offset(which)).map_err(|e| Error::io("clearing a checkpoint container", e))?;
     }
     sb.encode(&mut buf);
+    // The copy first: until the primary lands, the device does not look formatted.
+    if let Some(copy) = geometry.superblock_copy_offset() {
+        dev.write_at(&buf, copy).map_err(|e| Error::io("writing the superblock's copy", e))?;
+    }
     dev.write_at(&buf, 0).map_err(|e| Error::io("writing the superblock", e))?;
     dev.sync().map_err(|e| Error::io("syncing the new format", e))?;
     Ok(sb)

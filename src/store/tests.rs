@@ -7,6 +7,7 @@ use super::*;
 use crate::engine::{EngineChoice, EngineConfig, FaultMode};
 use crate::error::Holds;
 use crate::format::{Container, Generation, GeometryRequest, SlotHeader, SlotState};
+use crate::store::SuperblockSource;
 use std::path::Path;
 
 pub(crate) fn tmp(name: &str) -> PathBuf {
@@ -231,7 +232,7 @@ fn flipped_payload_bit_is_corrupt_never_wrong_bytes() {
 #[test]
 fn checkpoint_too_large_keeps_the_older_one() {
     let p = tmp("ckpt-nospace");
-    let opts = format_opts(8 << 20, GeometryRequest { slot_bytes: 64 * 1024, meta_bytes: 5 * 4096, ..Default::default() }, false);
+    let opts = format_opts(8 << 20, GeometryRequest { slot_bytes: 64 * 1024, meta_bytes: 6 * 4096, ..Default::default() }, false);
     let s = Store::open(&p, &opts).unwrap();
     s.put(b"first", b"1").unwrap();
     assert_eq!(s.checkpoint().unwrap().sequence, 1);
@@ -530,4 +531,48 @@ fn scrubbing_free_slots_keeps_deleted_keys_deleted_through_a_later_scan() {
             assert_eq!(get(&s, b"k").unwrap(), b"v2", "without the scrub the forgotten v2 comes back (the known limit)");
         }
     }
+}
+
+/// One changed byte in the superblock once made a device unopenable.
+#[test]
+fn a_damaged_superblock_is_read_from_its_copy_and_repaired() {
+    let (p, s) = small("sb-copy");
+    s.put(b"k", b"value").unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    let pristine = std::fs::read(&p).unwrap()[..4096].to_vec();
+    for byte in [0usize, 20, 40] {
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[pristine[byte] ^ 0x01], byte as u64).unwrap();
+        drop(f);
+        let ro = reopen(&p, EngineChoice::Posix, true);
+        assert_eq!(ro.superblock_source(), SuperblockSource::Copy, "byte {byte}");
+        ro.recover(&RecoverOptions::default()).unwrap();
+        assert_eq!(get(&ro, b"k").unwrap(), b"value");
+        drop(ro);
+        assert_ne!(std::fs::read(&p).unwrap()[..4096], pristine[..], "a read-only handle writes nothing");
+        let rw = reopen(&p, EngineChoice::Posix, false);
+        assert_eq!(rw.superblock_source(), SuperblockSource::Copy);
+        drop(rw);
+        assert_eq!(std::fs::read(&p).unwrap()[..4096], pristine[..], "the writable handle rewrote the primary");
+        assert_eq!(reopen(&p, EngineChoice::Posix, true).superblock_source(), SuperblockSource::Primary);
+    }
+    // A damaged copy is rewritten from the primary by a writable open.
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0xFF; 16], 4096 + 16).unwrap();
+    drop(f);
+    drop(reopen(&p, EngineChoice::Posix, false));
+    assert_eq!(std::fs::read(&p).unwrap()[4096..8192], pristine[..], "the copy matches the primary again");
+}
+
+/// Other data over the first block is not "repaired" away: the device is refused, untouched.
+#[test]
+fn foreign_data_over_the_superblock_is_not_overwritten_from_the_copy() {
+    let (p, s) = small("sb-foreign");
+    drop(s);
+    let foreign: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(&foreign, 0).unwrap();
+    let e = Store::open(&p, &OpenOptions::default()).err().expect("refused");
+    assert!(matches!(e, Error::Format(ref m) if m.contains("copy remains")), "{e}");
+    assert_eq!(std::fs::read(&p).unwrap()[..4096], foreign[..]);
 }
