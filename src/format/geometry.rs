@@ -100,7 +100,9 @@ impl Geometry {
             req.max_key_bytes
         };
         let bad = |m: String| Error::InvalidArgument(m);
-        if slot_bytes == 0 || capacity < slot_bytes {
+        // The fields first, so a bad one is named rather than surfacing as a derived size.
+        check_fields(block_size, header_bytes, slot_bytes, max_key_bytes, device_block).map_err(bad)?;
+        if capacity < slot_bytes {
             return Err(bad(format!("capacity {capacity} bytes holds no slot of {slot_bytes} bytes")));
         }
         let block = block_size as u64;
@@ -146,29 +148,7 @@ impl Geometry {
     /// Checks every invariant the rest of the crate relies on.
     fn validate(&self, device_block: u32) -> std::result::Result<(), String> {
         let b = self.block_size;
-        if !b.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&b) {
-            return Err(format!("block size {b} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"));
-        }
-        if device_block != 0 && b % device_block != 0 {
-            return Err(format!("block size {b} is not a multiple of the device's logical block size {device_block}"));
-        }
-        if self.header_bytes < b || self.header_bytes % b != 0 {
-            return Err(format!("header bytes {} must be a non-zero multiple of the block size {b}", self.header_bytes));
-        }
-        if self.slot_bytes % b as u64 != 0 || self.slot_bytes <= self.header_bytes as u64 {
-            return Err(format!(
-                "slot bytes {} must be a multiple of the block size {b} and larger than the header ({})",
-                self.slot_bytes, self.header_bytes
-            ));
-        }
-        if self.max_key_bytes == 0 || self.max_key_bytes > slot_header::key_capacity(self.header_bytes) {
-            return Err(format!(
-                "max key bytes {} must be in 1..={} for {}-byte headers",
-                self.max_key_bytes,
-                slot_header::key_capacity(self.header_bytes),
-                self.header_bytes
-            ));
-        }
+        check_fields(b, self.header_bytes, self.slot_bytes, self.max_key_bytes, device_block)?;
         if self.container_bytes < 2 * b as u64 || self.container_bytes % b as u64 != 0 {
             return Err(format!("checkpoint container of {} bytes is too small or unaligned", self.container_bytes));
         }
@@ -265,6 +245,30 @@ impl Geometry {
     }
 }
 
+/// The rules each chosen field must meet on its own; errors name the field and its value.
+fn check_fields(block_size: u32, header_bytes: u32, slot_bytes: u64, max_key_bytes: u32, device_block: u32) -> std::result::Result<(), String> {
+    let b = block_size;
+    if !b.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&b) {
+        return Err(format!("block_size {b} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"));
+    }
+    if device_block != 0 && b % device_block != 0 {
+        return Err(format!("block_size {b} is not a multiple of the device's logical block size {device_block}"));
+    }
+    if header_bytes < b || header_bytes % b != 0 {
+        return Err(format!("header_bytes {header_bytes} must be a non-zero multiple of the block size {b}"));
+    }
+    if slot_bytes % b as u64 != 0 || slot_bytes <= header_bytes as u64 {
+        return Err(format!(
+            "slot_bytes {slot_bytes} must be a multiple of the block size {b} and larger than the header ({header_bytes})"
+        ));
+    }
+    let key_capacity = slot_header::key_capacity(header_bytes);
+    if max_key_bytes == 0 || max_key_bytes > key_capacity {
+        return Err(format!("max_key_bytes {max_key_bytes} must be in 1..={key_capacity} for {header_bytes}-byte headers"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +309,16 @@ mod tests {
         assert!(plan(GeometryRequest { max_key_bytes: 4096, ..Default::default() }, 1 << 30).is_err());
         assert!(plan(GeometryRequest { meta_bytes: 4096, ..Default::default() }, 1 << 30).is_err());
         assert!(Geometry::plan(&GeometryRequest { block_size: 4096, ..Default::default() }, 1 << 30, 8192).is_err());
+    }
+
+    /// These three once all said "metadata region alone needs 35366383616 bytes".
+    #[test]
+    fn errors_name_the_bad_field() {
+        let cap = 1 << 30;
+        let msg = |req: GeometryRequest| Geometry::plan(&req, cap, 4096).unwrap_err().to_string();
+        assert!(msg(GeometryRequest { slot_bytes: 1, ..Default::default() }).contains("slot_bytes 1 "));
+        assert!(msg(GeometryRequest { block_size: 1 << 31, ..Default::default() }).contains("block_size 2147483648 "));
+        assert!(msg(GeometryRequest { max_key_bytes: 65535, ..Default::default() }).contains("max_key_bytes 65535 "));
     }
 
     #[test]
