@@ -8,6 +8,8 @@
 //! - every engine retries a failed read once on its own ([`sync_fallback`]),
 //!   so one bad slot never spoils its neighbours.
 
+pub mod data;
+mod data_window;
 pub mod faults;
 pub mod posix;
 pub mod uring;
@@ -277,6 +279,17 @@ impl Engine {
     /// Why AUTO fell back from io_uring, if it did.
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()
+    }
+
+    /// Runs every item of a data batch (gets, puts) with at most `concurrency()` I/Os in flight.
+    pub fn run_data(&self, ctx: data::DataCtx<'_>, job: &dyn data::DataJob) -> BatchStats {
+        if job.items() == 0 {
+            return BatchStats::default();
+        }
+        match &self.inner {
+            Inner::Posix(p) => p.run_data(ctx, job),
+            Inner::IoUring(u) => u.run_data(ctx, job),
+        }
     }
 
     /// Reads every slot of `slots` and stores `decode(i, slot, result)` in `out[i]`.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use super::data::{self, DataCtx, DataJob};
 use super::{BatchStats, Decoder, ReadCtx};
 use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
@@ -22,6 +23,25 @@ impl PosixEngine {
 
     pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or(1, |p| p.workers.len())
+    }
+
+    /// A data batch: serially, or items handed out one at a time to the pool's workers.
+    pub(super) fn run_data(&self, ctx: DataCtx<'_>, job: &dyn DataJob) -> BatchStats {
+        let Some(pool) = &self.pool else {
+            return data::run_serial(ctx, job);
+        };
+        let next = AtomicUsize::new(0);
+        let per_worker: Vec<Mutex<BatchStats>> = (0..pool.workers.len()).map(|_| Mutex::default()).collect();
+        pool.run(&|worker| {
+            let stats = data::run_worker(ctx, job, &next);
+            *lock(&per_worker[worker]) = stats;
+        });
+        let mut total = BatchStats::default();
+        for s in per_worker {
+            total.merge(&sync::into_inner(s));
+        }
+        total.max_in_flight = pool.workers.len().min(job.items()) as u64;
+        total
     }
 
     pub(super) fn read_slots<T: Send>(&self, ctx: ReadCtx<'_>, slots: &[SlotIndex], out: &mut [T], decode: &Decoder<'_, T>) -> BatchStats {

@@ -9,6 +9,8 @@ use std::sync::{Condvar, Mutex};
 use io_uring::{opcode, types, IoUring};
 
 use super::window::{self, ReadQueue};
+use super::data::{self, DataCtx, DataJob, IoKind, IoOp};
+use super::data_window::{self, OpQueue};
 use super::{BatchStats, Decoder, ReadCtx};
 use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
@@ -60,6 +62,18 @@ impl UringEngine {
             ..Default::default()
         };
         window::drive(&mut q, ctx, slots, &mut |idx, r| out[idx] = decode(idx, slots[idx], r), &mut stats);
+        self.checkin(q);
+        stats
+    }
+
+    /// A data batch through one ring of the pool; with no ring to be had, serially.
+    pub(super) fn run_data(&self, ctx: DataCtx<'_>, job: &dyn DataJob) -> BatchStats {
+        let mut q = match self.checkout() {
+            Ok(q) => q,
+            Err(_) => return data::run_serial(ctx, job),
+        };
+        let mut stats = data_window::drive(&mut q, ctx, job, self.depth);
+        stats.registered_file = q.fixed_file;
         self.checkin(q);
         stats
     }
@@ -123,7 +137,8 @@ pub(crate) struct UringQueue {
 impl UringQueue {
     /// `register`: try registered buffers and file (false only in tests of the plain path).
     fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> io::Result<UringQueue> {
-        let entries = depth.next_power_of_two() as u32;
+        // Room for the data window too, whose items issue up to MAX_OPS_PER_ITEM I/Os each.
+        let entries = depth.max(data::MAX_OPS_PER_ITEM).next_power_of_two() as u32;
         // COOP_TASKRUN avoids interrupting the task for completions; SINGLE_ISSUER and
         // DEFER_TASKRUN would pin a ring to one thread, which a shared pool cannot promise.
         let ring = IoUring::builder()
@@ -167,6 +182,38 @@ impl ReadQueue for UringQueue {
         // ring; the window driver keeps the buffer reserved until the read completes.
         let pushed = unsafe { self.ring.submission().push(&sqe.user_data(user_data)) };
         pushed.expect("the submission queue holds queue_depth entries and at most that many are queued");
+    }
+
+    fn submit_and_wait(&mut self, wait: usize) -> io::Result<usize> {
+        self.ring.submit_and_wait(wait)
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+
+    fn poison(&mut self) {
+        self.poisoned = true;
+    }
+}
+
+impl OpQueue for UringQueue {
+    fn push_op(&mut self, user_data: u64, op: &IoOp) {
+        let len = op.len as u32;
+        let sqe = match (op.kind, op.fixed, self.fixed_file) {
+            (IoKind::Read, Some(b), true) => opcode::ReadFixed::new(types::Fixed(0), op.ptr, len, b).offset(op.offset).build(),
+            (IoKind::Read, Some(b), false) => opcode::ReadFixed::new(types::Fd(self.fd), op.ptr, len, b).offset(op.offset).build(),
+            (IoKind::Read, None, true) => opcode::Read::new(types::Fixed(0), op.ptr, len).offset(op.offset).build(),
+            (IoKind::Read, None, false) => opcode::Read::new(types::Fd(self.fd), op.ptr, len).offset(op.offset).build(),
+            (IoKind::Write, Some(b), true) => opcode::WriteFixed::new(types::Fixed(0), op.ptr, len, b).offset(op.offset).build(),
+            (IoKind::Write, Some(b), false) => opcode::WriteFixed::new(types::Fd(self.fd), op.ptr, len, b).offset(op.offset).build(),
+            (IoKind::Write, None, true) => opcode::Write::new(types::Fixed(0), op.ptr, len).offset(op.offset).build(),
+            (IoKind::Write, None, false) => opcode::Write::new(types::Fd(self.fd), op.ptr, len).offset(op.offset).build(),
+        };
+        // SAFETY: the data job keeps the op's memory valid and unaliased until the item is
+        // finished, which the window does only after this I/O has completed.
+        let pushed = unsafe { self.ring.submission().push(&sqe.user_data(user_data)) };
+        pushed.expect("the window keeps at most queue_depth I/Os queued or in flight");
     }
 
     fn submit_and_wait(&mut self, wait: usize) -> io::Result<usize> {
