@@ -2,6 +2,7 @@
 //!
 //! - [`open`](OpenOptions): opening a device, or formatting one;
 //! - `data`: put, get, delete and the record buffers they reuse;
+//! - `batch`: the same for many keys in one call, through the engine;
 //! - `headers`: batched header reads through the handle's engine;
 //! - `checkpoint`: writing and loading the index in the two containers;
 //! - `recovery`: rebuilding the index after a restart;
@@ -10,6 +11,7 @@
 //! Locks, always taken in this order: `checkpoints`, then `state`; `records`
 //! and `io_totals` are leaves (nothing else is taken while they are held).
 
+mod batch;
 mod checkpoint;
 mod data;
 mod headers;
@@ -154,6 +156,8 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
