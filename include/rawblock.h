@@ -18,6 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Most I/Os one item issues: a header block, a payload, a padded tail.
+#define MAX_OPS_PER_ITEM 3
+
 // io_uring where the kernel allows it, otherwise POSIX.
 #define RB_ENGINE_AUTO 0
 
@@ -252,6 +255,24 @@ typedef struct rb_device_info {
   uint32_t superblock_source;
 } rb_device_info;
 
+// One item of a batched call (rb_get_many, rb_put_many, rb_delete_many, rb_contains_many,
+// rb_count_present_prefix). Set struct_size in items[0]: elements lie struct_size bytes apart.
+typedef struct rb_item {
+  size_t struct_size;
+  const void *key;
+  size_t key_len;
+  // rb_put_many: the value to store. rb_get_many: the destination (see the zero-copy
+  // rule in rb_get_many). Unused by the other calls.
+  void *value;
+  // rb_put_many: the value's length. rb_get_many: the destination's capacity.
+  size_t value_len;
+  // Out, rb_get_many: the value's length (with RB_E_BUFFER_TOO_SMALL, the length needed).
+  size_t len;
+  // Out: this item's outcome. rb_contains_many: RB_OK when present, RB_E_NOT_FOUND when not.
+  rb_status status;
+  uint32_t reserved;
+} rb_item;
+
 
 
 #define RB_OK 0
@@ -445,6 +466,53 @@ rb_status rb_test_inject_read_faults(struct rb_device *dev,
 // # Safety
 // `dev` is a live handle.
 rb_status rb_test_clear_read_faults(struct rb_device *dev);
+
+// Gets many keys in one call; items[i].status says how each went. The call itself fails
+// only for a bad handle or array (RB_E_INVALID_ARGUMENT, RB_E_STATE); RB_OK means every
+// item has its status. Reads go through the handle's engine, queue_depth in flight.
+// Zero-copy: a destination aligned to 4096 bytes with value_len >= the value's length
+// rounded up to the device's block size receives the payload directly; others are
+// filled through a bounce buffer. On a failed item the destination's contents are
+// unspecified; RB_E_BUFFER_TOO_SMALL sets len to the length needed.
+//
+// # Safety
+// `dev` is a live handle; `items` has `n` elements of items[0].struct_size bytes, each
+// key with key_len readable bytes and each value with value_len writable bytes.
+rb_status rb_get_many(struct rb_device *dev, struct rb_item *items, size_t n);
+
+// Stores many values in one call (value, value_len per item); items[i].status says how each
+// went. Writes go through the handle's engine. A value aligned to 4096 bytes whose length is
+// a multiple of the block size is written without a copy. Duplicates of a key: the last item
+// wins. Replaced values are invalidated before this returns, as with rb_put.
+//
+// # Safety
+// `dev` is a live handle; `items` has `n` elements of items[0].struct_size bytes, each key
+// and value readable for its length.
+rb_status rb_put_many(struct rb_device *dev, struct rb_item *items, size_t n);
+
+// Deletes many keys in one call; each is invalidated on the device before this returns.
+// items[i].status is RB_OK or RB_E_NOT_FOUND (or an I/O error).
+//
+// # Safety
+// `dev` is a live handle; `items` has `n` elements of items[0].struct_size bytes.
+rb_status rb_delete_many(struct rb_device *dev, struct rb_item *items, size_t n);
+
+// Looks many keys up in the index (no device read): items[i].status is RB_OK when the
+// key is present, RB_E_NOT_FOUND when not.
+//
+// # Safety
+// `dev` is a live handle; `items` has `n` elements of items[0].struct_size bytes.
+rb_status rb_contains_many(struct rb_device *dev, struct rb_item *items, size_t n);
+
+// The prefix-cache question: for keys given in order, `*count` is the number of leading
+// keys present in the index (no device read; item statuses are not written).
+//
+// # Safety
+// `dev` is a live handle; `items` has `n` elements of items[0].struct_size bytes; `count` is writable.
+rb_status rb_count_present_prefix(struct rb_device *dev,
+                                  const struct rb_item *items,
+                                  size_t n,
+                                  size_t *count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -3,6 +3,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#define MAX_OPS_PER_ITEM 3
 #define RB_ENGINE_AUTO 0
 #define RB_ENGINE_POSIX 1
 #define RB_ENGINE_IO_URING 2
@@ -116,6 +117,16 @@ typedef struct rb_device_info {
   char engine_note[RB_ENGINE_NOTE_BYTES];
   uint32_t superblock_source;
 } rb_device_info;
+typedef struct rb_item {
+  size_t struct_size;
+  const void *key;
+  size_t key_len;
+  void *value;
+  size_t value_len;
+  size_t len;
+  rb_status status;
+  uint32_t reserved;
+} rb_item;
 #define RB_OK 0
 #define RB_E_INVALID_ARGUMENT 1
 #define RB_E_IO 2
@@ -172,6 +183,14 @@ rb_status rb_test_inject_read_faults(struct rb_device *dev,
                                      int32_t os_errno,
                                      uint32_t mode);
 rb_status rb_test_clear_read_faults(struct rb_device *dev);
+rb_status rb_get_many(struct rb_device *dev, struct rb_item *items, size_t n);
+rb_status rb_put_many(struct rb_device *dev, struct rb_item *items, size_t n);
+rb_status rb_delete_many(struct rb_device *dev, struct rb_item *items, size_t n);
+rb_status rb_contains_many(struct rb_device *dev, struct rb_item *items, size_t n);
+rb_status rb_count_present_prefix(struct rb_device *dev,
+                                  const struct rb_item *items,
+                                  size_t n,
+                                  size_t *count);
 #ifdef __cplusplus
 }
 #endif

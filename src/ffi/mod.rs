@@ -23,6 +23,7 @@ use crate::store::{
 };
 
 mod abi;
+mod batch;
 pub use abi::RB_ABI_VERSION;
 
 static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -177,7 +178,7 @@ pub unsafe extern "C" fn rb_close(dev: *mut rb_device) -> rb_status {
 
 /// # Safety
 /// `dev` is NULL or a live handle.
-unsafe fn device<'a>(dev: *const rb_device) -> Result<&'a crate::Store, Error> {
+pub(super) unsafe fn device<'a>(dev: *const rb_device) -> Result<&'a crate::Store, Error> {
     if dev.is_null() {
         return Err(invalid("dev is NULL"));
     }

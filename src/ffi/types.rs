@@ -1,7 +1,7 @@
 //! The C types: status codes, flags and the structs that cross the boundary.
 #![allow(non_camel_case_types)]
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
 use super::boundary::Versioned;
 
@@ -197,6 +197,41 @@ pub struct rb_recover_report {
     pub orphans: u64,
 }
 
+/// One item of a batched call (rb_get_many, rb_put_many, rb_delete_many, rb_contains_many,
+/// rb_count_present_prefix). Set struct_size in items[0]: elements lie struct_size bytes apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rb_item {
+    pub struct_size: usize,
+    pub key: *const c_void,
+    pub key_len: usize,
+    /// rb_put_many: the value to store. rb_get_many: the destination (see the zero-copy
+    /// rule in rb_get_many). Unused by the other calls.
+    pub value: *mut c_void,
+    /// rb_put_many: the value's length. rb_get_many: the destination's capacity.
+    pub value_len: usize,
+    /// Out, rb_get_many: the value's length (with RB_E_BUFFER_TOO_SMALL, the length needed).
+    pub len: usize,
+    /// Out: this item's outcome. rb_contains_many: RB_OK when present, RB_E_NOT_FOUND when not.
+    pub status: rb_status,
+    pub reserved: u32,
+}
+
+impl Default for rb_item {
+    fn default() -> Self {
+        rb_item {
+            struct_size: std::mem::size_of::<Self>(),
+            key: std::ptr::null(),
+            key_len: 0,
+            value: std::ptr::null_mut(),
+            value_len: 0,
+            len: 0,
+            status: RB_OK,
+            reserved: 0,
+        }
+    }
+}
+
 /// One decoded slot header (rb_read_headers_batched).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -309,7 +344,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header);
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
 
 impl Versioned for rb_device_info {
     const NAME: &'static str = "rb_device_info";

@@ -131,6 +131,15 @@ impl Store {
         Ok(keys.iter().map(|k| self.check_key(k).map(|()| st.index.get(k).is_some())).collect())
     }
 
+    /// How many of `keys`, in order, are indexed before the first that is not.
+    pub fn count_present_prefix(&self, keys: &[&[u8]]) -> Result<usize> {
+        let st = self.ready()?;
+        for k in keys {
+            self.check_key(k)?;
+        }
+        Ok(keys.iter().take_while(|k| st.index.get(k).is_some()).count())
+    }
+
     /// Zeroes the header of every slot, then frees it; a slot whose write failed stays allocated.
     pub(super) fn invalidate_many(&self, slots: &[SlotIndex]) -> Vec<Result<()>> {
         if slots.is_empty() {
