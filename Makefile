@@ -48,14 +48,17 @@ readme-example: build
 
 # The Python package's tests, in a venv under target/ so a fresh machine needs nothing by hand.
 VENV := target/venv
-$(VENV)/bin/pytest:
+# numpy: the batched calls take numpy arrays as zero-copy destinations, and the tests prove it.
+VENV_DEPS := $(VENV)/.deps-pytest-numpy
+$(VENV_DEPS):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet pytest
+	$(VENV)/bin/pip install --quiet pytest numpy
+	@touch $@
 
 # tests/test_header.py compiles a probe with $(CC) against the header and checks _lib.py against it.
-py-test: build $(VENV)/bin/pytest
+py-test: build $(VENV_DEPS)
 	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
-	  PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q tests
+	  PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q -rs tests
 
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build

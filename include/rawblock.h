@@ -18,9 +18,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Most I/Os one item issues: a header block, a payload, a padded tail.
-#define MAX_OPS_PER_ITEM 3
-
 // io_uring where the kernel allows it, otherwise POSIX.
 #define RB_ENGINE_AUTO 0
 

@@ -3,7 +3,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#define MAX_OPS_PER_ITEM 3
 #define RB_ENGINE_AUTO 0
 #define RB_ENGINE_POSIX 1
 #define RB_ENGINE_IO_URING 2

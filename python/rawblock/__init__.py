@@ -22,7 +22,7 @@ import os
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from . import _lib
 
@@ -145,6 +145,10 @@ _ERRORS = {Status.NOT_FOUND: NotFound, Status.CORRUPT: Corrupt, Status.NO_SPACE:
            Status.READ_ONLY: ReadOnly, Status.BUSY: Busy}
 
 
+def _error(status: int, message: str) -> RawblockError:
+    return _ERRORS.get(status, RawblockError)(status, message)
+
+
 def _check(status: int) -> None:
     if status != Status.OK:
         msg = (_L.rb_last_error_message() or b"").decode("utf-8", "replace")
@@ -236,6 +240,30 @@ def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     return ctypes.c_char_p(data), len(data)
+
+
+def _readable(value) -> tuple[int, int, object]:
+    """Address and length of a readable buffer (bytes, bytearray, memoryview, numpy array),
+    and the object that must stay alive while the address is used."""
+    mv = memoryview(value).cast("B")
+    if mv.nbytes == 0:
+        return 0, 0, value
+    if mv.readonly:
+        # ctypes can point into read-only memory only through a bytes object.
+        raw = value if isinstance(value, bytes) else mv.tobytes()
+        return ctypes.cast(ctypes.c_char_p(raw), ctypes.c_void_p).value, len(raw), raw
+    return ctypes.addressof(ctypes.c_char.from_buffer(mv)), mv.nbytes, mv
+
+
+def _writable(buf) -> tuple[int, int]:
+    """Address and length of a writable, contiguous buffer."""
+    mv = memoryview(buf)
+    if mv.readonly:
+        raise TypeError(f"{type(buf).__name__} is read-only; pass a bytearray, memoryview or numpy array")
+    if not mv.c_contiguous:
+        raise ValueError("the buffer must be contiguous")
+    mv = mv.cast("B")
+    return (ctypes.addressof(ctypes.c_char.from_buffer(mv)) if mv.nbytes else 0), mv.nbytes
 
 
 def _path(path: "str | bytes | os.PathLike") -> bytes:
@@ -424,6 +452,105 @@ class Device:
                     continue
                 _check(s)
                 return out.raw[: n.value]
+
+    # Batched calls: one call into the library for many keys, each item with its own outcome.
+
+    @staticmethod
+    def _items(keys: Sequence[bytes]) -> tuple[ctypes.Array, list]:
+        """An rb_item array for `keys`, and the buffers that must stay alive while it is used."""
+        keep, arr = [], (_lib.Item * max(len(keys), 1))()
+        arr[0].struct_size = ctypes.sizeof(_lib.Item)
+        for i, key in enumerate(keys):
+            k, kl = _buf(key)
+            keep.append(k)
+            arr[i].key, arr[i].key_len = ctypes.cast(k, ctypes.c_void_p), kl
+        return arr, keep
+
+    def _run_many(self, fn: str, arr: ctypes.Array, n: int) -> None:
+        if n:
+            with self._guard as h:
+                _check(getattr(_L, fn)(h, arr, n))
+
+    @staticmethod
+    def _item_error(item: _lib.Item, what: str) -> RawblockError:
+        return _error(item.status, f"{what}: {Status(item.status).name if item.status in Status._value2member_map_ else item.status}")
+
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> list[Optional[RawblockError]]:
+        """Stores every (key, value) in one call; result i is None or item i's error.
+
+        Values may be bytes or any buffer (bytearray, memoryview, numpy array); a value at a
+        4096-byte boundary whose length is a multiple of the block size is written without a copy.
+        The last of several items with one key wins."""
+        items = list(items)
+        arr, keep = self._items([k for k, _ in items])
+        for i, (_, value) in enumerate(items):
+            ptr, n, alive = _readable(value)
+            keep.append(alive)
+            arr[i].value, arr[i].value_len = ptr, n
+        self._run_many("rb_put_many", arr, len(items))
+        return [None if arr[i].status == Status.OK else self._item_error(arr[i], f"put item {i}") for i in range(len(items))]
+
+    def get_many(self, keys: Sequence[bytes], into: Optional[Sequence] = None) -> list:
+        """Gets every key in one call.
+
+        Without `into`: a list of bytes, or the item's error (NotFound, Corrupt, ...).
+        With `into` (writable buffers: bytearray, memoryview, numpy arrays): each value is read
+        into its buffer -- without a copy when the buffer starts at a 4096-byte boundary and
+        holds the value rounded up to the block size -- and the list holds each value's length,
+        or the item's error. A failed item leaves its buffer's contents unspecified."""
+        keys = list(keys)
+        if into is None:
+            return self._get_many_bytes(keys)
+        if len(into) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(into)} buffers")
+        arr, keep = self._items(keys)
+        for i, buf in enumerate(into):
+            ptr, n = _writable(buf)
+            keep.append(buf)
+            arr[i].value, arr[i].value_len = ptr, n
+        self._run_many("rb_get_many", arr, len(keys))
+        return [arr[i].len if arr[i].status == Status.OK else self._item_error(arr[i], f"get item {i}")
+                for i in range(len(keys))]
+
+    def _get_many_bytes(self, keys: list) -> list:
+        arr, keep = self._items(keys)
+        self._run_many("rb_get_many", arr, len(keys))  # no buffers: every present key says its length
+        bufs = [ctypes.create_string_buffer(max(arr[i].len, 1)) for i in range(len(keys))]
+        for i, b in enumerate(bufs):
+            arr[i].value, arr[i].value_len = ctypes.cast(b, ctypes.c_void_p), len(b)
+        self._run_many("rb_get_many", arr, len(keys))
+        return [bufs[i].raw[:arr[i].len] if arr[i].status == Status.OK else self._item_error(arr[i], f"get item {i}")
+                for i in range(len(keys))]
+
+    def delete_many(self, keys: Sequence[bytes]) -> list[Optional[RawblockError]]:
+        """Deletes every key in one call; result i is None or item i's error (NotFound, ...)."""
+        keys = list(keys)
+        arr, keep = self._items(keys)
+        self._run_many("rb_delete_many", arr, len(keys))
+        return [None if arr[i].status == Status.OK else self._item_error(arr[i], f"delete item {i}") for i in range(len(keys))]
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key is indexed (no device read)."""
+        keys = list(keys)
+        arr, keep = self._items(keys)
+        self._run_many("rb_contains_many", arr, len(keys))
+        out = []
+        for i in range(len(keys)):
+            if arr[i].status not in (Status.OK, Status.NOT_FOUND):
+                raise self._item_error(arr[i], f"contains item {i}")
+            out.append(arr[i].status == Status.OK)
+        return out
+
+    def count_present_prefix(self, keys: Sequence[bytes]) -> int:
+        """How many of `keys`, in order, are present before the first absent one."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        arr, keep = self._items(keys)
+        count = ctypes.c_size_t(0)
+        with self._guard as h:
+            _check(_L.rb_count_present_prefix(h, arr, len(keys), ctypes.byref(count)))
+        return count.value
 
     def delete(self, key: bytes) -> None:
         k, kl = _buf(key)

@@ -163,6 +163,19 @@ class DeviceInfo(ctypes.Structure):
     ]
 
 
+class Item(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("key", ctypes.c_void_p),
+        ("key_len", ctypes.c_size_t),
+        ("value", ctypes.c_void_p),
+        ("value_len", ctypes.c_size_t),
+        ("len", ctypes.c_size_t),
+        ("status", ctypes.c_int32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
 # C name of each struct -> its ctypes class.
 STRUCTS = {
     "rb_options": Options,
@@ -171,6 +184,7 @@ STRUCTS = {
     "rb_recover_report": RecoverReport,
     "rb_slot_header": SlotHeader,
     "rb_device_info": DeviceInfo,
+    "rb_item": Item,
 }
 
 
@@ -201,6 +215,11 @@ SIGNATURES = {
     "rb_get_info": (_status, [_dev, _P(DeviceInfo)]),
     "rb_test_inject_read_faults": (_status, [_dev, _P(ctypes.c_uint64), _size, ctypes.c_int32, ctypes.c_uint32]),
     "rb_test_clear_read_faults": (_status, [_dev]),
+    "rb_get_many": (_status, [_dev, _P(Item), _size]),
+    "rb_put_many": (_status, [_dev, _P(Item), _size]),
+    "rb_delete_many": (_status, [_dev, _P(Item), _size]),
+    "rb_contains_many": (_status, [_dev, _P(Item), _size]),
+    "rb_count_present_prefix": (_status, [_dev, _P(Item), _size, _P(_size)]),
 }
 
 
