@@ -7,6 +7,22 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cc=${CC:-cc}
 # RB_TEST_CFLAGS adds flags (e.g. sanitizers); RB_TEST_OUT separates such builds.
 out="$root/${RB_TEST_OUT:-target/c-tests}"
+# The release cdylib. Its SONAME is librawblock.so.<ABI>: a program linked with -lrawblock asks
+# the loader for that name, which 'make build' links next to it and a plain 'cargo build' does not.
+libdir="$root/target/release"
+if [ ! -e "$libdir/librawblock.so" ]; then
+  echo "c-tests: $libdir/librawblock.so is missing; build it first: make build (or cargo build --release)" >&2
+  exit 2
+fi
+if ! command -v readelf >/dev/null; then
+  echo "c-tests: readelf (binutils) is needed to read the library's SONAME" >&2
+  exit 2
+fi
+soname=$(readelf -d "$libdir/librawblock.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
+if [ -n "$soname" ] && [ "$soname" != librawblock.so ] && [ ! -e "$libdir/$soname" ]; then
+  ln -sf librawblock.so "$libdir/$soname"
+  echo "c-tests: linked target/release/$soname -> librawblock.so (the SONAME the tests load; make build does the same)"
+fi
 export RB_TEST_TMP="$out/tmp"
 mkdir -p "$out" "$RB_TEST_TMP"
 # A loop device with 4096-byte sectors for the tests that also run on a block device.
@@ -30,7 +46,7 @@ pass=0 fail=0 skip=0
 for src in "$root"/c-tests/*.c; do
   name=$(basename "$src" .c)
   if ! "$cc" -std=c11 -Wall -Wextra -Werror -g -O1 ${RB_TEST_CFLAGS:-} -I"$root/include" "$src" \
-       -L"$root/target/release" -Wl,-rpath,"$root/target/release" -lrawblock -lpthread \
+       -L"$libdir" -Wl,-rpath,"$libdir" -lrawblock -lpthread \
        -o "$out/$name" 2>"$out/$name.build.log"; then
     echo "FAIL $name (does not compile)"; cat "$out/$name.build.log"; fail=$((fail + 1)); continue
   fi
