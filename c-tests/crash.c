@@ -55,7 +55,7 @@ static void log_line(int fd, const char *line) {
 /* The writer: runs until killed. Versions continue from `first_version` so values stay unique. */
 static void writer(const char *path, const char *log_path, uint64_t seed, uint32_t first_version) {
     rng_state = seed | 1;
-    int log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    int log = open(log_path, O_WRONLY | O_APPEND); /* the harness emptied it before the fork */
     if (log < 0) _exit(3);
     rb_device *dev = NULL;
     if (rb_open(path, NULL, &dev) != RB_OK) _exit(4);
@@ -233,6 +233,13 @@ static int crash_iteration(struct crash_run *run, int i) {
         if (!dev) return ++run->failures;
         rb_close(dev);
         memset(run->keys, 0, sizeof run->keys);
+    }
+    /* Empty the side log here, not in the writer: a writer killed before it opens the log
+     * must leave an empty one (nothing happened), not the previous writer's to replay again. */
+    int log = open(run->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (log < 0 || close(log) != 0) {
+        printf("FAIL iteration %d: cannot empty the side log %s\n", i, run->log_path);
+        return ++run->failures;
     }
     fflush(stdout);
     pid_t pid = fork();
