@@ -12,7 +12,9 @@
  * The writer is killed by a signal, not a power cut: a write() that returned is in the page
  * cache and survives, and the side log is fdatasync'ed all the same.
  *
- * RB_CRASH_ITERATIONS (default 200) and RB_CRASH_SEED (default: time) control the run.
+ * RB_CRASH_ITERATIONS (default 200) and RB_CRASH_SEED (default: time) control the run;
+ * RB_CRASH_KILL_SCALE (default 1) stretches the kill delays for a writer that runs slower
+ * than native code (make valgrind sets 4), so it still gets as far before it is killed.
  */
 #include "test.h"
 
@@ -219,6 +221,7 @@ struct crash_run {
     const char *path, *log_path;
     struct key_state keys[KEYS];
     uint32_t version; /* the next writer's first version */
+    long kill_scale;  /* RB_CRASH_KILL_SCALE */
     int failures, total_acked, from_checkpoint, from_scan, stale;
 };
 
@@ -246,7 +249,8 @@ static int crash_iteration(struct crash_run *run, int i) {
     if (pid == 0) writer(run->path, run->log_path, rng(), run->version);
     /* Kill somewhere between the writer's start-up and a few dozen operations in. */
     long max_ns = fresh ? 3000000 : 25000000;
-    struct timespec ts = {0, (long)(500000 + rng() % max_ns)};
+    long ns = (500000 + (long)(rng() % (uint64_t)max_ns)) * run->kill_scale;
+    struct timespec ts = {ns / 1000000000, ns % 1000000000};
     nanosleep(&ts, NULL);
     kill(pid, SIGKILL);
     int status = 0;
@@ -273,9 +277,12 @@ static int crash_iteration(struct crash_run *run, int i) {
 static int test_sigkill_writer_and_recover(void) {
     const char *it_env = getenv("RB_CRASH_ITERATIONS");
     const char *seed_env = getenv("RB_CRASH_SEED");
+    const char *scale_env = getenv("RB_CRASH_KILL_SCALE");
     int iterations = it_env ? atoi(it_env) : 200;
     uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL);
-    printf("crash harness: %d iterations, RB_CRASH_SEED=%llu\n", iterations, (unsigned long long)seed);
+    long kill_scale = scale_env && atol(scale_env) > 0 ? atol(scale_env) : 1;
+    printf("crash harness: %d iterations, RB_CRASH_SEED=%llu, RB_CRASH_KILL_SCALE=%ld\n", iterations,
+           (unsigned long long)seed, kill_scale);
     rng_state = seed * 2654435761u | 1;
 
     char path[512], log_path[512];
@@ -286,6 +293,7 @@ static int test_sigkill_writer_and_recover(void) {
     run.path = path;
     run.log_path = log_path;
     run.version = 1;
+    run.kill_scale = kill_scale;
     rb_device *dev = test_create(path, CAPACITY, SLOT_BYTES, RB_ENGINE_AUTO, 0);
     if (!dev) return T_EXIT_FAIL;
     rb_close(dev);
