@@ -55,53 +55,65 @@ static int value_is_whole(const uint8_t *buf, size_t len, int key, uint32_t *ver
 
 static void name(char *out, int key) { snprintf(out, 32, "stress-%03d", key); }
 
+/* One operation on `key` (its name in key_name). own_version is the worker's record of an owned
+ * key (0: absent); NULL for a shared key, whose values are only checked to be whole. */
+static void op_put(int key, const char *key_name, uint32_t version, uint32_t *own_version) {
+    static __thread uint8_t buf[SLOT_BYTES];
+    size_t n = make_value(buf, key, version);
+    rb_status s = rb_put(dev, key_name, strlen(key_name), buf, n);
+    if (s != RB_OK) fail("put", key, s);
+    else if (own_version) *own_version = version;
+}
+
+static void op_delete(int key, const char *key_name, uint32_t *own_version) {
+    rb_status s = rb_delete(dev, key_name, strlen(key_name));
+    if (s != RB_OK && s != RB_E_NOT_FOUND) fail("delete", key, s);
+    if (own_version) {
+        if ((s == RB_OK) != (*own_version != 0)) fail("delete of an owned key disagrees", key, s);
+        *own_version = 0;
+    }
+}
+
+static void op_contains(int key, const char *key_name, const uint32_t *own_version) {
+    bool found = false;
+    rb_status s = rb_contains(dev, key_name, strlen(key_name), &found);
+    if (s != RB_OK) fail("contains", key, s);
+    else if (own_version && found != (*own_version != 0)) fail("contains of an owned key disagrees", key, s);
+}
+
+static void op_get(int key, const char *key_name, const uint32_t *own_version) {
+    static __thread uint8_t got[SLOT_BYTES];
+    size_t len = 0;
+    rb_status s = rb_get(dev, key_name, strlen(key_name), got, sizeof got, &len);
+    uint32_t version = 0;
+    if (s == RB_E_NOT_FOUND) {
+        if (own_version && *own_version != 0) fail("an owned key vanished", key, s);
+    } else if (s != RB_OK) {
+        fail("get", key, s);
+    } else if (!value_is_whole(got, len, key, &version)) {
+        fail("get returned bytes that are not a whole value of this key", key, s);
+    } else if (own_version && version != *own_version) {
+        fail("get of an owned key returned another version than last put", key, s);
+    }
+}
+
 static void *worker(void *arg) {
     int id = (int)(intptr_t)arg;
     uint32_t own_version[OWN_KEYS] = {0}; /* 0: absent */
     uint64_t r = 0x9E3779B97F4A7C15ull * (uint64_t)(id + 1);
-    static __thread uint8_t buf[SLOT_BYTES], got[SLOT_BYTES];
     char key_name[32];
     for (uint32_t op = 1; op <= OPS_PER_WORKER; op++) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;
         int shared = (r >> 8) % 4 == 0;
         int slot_key = (int)((r >> 16) % (shared ? SHARED_KEYS : OWN_KEYS));
         int key = shared ? WORKERS * OWN_KEYS + slot_key : id * OWN_KEYS + slot_key;
+        uint32_t *own = shared ? NULL : &own_version[slot_key];
         name(key_name, key);
-        size_t klen = strlen(key_name);
         int what = (int)((r >> 32) % 10);
-        rb_status s;
-        size_t len = 0;
-        if (what < 4) {
-            uint32_t version = op * WORKERS + (uint32_t)id;
-            size_t n = make_value(buf, key, version);
-            s = rb_put(dev, key_name, klen, buf, n);
-            if (s != RB_OK) fail("put", key, s);
-            else if (!shared) own_version[slot_key] = version;
-        } else if (what < 5) {
-            s = rb_delete(dev, key_name, klen);
-            if (s != RB_OK && s != RB_E_NOT_FOUND) fail("delete", key, s);
-            if (!shared) {
-                if ((s == RB_OK) != (own_version[slot_key] != 0)) fail("delete of an owned key disagrees", key, s);
-                own_version[slot_key] = 0;
-            }
-        } else if (what < 6) {
-            bool found = false;
-            s = rb_contains(dev, key_name, klen, &found);
-            if (s != RB_OK) fail("contains", key, s);
-            else if (!shared && found != (own_version[slot_key] != 0)) fail("contains of an owned key disagrees", key, s);
-        } else {
-            s = rb_get(dev, key_name, klen, got, sizeof got, &len);
-            uint32_t version = 0;
-            if (s == RB_E_NOT_FOUND) {
-                if (!shared && own_version[slot_key] != 0) fail("an owned key vanished", key, s);
-            } else if (s != RB_OK) {
-                fail("get", key, s);
-            } else if (!value_is_whole(got, len, key, &version)) {
-                fail("get returned bytes that are not a whole value of this key", key, s);
-            } else if (!shared && version != own_version[slot_key]) {
-                fail("get of an owned key returned another version than last put", key, s);
-            }
-        }
+        if (what < 4) op_put(key, key_name, op * WORKERS + (uint32_t)id, own);
+        else if (what < 5) op_delete(key, key_name, own);
+        else if (what < 6) op_contains(key, key_name, own);
+        else op_get(key, key_name, own);
     }
     return NULL;
 }
@@ -143,9 +155,7 @@ static void *header_reader(void *arg) {
     return NULL;
 }
 
-static void round_with(uint32_t engine, uint32_t posix_threads, const char *label) {
-    char path[512];
-    test_path(path, sizeof path, "stress");
+static rb_options options(uint32_t engine, uint32_t posix_threads) {
     rb_options o;
     rb_options_init(&o);
     o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
@@ -154,7 +164,11 @@ static void round_with(uint32_t engine, uint32_t posix_threads, const char *labe
     o.engine = engine;
     o.posix_threads = posix_threads;
     o.queue_depth = 32;
-    CHECK_OK(rb_open(path, &o, &dev));
+    return o;
+}
+
+/* WORKERS workers, a checkpointer and a header reader on `dev` until the workers are done. */
+static void run_threads(const char *label) {
     stop_background = 0;
     failures_total = 0;
     pthread_t w[WORKERS], c, h;
@@ -167,12 +181,15 @@ static void round_with(uint32_t engine, uint32_t posix_threads, const char *labe
     pthread_join(h, NULL);
     CHECK(failures_total == 0, "%s: %d workers x %d operations, every get exact (failures: %d)", label, WORKERS,
           OPS_PER_WORKER, failures_total);
+}
 
-    /* The final checkpoint recovers to exactly what is indexed now. */
+/* The final checkpoint recovers to exactly what is indexed now; closes `dev`. */
+static void check_final_checkpoint(const char *path, rb_options o, const char *label) {
     CHECK_OK(rb_checkpoint(dev));
     rb_device_info before = {.struct_size = sizeof before};
     rb_get_info(dev, &before);
     rb_close(dev);
+    dev = NULL;
     o.flags = RB_OPEN_READ_ONLY;
     CHECK_OK(rb_open(path, &o, &dev));
     rb_recover_report rep = {.struct_size = sizeof rep};
@@ -180,12 +197,29 @@ static void round_with(uint32_t engine, uint32_t posix_threads, const char *labe
     CHECK(rep.indexed == before.indexed && rep.dropped_stale == 0, "%s: recovery indexes all %llu keys", label,
           (unsigned long long)before.indexed);
     rb_close(dev);
-    unlink(path);
+    dev = NULL;
 }
 
-int main(void) {
+static int stress_with(uint32_t engine, uint32_t posix_threads, const char *label) {
+    char path[512];
+    test_path(path, sizeof path, "stress");
+    rb_options o = options(engine, posix_threads);
+    dev = NULL;
+    CHECK_OK(rb_open(path, &o, &dev));
+    if (!dev) return T_EXIT_FAIL;
+    run_threads(label);
+    check_final_checkpoint(path, o, label);
+    unlink(path);
+    return test_result();
+}
+
+static int test_io_uring(void) { return stress_with(RB_ENGINE_AUTO, 1, "io_uring"); }
+static int test_posix_pool(void) { return stress_with(RB_ENGINE_POSIX, 4, "posix pool"); }
+
+int main(int argc, char **argv) {
+    test_init(argc, argv);
     alarm(240); /* a deadlock ends the test instead of hanging CI */
-    round_with(RB_ENGINE_AUTO, 1, "io_uring");
-    round_with(RB_ENGINE_POSIX, 4, "posix pool");
+    RUN(test_io_uring);
+    RUN(test_posix_pool);
     return test_finish("stress");
 }

@@ -1,4 +1,24 @@
-/* Shared helpers for the C tests: checks that print what they check, and scratch devices. */
+/* Shared helpers for the C tests: checks that print what they check, scratch devices, and
+ * cases run one at a time.
+ *
+ * Each program is a list of cases, as in liburing's tests: `static int test_<what>(void)`
+ * makes its own scratch device, removes it, and returns T_EXIT_PASS, T_EXIT_FAIL, or
+ * T_EXIT_SKIP after printing why. main only runs them:
+ *
+ *     int main(int argc, char **argv) {
+ *         test_init(argc, argv);
+ *         RUN(test_something);
+ *         return test_finish("name");
+ *     }
+ *
+ * A case fails when it returns T_EXIT_FAIL or when any CHECK in it failed; either way the
+ * next case starts afresh. The program exits 0 when no case failed, 77 when every case that
+ * ran skipped, 1 otherwise, and its last line is "name: all checks passed (...)" or
+ * "name: FAILED (...)".
+ *
+ * One case alone: `bash c-tests/run.sh data stale_header`, or a built program with the case's
+ * name (with or without "test_") as its argument; `--list` prints the names.
+ */
 #ifndef RB_C_TEST_H
 #define RB_C_TEST_H
 
@@ -12,9 +32,13 @@
 
 #include "rawblock.h"
 
-static int rb_test_failures = 0;
+#define T_EXIT_PASS 0
+#define T_EXIT_FAIL 1
+#define T_EXIT_SKIP 77
 
-/* Fails the test (and carries on) when cond is false; prints every check. */
+static int rb_test_failures = 0; /* failed CHECKs in the case running now */
+
+/* Fails the running case (and carries on) when cond is false; prints every check. */
 #define CHECK(cond, ...)                                                     \
     do {                                                                     \
         if (cond) {                                                          \
@@ -40,6 +64,18 @@ static int rb_test_failures = 0;
 
 #define CHECK_OK(call) CHECK_STATUS(call, RB_OK)
 
+/* What a case returns at its end: fail if any of its CHECKs failed. */
+static inline int test_result(void) { return rb_test_failures ? T_EXIT_FAIL : T_EXIT_PASS; }
+
+/* Returns T_EXIT_SKIP from the case after saying why. */
+#define SKIP(...)                                                            \
+    do {                                                                     \
+        printf("skip ");                                                     \
+        printf(__VA_ARGS__);                                                 \
+        printf("\n");                                                        \
+        return T_EXIT_SKIP;                                                  \
+    } while (0)
+
 /* A fresh scratch path under target/ (O_DIRECT works there; /tmp may be tmpfs). */
 static inline void test_path(char *buf, size_t cap, const char *name) {
     const char *dir = getenv("RB_TEST_TMP");
@@ -47,7 +83,8 @@ static inline void test_path(char *buf, size_t cap, const char *name) {
     unlink(buf);
 }
 
-/* Formats a scratch file of `capacity` bytes with `slot_bytes` slots. */
+/* Formats a scratch file of `capacity` bytes with `slot_bytes` slots; NULL (a failed check)
+ * when it cannot. */
 static inline rb_device *test_create(const char *path, uint64_t capacity, uint64_t slot_bytes,
                                      uint32_t engine, uint32_t queue_depth) {
     rb_options o;
@@ -59,16 +96,77 @@ static inline rb_device *test_create(const char *path, uint64_t capacity, uint64
     if (queue_depth) o.queue_depth = queue_depth;
     rb_device *dev = NULL;
     rb_status s = rb_open(path, &o, &dev);
-    if (s != RB_OK) {
-        printf("FAIL cannot create %s: %s\n", path, rb_last_error_message());
-        exit(1);
-    }
-    return dev;
+    CHECK(s == RB_OK, "created %s (%s)", path, s == RB_OK ? "ok" : rb_last_error_message());
+    return s == RB_OK ? dev : NULL;
 }
 
+/* The runner. */
+static struct {
+    const char *only; /* argv[1]: run just this case */
+    int list;         /* --list: print the case names, run nothing */
+    int passed, failed, skipped;
+    char failed_names[512];
+} rb_test_run;
+
+static inline void test_init(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--list") == 0)
+        rb_test_run.list = 1;
+    else if (argc > 1)
+        rb_test_run.only = argv[1];
+}
+
+static inline int test_selected(const char *name) {
+    const char *only = rb_test_run.only;
+    return !only || strcmp(only, name) == 0 || (strncmp(name, "test_", 5) == 0 && strcmp(only, name + 5) == 0);
+}
+
+#define RUN(fn) test_run_case(#fn, fn)
+
+static inline void test_run_case(const char *name, int (*fn)(void)) {
+    if (rb_test_run.list) {
+        printf("%s\n", name);
+        return;
+    }
+    if (!test_selected(name)) return;
+    printf("--- %s\n", name);
+    fflush(stdout); /* a case may fork */
+    rb_test_failures = 0;
+    int rc = fn();
+    if (rc == T_EXIT_PASS && rb_test_failures == 0) {
+        printf("--- %s: passed\n", name);
+        rb_test_run.passed++;
+    } else if (rc == T_EXIT_SKIP && rb_test_failures == 0) {
+        printf("--- %s: skipped\n", name);
+        rb_test_run.skipped++;
+    } else {
+        printf("--- %s: FAILED (returned %d, %d failed checks)\n", name, rc, rb_test_failures);
+        rb_test_run.failed++;
+        size_t used = strlen(rb_test_run.failed_names);
+        snprintf(rb_test_run.failed_names + used, sizeof rb_test_run.failed_names - used, " %s", name);
+    }
+    fflush(stdout);
+}
+
+/* The program's closing line and exit code: 0 pass, 77 every case skipped, 1 fail. */
 static inline int test_finish(const char *name) {
-    printf("%s: %s\n", name, rb_test_failures ? "FAILED" : "all checks passed");
-    return rb_test_failures ? 1 : 0;
+    int ran = rb_test_run.passed + rb_test_run.failed + rb_test_run.skipped;
+    if (rb_test_run.list) return T_EXIT_PASS;
+    if (ran == 0) {
+        printf("%s: FAILED (no case named %s; --list prints them)\n", name, rb_test_run.only ? rb_test_run.only : "?");
+        return T_EXIT_FAIL;
+    }
+    if (rb_test_run.failed) {
+        printf("%s: FAILED (%d of %d cases:%s)\n", name, rb_test_run.failed, ran, rb_test_run.failed_names);
+        return T_EXIT_FAIL;
+    }
+    if (rb_test_run.passed == 0) {
+        printf("%s: skipped (%d case%s)\n", name, ran, ran == 1 ? "" : "s");
+        return T_EXIT_SKIP;
+    }
+    printf("%s: all checks passed (%d case%s", name, ran, ran == 1 ? "" : "s");
+    if (rb_test_run.skipped) printf(", %d skipped", rb_test_run.skipped);
+    printf(")\n");
+    return T_EXIT_PASS;
 }
 
 #endif
