@@ -9,7 +9,10 @@ pub const USAGE: &str = "usage: rb-bench [--device-path PATH] [--cache-space-gb 
                 [--prepare --i-understand-this-overwrites-device] [--prepare-threads N] [--max-entries N]
                 [--measure] [--io-engine posix io_uring uring_cmd] [--threads 1 8] [--repeats 5]
                 [--queue-depth 128] [--recover-mode auto|checkpoint|scan] [--compare-fio] [--buffered] [--json FILE]
-defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-gb 64, --slot-bytes 1048576";
+       rb-bench --workload data [--device-path PATH] [--i-understand-this-overwrites-device] [--io-engine io_uring|posix]
+                [--threads N] [--queue-depth 16] [--batch 64] [--value-bytes N] [--data-gib 2] [--compare-fio]
+defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-gb 64, --slot-bytes 1048576;
+--workload data formats its own fixture (it writes; --measure of the recovery workload never does)";
 
 #[derive(Debug)]
 pub struct Args {
@@ -30,6 +33,13 @@ pub struct Args {
     pub buffered: bool,
     pub recover_mode: RecoverMode,
     pub json: Option<PathBuf>,
+    /// `--workload data`: the data path instead of recovery.
+    pub data: bool,
+    /// Bytes per value (default: the slot's whole payload).
+    pub value_bytes: Option<usize>,
+    pub batch: usize,
+    /// GiB of values each phase moves (at most the fixture's slots).
+    pub data_gib: f64,
 }
 
 impl Default for Args {
@@ -52,6 +62,10 @@ impl Default for Args {
             buffered: false,
             recover_mode: RecoverMode::Auto,
             json: None,
+            data: false,
+            value_bytes: None,
+            batch: 64,
+            data_gib: 2.0,
         }
     }
 }
@@ -100,6 +114,10 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
         "--buffered" => a.buffered = switch(flag, v)?,
         "--recover-mode" => a.recover_mode = recover_mode(&one::<String>(flag, v)?)?,
         "--json" => a.json = Some(one(flag, v)?),
+        "--workload" => a.data = workload(&one::<String>(flag, v)?)?,
+        "--value-bytes" => a.value_bytes = Some(one(flag, v)?),
+        "--batch" => a.batch = one(flag, v)?,
+        "--data-gib" => a.data_gib = one(flag, v)?,
         "--help" | "-h" => return Err(USAGE.into()),
         other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
     }
@@ -107,7 +125,10 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
 }
 
 fn check(a: &Args) -> Result<(), String> {
-    if !a.prepare && !a.measure {
+    if a.data && (a.batch == 0 || !(a.data_gib > 0.0)) {
+        return Err("--batch and --data-gib must be positive".into());
+    }
+    if !a.prepare && !a.measure && !a.data {
         return Err(format!("say --prepare, --measure or both\n{USAGE}"));
     }
     if let Some(bad) = a.engines.iter().find(|e| !["posix", "io_uring", "uring_cmd"].contains(&e.as_str())) {
@@ -120,6 +141,15 @@ fn check(a: &Args) -> Result<(), String> {
         return Err("--repeats, --threads, --queue-depth and --prepare-threads must be positive".into());
     }
     Ok(())
+}
+
+/// `true` for the data workload.
+fn workload(s: &str) -> Result<bool, String> {
+    match s {
+        "recovery" => Ok(false),
+        "data" => Ok(true),
+        other => Err(format!("--workload: {other:?} is not recovery or data")),
+    }
 }
 
 fn recover_mode(s: &str) -> Result<RecoverMode, String> {

@@ -92,6 +92,78 @@ pub fn compare(args: &Args, geometry: &Geometry, summaries: &[Summary]) -> Resul
     Ok(FioComparison { label: uring.label.clone(), job, fio_reads_per_second: fio, ours: uring.stats.headers_per_second })
 }
 
+/// The fio twin of a data phase: random reads or writes of whole slots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataJob {
+    pub filename: PathBuf,
+    pub write: bool,
+    /// One slot: the record a get or put moves.
+    pub bs: u64,
+    pub offset: u64,
+    /// The region holding the phase's keys.
+    pub size: u64,
+    /// Bytes to move in all (what the phase moved, in whole slots).
+    pub io_size: u64,
+    pub iodepth: usize,
+    pub direct: bool,
+}
+
+impl DataJob {
+    pub fn args(&self) -> Vec<String> {
+        let filename = self.filename.display().to_string().replace(':', "\\:");
+        vec![
+            "--name=data".into(),
+            format!("--filename={filename}"),
+            format!("--rw={}", if self.write { "randwrite" } else { "randread" }),
+            format!("--bs={}", self.bs),
+            format!("--direct={}", u8::from(self.direct)),
+            "--ioengine=io_uring".into(),
+            format!("--iodepth={}", self.iodepth),
+            format!("--offset={}", self.offset),
+            format!("--size={}", self.size),
+            format!("--io_size={}", self.io_size),
+            "--norandommap".into(),
+            "--randrepeat=0".into(),
+            "--output-format=json".into(),
+        ]
+    }
+}
+
+/// fio's bytes per second for a data job.
+pub fn run_data(job: &DataJob) -> Result<f64, String> {
+    let out = Command::new("fio").args(job.args()).output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "fio is not installed (apt-get install fio, or leave out --compare-fio)".into(),
+        _ => format!("cannot run fio: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(format!("fio failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let side = if job.write { "write" } else { "read" };
+    parse_bandwidth(&String::from_utf8_lossy(&out.stdout), side)
+}
+
+/// jobs[0].<side>.bw_bytes from fio's JSON, after checking jobs[0].error.
+pub fn parse_bandwidth(stdout: &str, side: &str) -> Result<f64, String> {
+    let doc = json_doc(stdout)?;
+    let job = doc.pointer("/jobs/0").ok_or("fio's JSON has no jobs[0]")?;
+    if job.pointer("/error").and_then(Value::as_i64).unwrap_or(0) != 0 {
+        return Err("fio's job failed".into());
+    }
+    job.pointer(&format!("/{side}/bw_bytes"))
+        .and_then(Value::as_f64)
+        .filter(|&b| b > 0.0)
+        .ok_or_else(|| format!("fio's JSON has no positive jobs[0].{side}.bw_bytes"))
+}
+
+fn json_doc(stdout: &str) -> Result<Value, String> {
+    let start = if stdout.starts_with('{') { 0 } else { stdout.find("\n{").ok_or("fio printed no JSON")? + 1 };
+    serde_json::Deserializer::from_str(&stdout[start..])
+        .into_iter()
+        .next()
+        .ok_or("fio printed no JSON")?
+        .map_err(|e| format!("cannot parse fio's JSON: {e}"))
+}
+
 /// What rb-bench reads of fio's JSON: the first job's read side.
 #[derive(Debug, PartialEq)]
 pub struct FioRead {
@@ -121,12 +193,7 @@ fn run(job: &FioJob) -> Result<f64, String> {
 /// Parses what `fio --output-format=json` printed: jobs[0].error, .read.iops and .read.total_ios.
 pub fn parse_output(stdout: &str) -> Result<FioRead, String> {
     // When a job fails, fio prints its own "fio: ..." lines on stdout ahead of the JSON.
-    let start = if stdout.starts_with('{') { 0 } else { stdout.find("\n{").ok_or("fio printed no JSON")? + 1 };
-    let doc: Value = serde_json::Deserializer::from_str(&stdout[start..])
-        .into_iter()
-        .next()
-        .ok_or("fio printed no JSON")?
-        .map_err(|e| format!("cannot parse fio's JSON: {e}"))?;
+    let doc = json_doc(stdout)?;
     let job = doc.pointer("/jobs/0").ok_or("fio's JSON has no jobs[0]")?;
     let field = |path: &str| job.pointer(path).ok_or_else(|| format!("fio's JSON has no jobs[0]{}", path.replace('/', ".")));
     let not_a = |path: &str, what: &str| format!("fio's jobs[0]{} is not {what}", path.replace('/', "."));

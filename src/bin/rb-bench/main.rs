@@ -5,8 +5,10 @@
 //! rb-bench --measure --io-engine posix io_uring --threads 1 8 --repeats 5 --queue-depth 128 [--compare-fio]
 //! ```
 //! `--measure` opens the device read-only for every repeat and never writes to it.
+//! `--workload data` formats its own fixture and times batched and single puts and gets.
 
 mod args;
+mod data;
 mod fio;
 mod fixture;
 mod hints;
@@ -41,6 +43,9 @@ fn main() -> ExitCode {
 
 /// `Ok(false)`: the measurement ran but a variant indexed other than the prepared N.
 fn run(args: &Args) -> Result<bool, String> {
+    if args.data {
+        return data::run(args);
+    }
     if args.prepare {
         fixture::prepare(args)?;
     }

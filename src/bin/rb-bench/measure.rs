@@ -48,7 +48,7 @@ impl std::ops::Sub for Cpu {
     }
 }
 
-fn cpu_time() -> Cpu {
+pub fn cpu_time() -> Cpu {
     // SAFETY: getrusage fills the zeroed struct we pass; no other memory is touched.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
