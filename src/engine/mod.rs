@@ -12,6 +12,7 @@ pub mod data;
 mod data_window;
 pub mod faults;
 pub mod posix;
+pub mod registry;
 pub mod uring;
 mod window;
 
