@@ -288,6 +288,11 @@ typedef struct rb_device_info {
 // An internal panic was caught at the boundary; the handle should be closed.
 #define RB_E_PANIC 14
 
+// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+// nothing was changed and no thread was left running. Ask for less (posix_threads,
+// queue_depth) or free resources and retry.
+#define RB_E_NO_MEMORY 15
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

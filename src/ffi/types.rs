@@ -37,6 +37,10 @@ pub const RB_E_STATE: rb_status = 12;
 pub const RB_E_EXISTS: rb_status = 13;
 /// An internal panic was caught at the boundary; the handle should be closed.
 pub const RB_E_PANIC: rb_status = 14;
+/// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+/// nothing was changed and no thread was left running. Ask for less (posix_threads,
+/// queue_depth) or free resources and retry.
+pub const RB_E_NO_MEMORY: rb_status = 15;
 
 /// io_uring where the kernel allows it, otherwise POSIX.
 pub const RB_ENGINE_AUTO: u32 = 0;
@@ -334,6 +338,7 @@ mod tests {
             (RB_E_STATE, Status::State),
             (RB_E_EXISTS, Status::Exists),
             (RB_E_PANIC, Status::Panic),
+            (RB_E_NO_MEMORY, Status::NoMemory),
         ];
         for (code, status) in pairs {
             assert_eq!(code, status as i32, "{status:?}");
