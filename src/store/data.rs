@@ -50,7 +50,7 @@ impl Store {
         }
         let (slot, generation) = {
             let mut st = self.writable()?;
-            let slot = st.index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })?;
+            let slot = st.index.allocate()?;
             (slot, st.next_generation())
         };
         let payload_len = value.len() as u64;
