@@ -122,13 +122,14 @@ typedef struct rb_options {
   uint32_t queue_depth;
   // Formatting only: alignment of everything on the device (default: max(4096, logical block)).
   uint32_t block_size;
-  // Formatting only: bytes of a slot header (default 4096).
+  // Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
   uint32_t header_bytes;
   // Formatting only: bytes of a slot, header included (default 1 MiB).
   uint64_t slot_bytes;
   // Formatting only: bytes of the device to use (default: all of it; required for an empty file).
   uint64_t capacity_bytes;
-  // Formatting only: metadata region size (default: room for a checkpoint of every slot).
+  // Formatting only: metadata region size (default: room for a checkpoint of every slot,
+  // up to two 4 GiB containers).
   uint64_t meta_bytes;
   // Formatting only: longest key (default 1024).
   uint32_t max_key_bytes;

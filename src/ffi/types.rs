@@ -120,13 +120,14 @@ pub struct rb_options {
     pub queue_depth: u32,
     /// Formatting only: alignment of everything on the device (default: max(4096, logical block)).
     pub block_size: u32,
-    /// Formatting only: bytes of a slot header (default 4096).
+    /// Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
     pub header_bytes: u32,
     /// Formatting only: bytes of a slot, header included (default 1 MiB).
     pub slot_bytes: u64,
     /// Formatting only: bytes of the device to use (default: all of it; required for an empty file).
     pub capacity_bytes: u64,
-    /// Formatting only: metadata region size (default: room for a checkpoint of every slot).
+    /// Formatting only: metadata region size (default: room for a checkpoint of every slot,
+    /// up to two 4 GiB containers).
     pub meta_bytes: u64,
     /// Formatting only: longest key (default 1024).
     pub max_key_bytes: u32,
