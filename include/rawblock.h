@@ -118,7 +118,8 @@ typedef struct rb_options {
   uint32_t flags;
   // Threads of the POSIX engine (default 1, at most 256).
   uint32_t posix_threads;
-  // Most reads in flight for io_uring (default 128, clamped to 4096).
+  // Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+  // queue_depth x header_bytes stays within 256 MiB).
   uint32_t queue_depth;
   // Formatting only: alignment of everything on the device (default: max(4096, logical block)).
   uint32_t block_size;

@@ -116,7 +116,8 @@ pub struct rb_options {
     pub flags: u32,
     /// Threads of the POSIX engine (default 1, at most 256).
     pub posix_threads: u32,
-    /// Most reads in flight for io_uring (default 128, clamped to 4096).
+    /// Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+    /// queue_depth x header_bytes stays within 256 MiB).
     pub queue_depth: u32,
     /// Formatting only: alignment of everything on the device (default: max(4096, logical block)).
     pub block_size: u32,
