@@ -250,11 +250,13 @@ enum Inner {
 impl Engine {
     /// Builds the engine `cfg` asks for. AUTO falls back to POSIX when io_uring
     /// is unavailable and keeps the reason ([`Engine::note`]).
+    /// A thread or buffer the host refuses is an error ([`Error::OutOfThreads`],
+    /// [`Error::OutOfMemory`]), with nothing left running.
     pub fn new(cfg: &EngineConfig, dev: &Device, record_len: usize) -> Result<Engine> {
-        let posix = || Inner::Posix(posix::PosixEngine::new(cfg.posix_threads()));
+        let posix = || posix::PosixEngine::new(cfg.posix_threads()).map(Inner::Posix);
         let uring = || uring::UringEngine::new(dev, cfg.uring_depth(record_len), record_len).map(Inner::IoUring);
         let (inner, note) = match cfg.choice() {
-            EngineChoice::Posix => (posix(), None),
+            EngineChoice::Posix => (posix()?, None),
             EngineChoice::UringCmd => {
                 return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: "not implemented yet".into() })
             }
@@ -267,7 +269,7 @@ impl Engine {
             },
             EngineChoice::Auto => match uring() {
                 Ok(u) => (u, None),
-                Err(e) => (posix(), Some(format!("io_uring unavailable ({e}); using posix"))),
+                Err(e) => (posix()?, Some(format!("io_uring unavailable ({e}); using posix"))),
             },
         };
         Ok(Engine { inner, note })
