@@ -125,17 +125,19 @@ typedef struct rb_options {
   uint32_t flags;
   // Threads of the POSIX engine (default 1, at most 256).
   uint32_t posix_threads;
-  // Most reads in flight for io_uring (default 128, clamped to 4096).
+  // Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+  // queue_depth x header_bytes stays within 256 MiB).
   uint32_t queue_depth;
   // Formatting only: alignment of everything on the device (default: max(4096, logical block)).
   uint32_t block_size;
-  // Formatting only: bytes of a slot header (default 4096).
+  // Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
   uint32_t header_bytes;
   // Formatting only: bytes of a slot, header included (default 1 MiB).
   uint64_t slot_bytes;
   // Formatting only: bytes of the device to use (default: all of it; required for an empty file).
   uint64_t capacity_bytes;
-  // Formatting only: metadata region size (default: room for a checkpoint of every slot).
+  // Formatting only: metadata region size (default: room for a checkpoint of every slot,
+  // up to two 4 GiB containers).
   uint64_t meta_bytes;
   // Formatting only: longest key (default 1024).
   uint32_t max_key_bytes;
@@ -314,6 +316,11 @@ typedef struct rb_item {
 
 // An internal panic was caught at the boundary; the handle should be closed.
 #define RB_E_PANIC 14
+
+// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+// nothing was changed and no thread was left running. Ask for less (posix_threads,
+// queue_depth) or free resources and retry.
+#define RB_E_NO_MEMORY 15
 
 #ifdef __cplusplus
 extern "C" {

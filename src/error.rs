@@ -25,6 +25,7 @@ pub enum Status {
     State = 12,
     Exists = 13,
     Panic = 14,
+    NoMemory = 15,
 }
 
 impl Status {
@@ -46,6 +47,7 @@ impl Status {
             Status::State => c"invalid state for this call",
             Status::Exists => c"device holds data",
             Status::Panic => c"internal panic",
+            Status::NoMemory => c"out of memory or resources",
         }
     }
 
@@ -53,7 +55,7 @@ impl Status {
         use Status::*;
         [
             Ok, InvalidArgument, Io, Format, NoSpace, TooLarge, NotFound, Corrupt,
-            BufferTooSmall, Unsupported, ReadOnly, Busy, State, Exists, Panic,
+            BufferTooSmall, Unsupported, ReadOnly, Busy, State, Exists, Panic, NoMemory,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -149,11 +151,27 @@ pub enum Error {
     /// Formatting would overwrite something.
     #[error("{} already holds {holds}", path.display())]
     Exists { path: PathBuf, holds: Holds },
+    /// The host could not provide `bytes` of memory for `what`; the call changed nothing.
+    #[error("out of memory: cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: &'static str, bytes: u64 },
+    /// The host refused a thread (e.g. RLIMIT_NPROC, or no memory for its stack);
+    /// the threads already started were stopped and joined.
+    #[error("out of resources: {what}: {source}")]
+    OutOfThreads {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io { context: context.into(), source }
+    }
+
+    /// An allocation of `bytes` for `what` failed.
+    pub fn out_of_memory(what: &'static str, bytes: impl TryInto<u64>) -> Error {
+        Error::OutOfMemory { what, bytes: bytes.try_into().unwrap_or(u64::MAX) }
     }
 
     pub fn status(&self) -> Status {
@@ -171,6 +189,7 @@ impl Error {
             Error::Busy(_) => Status::Busy,
             Error::NeedsRecovery | Error::AlreadyRecovered => Status::State,
             Error::Exists { .. } => Status::Exists,
+            Error::OutOfMemory { .. } | Error::OutOfThreads { .. } => Status::NoMemory,
         }
     }
 }

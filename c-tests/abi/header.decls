@@ -141,6 +141,7 @@ typedef struct rb_item {
 #define RB_E_STATE 12
 #define RB_E_EXISTS 13
 #define RB_E_PANIC 14
+#define RB_E_NO_MEMORY 15
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -53,6 +53,7 @@ class Status(IntEnum):
     STATE = _lib.RB_E_STATE
     EXISTS = _lib.RB_E_EXISTS
     PANIC = _lib.RB_E_PANIC
+    NO_MEMORY = _lib.RB_E_NO_MEMORY
 
 
 class SuperblockSource(IntEnum):

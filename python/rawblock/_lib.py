@@ -63,6 +63,7 @@ RB_E_BUSY = 11
 RB_E_STATE = 12
 RB_E_EXISTS = 13
 RB_E_PANIC = 14
+RB_E_NO_MEMORY = 15
 
 # The header's structs, in its order. Field names, order, C types, offsets and sizes are
 # checked against the header by tests/test_header.py.

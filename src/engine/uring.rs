@@ -15,6 +15,7 @@ use super::{BatchStats, Decoder, ReadCtx};
 use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
 use crate::device::Device;
+use crate::error::Error;
 use crate::sync::{self, lock};
 
 /// Rings a handle keeps at most; more concurrent callers wait for one.
@@ -33,10 +34,29 @@ struct RingPool {
     created: usize,
 }
 
+/// Why a ring could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    /// The kernel refused the ring: io_uring is unusable here.
+    Kernel(io::Error),
+    /// The arena could not be allocated ([`Error::OutOfMemory`]).
+    Memory(Error),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Kernel(e) => e.fmt(f),
+            SetupError::Memory(e) => e.fmt(f),
+        }
+    }
+}
+
 impl UringEngine {
     /// Sets up the first ring; an error here means io_uring is unusable.
-    /// `depth` comes from an [`EngineConfig`](super::EngineConfig), already within bounds.
-    pub fn new(dev: &Device, depth: usize, record_len: usize) -> io::Result<UringEngine> {
+    /// `depth` comes from [`EngineConfig::uring_depth`](super::EngineConfig::uring_depth),
+    /// which bounds the arena.
+    pub fn new(dev: &Device, depth: usize, record_len: usize) -> Result<UringEngine, SetupError> {
         let first = UringQueue::new(dev.fd(), depth, record_len, true)?;
         Ok(UringEngine {
             fd: dev.fd(),
@@ -89,7 +109,7 @@ impl UringEngine {
         stats
     }
 
-    fn checkout(&self) -> io::Result<UringQueue> {
+    fn checkout(&self) -> Result<UringQueue, SetupError> {
         let mut pool = lock(&self.pool);
         loop {
             if let Some(q) = pool.idle.pop() {
@@ -136,16 +156,19 @@ pub(crate) struct UringQueue {
 
 impl UringQueue {
     /// `register`: try registered buffers and file (false only in tests of the plain path).
-    fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> io::Result<UringQueue> {
+    fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> Result<UringQueue, SetupError> {
         // Room for the data window too, whose items issue up to MAX_OPS_PER_ITEM I/Os each.
         let entries = depth.max(data::MAX_OPS_PER_ITEM).next_power_of_two() as u32;
+        let arena_bytes = depth.saturating_mul(record_len);
+        let mut arena = AlignedBuf::try_zeroed(arena_bytes)
+            .ok_or_else(|| SetupError::Memory(Error::out_of_memory("the io_uring buffer arena", arena_bytes)))?;
         // COOP_TASKRUN avoids interrupting the task for completions; SINGLE_ISSUER and
         // DEFER_TASKRUN would pin a ring to one thread, which a shared pool cannot promise.
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::new(entries))?;
-        let mut arena = AlignedBuf::zeroed(depth * record_len);
+            .or_else(|_| IoUring::new(entries))
+            .map_err(SetupError::Kernel)?;
         let iov = libc::iovec { iov_base: arena.as_mut_ptr().cast(), iov_len: arena.len() };
         // Refused (RLIMIT_MEMLOCK, old kernels): plain reads, and the stats say so.
         // SAFETY: the arena outlives the ring (field order) and is never reallocated.

@@ -37,6 +37,10 @@ pub const RB_E_STATE: rb_status = 12;
 pub const RB_E_EXISTS: rb_status = 13;
 /// An internal panic was caught at the boundary; the handle should be closed.
 pub const RB_E_PANIC: rb_status = 14;
+/// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+/// nothing was changed and no thread was left running. Ask for less (posix_threads,
+/// queue_depth) or free resources and retry.
+pub const RB_E_NO_MEMORY: rb_status = 15;
 
 /// io_uring where the kernel allows it, otherwise POSIX.
 pub const RB_ENGINE_AUTO: u32 = 0;
@@ -112,17 +116,19 @@ pub struct rb_options {
     pub flags: u32,
     /// Threads of the POSIX engine (default 1, at most 256).
     pub posix_threads: u32,
-    /// Most reads in flight for io_uring (default 128, clamped to 4096).
+    /// Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+    /// queue_depth x header_bytes stays within 256 MiB).
     pub queue_depth: u32,
     /// Formatting only: alignment of everything on the device (default: max(4096, logical block)).
     pub block_size: u32,
-    /// Formatting only: bytes of a slot header (default 4096).
+    /// Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
     pub header_bytes: u32,
     /// Formatting only: bytes of a slot, header included (default 1 MiB).
     pub slot_bytes: u64,
     /// Formatting only: bytes of the device to use (default: all of it; required for an empty file).
     pub capacity_bytes: u64,
-    /// Formatting only: metadata region size (default: room for a checkpoint of every slot).
+    /// Formatting only: metadata region size (default: room for a checkpoint of every slot,
+    /// up to two 4 GiB containers).
     pub meta_bytes: u64,
     /// Formatting only: longest key (default 1024).
     pub max_key_bytes: u32,
@@ -378,6 +384,7 @@ mod tests {
             (RB_E_STATE, Status::State),
             (RB_E_EXISTS, Status::Exists),
             (RB_E_PANIC, Status::Panic),
+            (RB_E_NO_MEMORY, Status::NoMemory),
         ];
         for (code, status) in pairs {
             assert_eq!(code, status as i32, "{status:?}");

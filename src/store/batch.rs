@@ -320,9 +320,7 @@ impl DataJob for PutJob<'_> {
         let s = self.store;
         let g = s.sb.geometry;
         let (key, value) = self.items[i];
-        let slot = self.check(key, value).and_then(|()| {
-            lock(&s.state).index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })
-        });
+        let slot = self.check(key, value).and_then(|()| lock(&s.state).index.allocate());
         let slot = match slot {
             Ok(slot) => slot,
             Err(e) => {

@@ -24,8 +24,13 @@ impl RecordPool {
         RecordPool { record_bytes, kept: Mutex::new(Vec::new()) }
     }
 
-    fn take(&self) -> AlignedBuf {
-        lock(&self.kept).pop().unwrap_or_else(|| AlignedBuf::zeroed(self.record_bytes))
+    /// A record buffer; one the host cannot allocate is [`Error::OutOfMemory`].
+    fn take(&self) -> Result<AlignedBuf> {
+        match lock(&self.kept).pop() {
+            Some(buf) => Ok(buf),
+            None => AlignedBuf::try_zeroed(self.record_bytes)
+                .ok_or_else(|| Error::out_of_memory("a record buffer", self.record_bytes)),
+        }
     }
 
     fn give_back(&self, buf: AlignedBuf) {
@@ -50,12 +55,18 @@ impl Store {
         }
         let (slot, generation) = {
             let mut st = self.writable()?;
-            let slot = st.index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })?;
+            let slot = st.index.allocate()?;
             (slot, st.next_generation())
         };
         let payload_len = value.len() as u64;
         let payload_crc = crc32(value);
-        let mut buf = self.records.take();
+        let mut buf = match self.records.take() {
+            Ok(buf) => buf,
+            Err(e) => {
+                lock(&self.state).index.release(slot);
+                return Err(e);
+            }
+        };
         let rec = &mut buf[..g.record_bytes(payload_len) as usize];
         let hb = g.header_bytes() as usize;
         SlotHeader { device_id: self.sb.device_id, slot, generation, payload_len, payload_crc, key }.encode(&mut rec[..hb]);
@@ -106,7 +117,7 @@ impl Store {
     /// Reads the record `e` names into `out`; `None` when the entry changed meanwhile.
     fn read_entry(&self, key: &[u8], e: &Entry, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.sb.geometry;
-        let mut buf = self.records.take();
+        let mut buf = self.records.take()?;
         let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
         let verdict = match self.dev.read_at(rec, g.slot_offset(e.slot)) {
             Err(err) => Err(Error::io(format!("reading slot {}", e.slot), err)),

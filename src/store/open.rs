@@ -58,15 +58,18 @@ impl Store {
         let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
-        let (sb, superblock_source, phase) = match &opts.mode {
-            OpenMode::Create(f) => (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Ready),
+        let (sb, superblock_source, phase, engine) = match &opts.mode {
+            OpenMode::Create(f) => {
+                let (sb, engine) = format(&mut dev, f, &opts.engine)?;
+                (sb, SuperblockSource::Primary, Phase::Ready, engine)
+            }
             _ => {
                 let (sb, source) = read_superblock(&dev)?;
-                (sb, source, Phase::AwaitingRecovery)
+                let engine = Engine::new(&opts.engine, &dev, sb.geometry.header_bytes() as usize)?;
+                (sb, source, Phase::AwaitingRecovery, engine)
             }
         };
         let g = sb.geometry;
-        let engine = Engine::new(&opts.engine, &dev, g.header_bytes() as usize)?;
         Ok(Store {
             engine,
             faults: FaultTable::default(),
@@ -217,12 +220,15 @@ fn check_blank(dev: &Device) -> Result<()> {
     Err(Error::Exists { path: dev.path().to_path_buf(), holds })
 }
 
-fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
+/// Formats the device. The geometry is checked and the engine started (threads, buffers)
+/// before anything is written, so a refusal of either leaves the device as it was.
+fn format(dev: &mut Device, opts: &FormatOptions, engine: &EngineConfig) -> Result<(Superblock, Engine)> {
     let capacity = format_capacity(dev, opts.capacity_bytes)?;
     if !opts.overwrite {
         check_blank(dev)?;
     }
     let geometry = Geometry::plan(&opts.geometry, capacity, dev.logical_block())?;
+    let engine = Engine::new(engine, dev, geometry.header_bytes() as usize)?;
     dev.extend_to(geometry.device_bytes())?;
     let sb = Superblock { device_id: random_device_id()?, geometry };
     // Old checkpoints go first, then the new superblock: a crash in between leaves
@@ -238,5 +244,5 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
     }
     dev.write_at(&buf, 0).map_err(|e| Error::io("writing the superblock", e))?;
     dev.sync().map_err(|e| Error::io("syncing the new format", e))?;
-    Ok(sb)
+    Ok((sb, engine))
 }

@@ -152,7 +152,7 @@ impl Store {
     ) -> Result<(Index, Vec<SlotIndex>)> {
         let scan = matches!((opts.mode, loaded), (RecoverMode::Scan, _) | (RecoverMode::Auto, None));
         if scan {
-            return Ok(self.rebuild_from_scan(report));
+            return self.rebuild_from_scan(report);
         }
         let Some(ck) = loaded else {
             return Ok((Index::new(self.sb.geometry.slot_count()), Vec::new()));
@@ -161,13 +161,13 @@ impl Store {
         report.from = RecoveredFrom::Checkpoint;
         report.checkpoint_sequence = ck.header.sequence;
         report.checkpoint_entries = entries.len() as u64;
-        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report);
+        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report)?;
         let orphans = if opts.scrub_free { self.find_orphans(&index, report) } else { Vec::new() };
         Ok((index, orphans))
     }
 
     /// Every checkpoint entry checked against its slot header; entries that do not match are dropped.
-    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Index {
+    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Result<Index> {
         let g = self.sb.geometry;
         // Entries that cannot be right on this device are stale without a read.
         let plausible: Vec<usize> = (0..entries.len())
@@ -205,11 +205,11 @@ impl Store {
             let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
             kept.push((e.key, entry));
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), kept);
+        let (index, losers) = Index::rebuild(g.slot_count(), kept)?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
-        index
+        Ok(index)
     }
 
     /// Reads the header of each plausible entry's slot and judges it against the entry.
@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// Rebuilds from every header; returns the index and the slots of superseded duplicates.
-    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<SlotIndex>) {
+    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> Result<(Index, Vec<SlotIndex>)> {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Scan;
         let slots: Vec<SlotIndex> = g.all_slots().collect();
@@ -280,9 +280,9 @@ impl Store {
                 }
             }
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), valid);
+        let (index, losers) = Index::rebuild(g.slot_count(), valid)?;
         report.dropped_stale += losers.len() as u64;
-        (index, losers.iter().map(|e| e.slot).collect())
+        Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
 
     /// Reads the header of every slot `index` leaves free; returns those holding a valid header.
