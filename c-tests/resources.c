@@ -80,14 +80,13 @@ static int thread_limit_child(const char *path, const char *err_path) {
     CHECK_OK(rb_close(dev));
     CHECK(tasks() == before, "joined at close (%d)", tasks());
     fflush(stdout);
-    return rb_test_failures ? 1 : 0;
+    return test_result();
 }
 
 /* Before: RB_E_PANIC, a panic message and backtrace on stderr, and 31 threads left running. */
 static int test_a_refused_thread_is_a_status_and_nothing_on_stderr(void) {
     if (geteuid() != 0) {
-        printf("skip: not root, so the child cannot become an unprivileged user (RLIMIT_NPROC does not bind root)\n");
-        return 77;
+        SKIP("not root, so the child cannot become an unprivileged user (RLIMIT_NPROC does not bind root)");
     }
     char dir[512], path[600], err_path[600];
     test_path(dir, sizeof dir, "resources-nproc");
@@ -113,11 +112,12 @@ static int test_a_refused_thread_is_a_status_and_nothing_on_stderr(void) {
     unlink(path);
     unlink(err_path);
     rmdir(dir);
-    return 0;
+    return test_result();
 }
 
-int main(void) {
-    test_a_1_gib_header_is_refused_before_anything_is_written();
-    test_a_refused_thread_is_a_status_and_nothing_on_stderr(); /* 77: skipped, reason printed */
+int main(int argc, char **argv) {
+    test_init(argc, argv);
+    RUN(test_a_1_gib_header_is_refused_before_anything_is_written);
+    RUN(test_a_refused_thread_is_a_status_and_nothing_on_stderr);
     return test_finish("resources");
 }
