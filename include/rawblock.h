@@ -276,7 +276,8 @@ typedef struct rb_device_info {
 // A write on a handle opened with RB_OPEN_READ_ONLY.
 #define RB_E_READ_ONLY 10
 
-// Another handle or process has the device open for writing.
+// Another handle or process has the device open for writing, the block device is mounted or
+// claimed exclusively, or the file backs an attached loop device.
 #define RB_E_BUSY 11
 
 // The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).

@@ -1,9 +1,15 @@
 //! Opening a path (block device or regular file) and positional I/O on it.
+//!
+//! One writer per device: a writable block device is claimed exclusively
+//! (O_EXCL: the kernel refuses while it is mounted or claimed through another
+//! node of it), every handle takes an advisory lock, a loop device's handle
+//! locks its backing file as well, and a regular file backing an attached loop
+//! device is refused for writing.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -44,10 +50,15 @@ pub struct Device {
     logical_block: u32,
     direct: bool,
     writable: bool,
-    /// A second descriptor that holds the advisory lock. io_uring may keep the
-    /// main descriptor alive after close (registered files are released
-    /// asynchronously), so the lock must not live on it.
+    /// A second descriptor that holds the advisory lock and, for a writable
+    /// block device, the kernel's exclusive claim (O_EXCL). io_uring may keep
+    /// the main descriptor alive after close (registered files are released
+    /// asynchronously), so neither may live on it: the next writer would find
+    /// the device still locked or claimed.
     lock_file: Option<File>,
+    /// A loop device's backing file, locked like the device, so a writer on the
+    /// loop device and a writer on its file exclude each other.
+    backing_lock: Option<File>,
 }
 
 impl Device {
@@ -69,6 +80,11 @@ impl Device {
             Some(_) => {
                 return Err(Error::InvalidArgument(format!("{shown} is neither a block device nor a regular file")))
             }
+        };
+        // A writer claims a block device before anything else is done with it.
+        let claim = match kind {
+            DeviceKind::BlockDevice if write => Some(claim_block_device(path)?),
+            _ => None,
         };
         let mut flags = libc::O_CLOEXEC;
         if !mode.buffered {
@@ -94,8 +110,17 @@ impl Device {
             DeviceKind::BlockDevice => block_device_geometry(file.as_raw_fd())
                 .map_err(|e| Error::io(format!("cannot read the size of block device {shown}"), e))?,
             DeviceKind::RegularFile => {
-                let len = file.metadata().map_err(|e| Error::io(format!("cannot stat {shown}"), e))?.len();
-                (len, 512)
+                let m = file.metadata().map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
+                if write {
+                    if let Some(loop_dev) = loops_backed_by(m.dev(), m.ino()).first() {
+                        return Err(Error::Busy(format!(
+                            "{shown} is the backing file of the loop device {loop_dev}; a writer on the file beside \
+                             one on the loop device would destroy what either writes (open {loop_dev} instead, \
+                             or detach it first)"
+                        )));
+                    }
+                }
+                (m.len(), 512)
             }
         };
         Ok(Device {
@@ -106,7 +131,8 @@ impl Device {
             logical_block,
             direct: !mode.buffered,
             writable: write,
-            lock_file: None,
+            lock_file: claim,
+            backing_lock: None,
         })
     }
 
@@ -133,25 +159,72 @@ impl Device {
     }
 
     /// Takes an advisory lock for the life of the handle: exclusive for a
-    /// writer, shared for a reader, so two writers never share a device.
+    /// writer, shared for a reader, so two writers never share a device. A
+    /// loop device's backing file is locked the same way, so a writer on the
+    /// loop device and one on its file exclude each other in either order.
     pub fn lock(&mut self) -> Result<()> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(|e| Error::io(format!("cannot open {} to lock it", self.path.display()), e))?;
+        let file = match self.lock_file.take() {
+            Some(claimed) => claimed,
+            None => OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&self.path)
+                .map_err(|e| Error::io(format!("cannot open {} to lock it", self.path.display()), e))?,
+        };
+        let held = if self.writable { "in use" } else { "open for writing" };
+        match self.flock(&file) {
+            Ok(()) => self.lock_file = Some(file),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                return Err(Error::Busy(format!("{} is {held} by another handle or process", self.path.display())))
+            }
+            Err(e) => return Err(Error::io(format!("cannot lock {}", self.path.display()), e)),
+        }
+        if self.kind == DeviceKind::BlockDevice {
+            if let Some((backing, file)) = self.loop_backing_file() {
+                match self.flock(&file) {
+                    Ok(()) => self.backing_lock = Some(file),
+                    Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                        return Err(Error::Busy(format!(
+                            "{} is a loop device whose backing file {} is {held} by another handle or process",
+                            self.path.display(),
+                            backing.display()
+                        )))
+                    }
+                    Err(e) => return Err(Error::io(format!("cannot lock {}", backing.display()), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flock(&self, file: &File) -> io::Result<()> {
         let op = if self.writable { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
         // SAFETY: flock on a descriptor we own; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            self.lock_file = Some(file);
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let held = if self.writable { "in use" } else { "open for writing" };
-            Err(Error::Busy(format!("{} is {held} by another handle or process", self.path.display())))
+            Ok(())
         } else {
-            Err(Error::io(format!("cannot lock {}", self.path.display()), e))
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// When this block device is a loop device (or a partition of one): its
+    /// backing file, opened, if the path sysfs gives reaches the very file the
+    /// loop device reads (the same device and inode, where the loop driver says).
+    fn loop_backing_file(&self) -> Option<(PathBuf, File)> {
+        let rdev = std::fs::metadata(&self.path).ok()?.rdev();
+        let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
+        let text = std::fs::read_to_string(sys.join("loop/backing_file"))
+            .or_else(|_| std::fs::read_to_string(sys.join("../loop/backing_file")))
+            .ok()?;
+        let backing = PathBuf::from(text.trim_end_matches('\n'));
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&backing).ok()?;
+        let m = file.metadata().ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        match loop_backing_identity(self.file.as_raw_fd()) {
+            Some(id) if id != (m.dev(), m.ino()) => None,
+            _ => Some((backing, file)),
         }
     }
 
@@ -183,6 +256,114 @@ impl Device {
 /// The errno an I/O error carries, or EIO when it carries none (e.g. a short read).
 pub fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Claims a block device exclusively (O_EXCL) on a descriptor of its own. The
+/// kernel answers EBUSY while the device is mounted or claimed through any of
+/// its nodes: another writer, a filesystem, device mapper, RAID.
+fn claim_block_device(path: &Path) -> Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_EXCL).open(path).map_err(|e| {
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Error::io(format!("cannot open {}", path.display()), e);
+        }
+        let rdev = std::fs::metadata(path).map(|m| m.rdev()).ok();
+        let why = match rdev.and_then(|r| mounted_at(r).or_else(|| holders(r))) {
+            Some(why) => why,
+            None => "held exclusively by another process (a rawblock writer through this or another node \
+                     of the device, a filesystem, device mapper or RAID)"
+                .to_string(),
+        };
+        Error::Busy(format!("{} is {why}", path.display()))
+    })
+}
+
+/// "mounted at MOUNTPOINT (FSTYPE)" when a filesystem of block device `rdev` is mounted.
+fn mounted_at(rdev: u64) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (fields.get(2) == Some(&wanted.as_str()) && dash >= 5).then(|| {
+            format!("mounted at {} ({})", unescape_mountinfo(fields[4]), fields.get(dash + 1).unwrap_or(&"?"))
+        })
+    })
+}
+
+/// "held by NAME, ..." when block devices (device mapper, RAID) are stacked on `rdev`.
+fn holders(rdev: u64) -> Option<String> {
+    let dir = format!("/sys/dev/block/{}:{}/holders", libc::major(rdev), libc::minor(rdev));
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    (!names.is_empty()).then(|| format!("held by the block device(s) {} stacked on it", names.join(", ")))
+}
+
+/// The attached loop devices ("/dev/loopN") whose backing file is the file
+/// with this device and inode number. sysfs names each backing file by path;
+/// one that no longer resolves (deleted, another mount namespace) is skipped.
+pub fn loops_backed_by(dev: u64, ino: u64) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let m = std::fs::metadata(text.trim_end_matches('\n')).ok()?;
+            ((m.dev(), m.ino()) == (dev, ino)).then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The (device, inode) of the file behind a loop device's descriptor (LOOP_GET_STATUS64).
+fn loop_backing_identity(fd: RawFd) -> Option<(u64, u64)> {
+    /// struct loop_info64 of <linux/loop.h>.
+    #[repr(C)]
+    struct LoopInfo64 {
+        device: u64,
+        inode: u64,
+        rdevice: u64,
+        offset: u64,
+        sizelimit: u64,
+        number: u32,
+        encrypt_type: u32,
+        encrypt_key_size: u32,
+        flags: u32,
+        file_name: [u8; 64],
+        crypt_name: [u8; 64],
+        encrypt_key: [u8; 32],
+        init: [u64; 2],
+    }
+    const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+    // SAFETY: all-zero bytes are a valid LoopInfo64 (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 writes one struct loop_info64 through the valid pointer.
+    if unsafe { libc::ioctl(fd, LOOP_GET_STATUS64 as _, &mut info as *mut LoopInfo64) } != 0 {
+        return None;
+    }
+    Some((info.device, info.inode))
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as \ and three octal digits.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+        if octal {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn block_device_geometry(fd: RawFd) -> io::Result<(u64, u32)> {
@@ -275,5 +456,12 @@ mod tests {
     #[test]
     fn device_ids_differ() {
         assert_ne!(random_device_id().unwrap(), random_device_id().unwrap());
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\011c\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04", "a cut-off escape stays as it is");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

@@ -29,7 +29,8 @@ pub const RB_E_BUFFER_TOO_SMALL: rb_status = 8;
 pub const RB_E_UNSUPPORTED: rb_status = 9;
 /// A write on a handle opened with RB_OPEN_READ_ONLY.
 pub const RB_E_READ_ONLY: rb_status = 10;
-/// Another handle or process has the device open for writing.
+/// Another handle or process has the device open for writing, the block device is mounted or
+/// claimed exclusively, or the file backs an attached loop device.
 pub const RB_E_BUSY: rb_status = 11;
 /// The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).
 pub const RB_E_STATE: rb_status = 12;
