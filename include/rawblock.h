@@ -256,7 +256,8 @@ typedef struct rb_device_info {
 // The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 #define RB_E_FORMAT 3
 
-// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 #define RB_E_NO_SPACE 4
 
 // A key longer than the device's max_key_bytes, or a value larger than a slot's payload.

@@ -12,7 +12,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::aligned::AlignedBuf;
+use crate::error::{Error, HostSpace, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -59,6 +60,21 @@ pub struct Device {
     /// A loop device's backing file, locked like the device, so a writer on the
     /// loop device and a writer on its file exclude each other.
     backing_lock: Option<File>,
+    /// Opening created the file (a failed format removes it again).
+    created: bool,
+    /// The file's length when it was opened (a failed format restores it).
+    opened_len: u64,
+}
+
+/// How [`Device::allocate`] reserved the space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocated {
+    /// Nothing to do: a block device, or no bytes.
+    Nothing,
+    /// fallocate(2).
+    Fallocate,
+    /// The filesystem has no fallocate: zeros were written (and synced).
+    Zeroed,
 }
 
 impl Device {
@@ -93,19 +109,27 @@ impl Device {
         if mode.sync_writes {
             flags |= libc::O_DSYNC;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .create(mode.access == Access::Create && kind == DeviceKind::RegularFile)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
-                    Error::DirectIoRefused { path: path.to_path_buf(), source: e }
-                } else {
-                    Error::io(format!("cannot open {shown}"), e)
+        let open_error = |e: io::Error| {
+            if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
+                Error::DirectIoRefused { path: path.to_path_buf(), source: e }
+            } else {
+                Error::io(format!("cannot open {shown}"), e)
+            }
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(write).custom_flags(flags);
+        // Whether the file was created here (not merely found): a failed format removes only that.
+        let (file, created) = match meta {
+            None => match options.clone().create_new(true).open(path) {
+                Ok(f) => (f, true),
+                // Made meanwhile, or a dangling symlink (whose target O_CREAT makes, not ours to remove).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    (options.clone().create(true).open(path).map_err(open_error)?, false)
                 }
-            })?;
+                Err(e) => return Err(open_error(e)),
+            },
+            Some(_) => (options.open(path).map_err(open_error)?, false),
+        };
         let (capacity, logical_block) = match kind {
             DeviceKind::BlockDevice => block_device_geometry(file.as_raw_fd())
                 .map_err(|e| Error::io(format!("cannot read the size of block device {shown}"), e))?,
@@ -133,6 +157,8 @@ impl Device {
             writable: write,
             lock_file: claim,
             backing_lock: None,
+            created,
+            opened_len: capacity,
         })
     }
 
@@ -156,6 +182,10 @@ impl Device {
     }
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+    /// Whether opening created the file.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Takes an advisory lock for the life of the handle: exclusive for a
@@ -228,13 +258,79 @@ impl Device {
         }
     }
 
+    /// Undoes what a failed format did to the filesystem, as far as it can: a
+    /// file this handle created is removed (when the path still names it), an
+    /// existing file it grew is cut back to its length at open.
+    pub fn undo_format(&mut self) {
+        if self.kind != DeviceKind::RegularFile {
+            return;
+        }
+        if self.created {
+            if let (Ok(ours), Ok(now)) = (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+                if (ours.dev(), ours.ino()) == (now.dev(), now.ino()) {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
+        } else if self.capacity > self.opened_len && self.file.set_len(self.opened_len).is_ok() {
+            self.capacity = self.opened_len;
+        }
+    }
+
     /// Grows a regular file (sparsely) to `len` bytes.
     pub fn extend_to(&mut self, len: u64) -> Result<()> {
         if self.kind == DeviceKind::RegularFile && self.capacity < len {
-            self.file.set_len(len).map_err(|e| Error::io(format!("cannot extend {} to {len} bytes", self.path.display()), e))?;
+            self.file
+                .set_len(len)
+                .map_err(|e| Error::io(format!("cannot extend {} to {len} bytes", self.path.display()), self.space(e)))?;
             self.capacity = len;
         }
         Ok(())
+    }
+
+    /// Reserves the filesystem blocks under `len` bytes at `offset` of a
+    /// regular file, so writes there cannot fail later for want of space.
+    /// Where the filesystem has no fallocate, zeros are written (and synced)
+    /// instead: for formatting only, as it overwrites the range. A no-op on a
+    /// block device. `offset` and `len` are multiples of the logical block size.
+    pub fn allocate(&self, offset: u64, len: u64) -> io::Result<Allocated> {
+        match self.reserve(offset, len)? {
+            false if self.kind == DeviceKind::RegularFile && len > 0 => {
+                self.zero_fill(offset, len)?;
+                Ok(Allocated::Zeroed)
+            }
+            false => Ok(Allocated::Nothing),
+            true => Ok(Allocated::Fallocate),
+        }
+    }
+
+    /// fallocate without touching the bytes (already allocated ranges stay as
+    /// they are). `Ok(false)`: nothing done (a block device, no bytes, or a
+    /// filesystem without fallocate).
+    pub fn reserve(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.kind != DeviceKind::RegularFile || len == 0 {
+            return Ok(false);
+        }
+        loop {
+            match fallocate(self.file.as_raw_fd(), offset, len) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(false),
+                Err(e) => return Err(self.space(e)),
+            }
+        }
+    }
+
+    /// Writes zeros over `len` bytes at `offset`, then syncs them.
+    fn zero_fill(&self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = AlignedBuf::zeroed(CHUNK.min(len) as usize);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            self.write_at(&zeros[..n as usize], offset + done)?;
+            done += n;
+        }
+        self.sync()
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`; EINTR is retried, a short read is an error.
@@ -242,20 +338,36 @@ impl Device {
         self.file.read_exact_at(buf, offset)
     }
 
-    /// Writes all of `buf` at `offset`; EINTR is retried.
+    /// Writes all of `buf` at `offset`; EINTR is retried. Running out of space
+    /// (ENOSPC, EDQUOT) comes back carrying a [`HostSpace`] that names the
+    /// filesystem; `Error::io` turns it into `Error::HostNoSpace`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset).map_err(|e| self.space(e))
     }
 
-    /// Makes completed writes durable (fdatasync).
+    /// Makes completed writes durable (fdatasync); out of space as in [`Device::write_at`].
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data().map_err(|e| self.space(e))
+    }
+
+    /// An out-of-space error wrapped with where it happened; other errors unchanged.
+    fn space(&self, e: io::Error) -> io::Error {
+        if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            return e;
+        }
+        let filesystem = match self.kind {
+            DeviceKind::RegularFile => Some(filesystem_of(&self.path, self.file.metadata().ok().map(|m| m.dev()))),
+            DeviceKind::BlockDevice => None,
+        };
+        io::Error::new(e.kind(), HostSpace { filesystem, source: e })
     }
 }
 
 /// The errno an I/O error carries, or EIO when it carries none (e.g. a short read).
 pub fn errno_of(e: &io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
+    e.raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<HostSpace>()?.source.raw_os_error())
+        .unwrap_or(libc::EIO)
 }
 
 /// Claims a block device exclusively (O_EXCL) on a descriptor of its own. The
@@ -345,6 +457,58 @@ fn loop_backing_identity(fd: RawFd) -> Option<(u64, u64)> {
     Some((info.device, info.inode))
 }
 
+/// fallocate(2) mode 0: allocates, extending the file when the range ends past it.
+fn fallocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(test)]
+    if tests::NO_FALLOCATE.with(|c| c.get()) {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    if unsafe { libc::fallocate(fd, 0, offset as libc::off_t, len as libc::off_t) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Names the filesystem holding `path` (whose st_dev is `dev`) from
+/// /proc/self/mountinfo: "MOUNTPOINT (FSTYPE on SOURCE)", the deepest mount
+/// of that device above the path.
+pub fn filesystem_of(path: &Path, dev: Option<u64>) -> String {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let full = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for line in text.lines() {
+        // ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        if dash < 5 || fields.len() < dash + 3 {
+            continue;
+        }
+        let same_dev = match (dev, fields[2].split_once(':')) {
+            (Some(d), Some((major, minor))) => {
+                major.parse() == Ok(libc::major(d)) && minor.parse() == Ok(libc::minor(d))
+            }
+            (None, _) => true,
+            _ => false,
+        };
+        let mount_point = unescape_mountinfo(fields[4]);
+        if !same_dev || !full.starts_with(&mount_point) {
+            continue;
+        }
+        let (fstype, source) = (fields[dash + 1], unescape_mountinfo(fields[dash + 2]));
+        let what = if source == fstype || source == "none" { fstype.to_string() } else { format!("{fstype} on {source}") };
+        if best.as_ref().is_none_or(|(depth, _)| mount_point.len() >= *depth) {
+            best = Some((mount_point.len(), format!("{mount_point} ({what})")));
+        }
+    }
+    best.map_or_else(|| format!("holding {}", path.display()), |(_, name)| name)
+}
+
 /// mountinfo writes space, tab, newline and backslash in paths as \ and three octal digits.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -402,9 +566,14 @@ pub fn random_device_id() -> Result<[u8; 16]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::aligned::AlignedBuf;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes fallocate answer EOPNOTSUPP on this thread, as some filesystems do.
+        pub(crate) static NO_FALLOCATE: Cell<bool> = const { Cell::new(false) };
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/device"));
@@ -463,5 +632,60 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b\011c\134d"), "/mnt/a b\tc\\d");
         assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04", "a cut-off escape stays as it is");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn filesystem_of_names_the_mount_holding_a_file() {
+        let p = tmp("fs.img");
+        std::fs::write(&p, b"x").unwrap();
+        let dev = std::fs::metadata(&p).unwrap().dev();
+        let name = filesystem_of(&p, Some(dev));
+        assert!(name.starts_with('/') && name.contains(" ("), "{name}");
+        let mount_point = name.split(" (").next().unwrap();
+        assert!(std::fs::canonicalize(&p).unwrap().starts_with(mount_point), "{name} for {}", p.display());
+    }
+
+    #[test]
+    fn allocate_reserves_blocks_and_falls_back_to_zeros() {
+        for no_fallocate in [false, true] {
+            let p = tmp(&format!("alloc-{no_fallocate}.img"));
+            let mut d = Device::open(&p, OpenMode { access: Access::Create, ..Default::default() }).unwrap();
+            d.extend_to(8 << 20).unwrap();
+            assert!(d.created());
+            NO_FALLOCATE.with(|c| c.set(no_fallocate));
+            let how = d.allocate(0, 3 << 20);
+            NO_FALLOCATE.with(|c| c.set(false));
+            let want = if no_fallocate { Allocated::Zeroed } else { Allocated::Fallocate };
+            assert_eq!(how.unwrap(), want);
+            let m = std::fs::metadata(&p).unwrap();
+            assert!(m.blocks() * 512 >= 3 << 20, "{} bytes allocated", m.blocks() * 512);
+            assert!(m.blocks() * 512 < 8 << 20, "only the range asked for is allocated");
+            assert_eq!(m.len(), 8 << 20);
+        }
+    }
+
+    #[test]
+    fn undo_format_removes_a_created_file_and_shrinks_an_existing_one() {
+        let p = tmp("undo-new.img");
+        let mut d = Device::open(&p, OpenMode { access: Access::Create, ..Default::default() }).unwrap();
+        d.extend_to(1 << 20).unwrap();
+        d.undo_format();
+        assert!(!p.exists(), "the file this handle created is gone");
+
+        let p = tmp("undo-old.img");
+        std::fs::write(&p, vec![7u8; 8192]).unwrap();
+        let mut d = Device::open(&p, OpenMode { access: Access::Create, ..Default::default() }).unwrap();
+        assert!(!d.created());
+        d.extend_to(1 << 20).unwrap();
+        d.undo_format();
+        assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 8192], "an existing file is back to its length and bytes");
+    }
+
+    #[test]
+    fn errno_of_sees_through_a_host_space_error() {
+        let e = io::Error::other(
+            HostSpace { filesystem: Some("/x (tmpfs)".into()), source: io::Error::from_raw_os_error(libc::ENOSPC) },
+        );
+        assert_eq!(errno_of(&e), libc::ENOSPC);
     }
 }

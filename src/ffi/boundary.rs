@@ -53,6 +53,7 @@ fn hint(e: &Error) -> &'static str {
         Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. } => "; use RB_ENGINE_IO_URING or RB_ENGINE_AUTO",
         Error::SlotsFull { .. } => "; rb_delete keys to make room",
         Error::CheckpointTooLarge { .. } => "; format with a larger meta_bytes",
+        Error::HostNoSpace { .. } => "; free space on that filesystem",
         _ => "",
     }
 }

@@ -16,7 +16,8 @@ pub const RB_E_INVALID_ARGUMENT: rb_status = 1;
 pub const RB_E_IO: rb_status = 2;
 /// The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 pub const RB_E_FORMAT: rb_status = 3;
-/// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+/// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+/// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 pub const RB_E_NO_SPACE: rb_status = 4;
 /// A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
 pub const RB_E_TOO_LARGE: rb_status = 5;

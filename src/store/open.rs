@@ -59,11 +59,34 @@ impl Store {
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
         let (sb, phase) = match &opts.mode {
-            OpenMode::Create(f) => (format(&mut dev, f)?, Phase::Ready),
-            _ => (read_superblock(&dev)?, Phase::AwaitingRecovery),
+            OpenMode::Create(f) => match format(&mut dev, f) {
+                Ok(sb) => (sb, Phase::Ready),
+                Err(e) => {
+                    // Nothing may be left that later looks like a device or hides the failure.
+                    dev.undo_format();
+                    return Err(e);
+                }
+            },
+            _ => {
+                let sb = read_superblock(&dev)?;
+                if dev.is_writable() {
+                    // A device formatted before the metadata region was allocated at format
+                    // gets it now. Best effort: running out of space shows at the checkpoint.
+                    let _ = dev.reserve(0, sb.geometry.meta_bytes());
+                }
+                (sb, Phase::AwaitingRecovery)
+            }
         };
         let g = sb.geometry;
-        let engine = Engine::new(&opts.engine, &dev, g.header_bytes() as usize)?;
+        let engine = match Engine::new(&opts.engine, &dev, g.header_bytes() as usize) {
+            Ok(engine) => engine,
+            Err(e) => {
+                if dev.created() {
+                    dev.undo_format();
+                }
+                return Err(e);
+            }
+        };
         Ok(Store {
             engine,
             faults: FaultTable::default(),
@@ -141,6 +164,12 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
     }
     let geometry = Geometry::plan(&opts.geometry, capacity, dev.logical_block())?;
     dev.extend_to(geometry.device_bytes())?;
+    // The metadata region is allocated before anything is written: a sparse file on a
+    // filesystem that fills up later must still take checkpoints. Running out of space
+    // here fails the format before the superblock exists.
+    let span = geometry.meta_bytes();
+    dev.allocate(0, span)
+        .map_err(|e| Error::io(format!("allocating the metadata region ({span} bytes) of {}", dev.path().display()), e))?;
     let sb = Superblock { device_id: random_device_id()?, geometry };
     // Old checkpoints go first, then the new superblock: a crash in between leaves
     // the old format with no checkpoint, never a new superblock over old entries.
@@ -150,6 +179,10 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
     }
     sb.encode(&mut buf);
     dev.write_at(&buf, 0).map_err(|e| Error::io("writing the superblock", e))?;
-    dev.sync().map_err(|e| Error::io("syncing the new format", e))?;
+    if let Err(e) = dev.sync() {
+        // A superblock that may not be durable is taken back (best effort).
+        let _ = dev.write_at(&AlignedBuf::zeroed(buf.len()), 0);
+        return Err(Error::io("syncing the new format", e));
+    }
     Ok(sb)
 }

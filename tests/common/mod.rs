@@ -2,6 +2,7 @@
 //! Each guard undoes its setup when dropped, also when the test fails.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,8 +21,8 @@ macro_rules! skip {
 
 /// Serialises the tests of one binary. They spawn losetup, mount and mkfs, and a
 /// child between fork and exec holds a copy of every descriptor of the process:
-/// of another test's device, keeping its advisory lock held (Busy on reopen)
-/// after the handle was closed.
+/// of another test's device, keeping its advisory lock held (Busy on reopen) or
+/// an unlinked file's blocks in use (ENOSPC) after the handle was closed.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
@@ -117,6 +118,11 @@ impl Mount {
         Ok(Mount { dir: dir.to_path_buf() })
     }
 
+    /// A tmpfs of `bytes`.
+    pub fn tmpfs(dir: &Path, bytes: u64) -> Result<Mount, String> {
+        Mount::new("tmpfs", dir, &["-t", "tmpfs", "-o", &format!("size={bytes}")])
+    }
+
     /// Unmounts, retrying while busy: io_uring releases a closed handle's
     /// registered file asynchronously, so a file on the mount may stay open a moment.
     pub fn unmount(self) -> Result<(), String> {
@@ -153,6 +159,28 @@ pub fn ext4_on_loop(image: &Path, bytes: u64) -> Result<Loop, String> {
     f.set_len(bytes).map_err(|e| e.to_string())?;
     run("mkfs.ext4", &["-q", "-F", "-m", "0", "-b", "4096", image.to_str().unwrap()])?;
     Loop::attach(image)
+}
+
+/// Fills the filesystem holding `dir` until writes fail with ENOSPC; returns the bytes written.
+pub fn fill(dir: &Path) -> u64 {
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let mut written = 0u64;
+    for chunk in [1usize << 20, 64 << 10, 4096, 512] {
+        let buf = vec![0x5au8; chunk];
+        for _round in 0..2 {
+            loop {
+                match f.write(&buf) {
+                    Ok(n) if n > 0 => written += n as u64,
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("filling {}: {e}", dir.display()),
+                }
+            }
+            // What a sync turns up (delayed allocation) is filled on the second round.
+            let _ = f.sync_all();
+        }
+    }
+    written
 }
 
 pub fn format_options(capacity: u64, slot_bytes: u64, overwrite: bool) -> OpenOptions {
