@@ -44,6 +44,10 @@
 // O_DSYNC: every acknowledged write is durable across power loss.
 #define RB_OPEN_SYNC_WRITES 16
 
+// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
+// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+#define RB_OPEN_PREALLOCATE 32
+
 // The checkpoint when one verifies, otherwise a scan of every slot header.
 #define RB_RECOVER_AUTO 0
 

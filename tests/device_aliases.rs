@@ -31,7 +31,7 @@ fn expect_busy(r: Result<Store, Error>, what: &str, names: &str) {
 /// A formatted 32 MiB file holding key "a" in its checkpoint.
 fn formatted_file(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("backing.img");
-    let s = Store::open(&file, &format_options(32 * MIB, SLOT, false)).unwrap();
+    let s = Store::open(&file, &format_options(32 * MIB, SLOT, false, false)).unwrap();
     s.put(b"a", b"first").unwrap();
     s.checkpoint().unwrap();
     file
@@ -49,7 +49,7 @@ fn the_backing_file_of_an_attached_loop_device_is_refused_for_writing() {
     let name = lo.name();
     // Nobody has the loop device open, yet a writer on the file would share it with any later one.
     expect_busy(open_rw(&file), "the backing file, read-write", &name);
-    expect_busy(Store::open(&file, &format_options(0, SLOT, true)), "the backing file, formatting", &name);
+    expect_busy(Store::open(&file, &format_options(0, SLOT, true, false)), "the backing file, formatting", &name);
     drop(open_ro(&file).expect("a reader of the backing file is fine while nobody writes"));
 
     let writer = open_rw(&lo.dev).unwrap();
@@ -83,7 +83,7 @@ fn a_loop_device_over_a_file_open_for_writing_is_busy() {
     let shown = file.display().to_string();
     expect_busy(open_rw(&lo.dev), "the loop device over a file with a writer", &shown);
     expect_busy(
-        Store::open(&lo.dev, &format_options(0, SLOT, true)),
+        Store::open(&lo.dev, &format_options(0, SLOT, true, false)),
         "formatting the loop device over a file with a writer",
         &shown,
     );
@@ -117,12 +117,12 @@ fn two_nodes_of_one_block_device_exclude_each_other() {
         skip!("cannot make a second node of {}: {}", lo.name(), std::io::Error::last_os_error());
     }
 
-    let s = Store::open(&lo.dev, &format_options(0, SLOT, true)).unwrap();
+    let s = Store::open(&lo.dev, &format_options(0, SLOT, true, false)).unwrap();
     s.put(b"a", b"first").unwrap();
     s.checkpoint().unwrap();
     expect_busy(open_rw(&alias), "a second node while the first has a writer", "held exclusively");
     expect_busy(
-        Store::open(&alias, &format_options(0, SLOT, true)),
+        Store::open(&alias, &format_options(0, SLOT, true, false)),
         "formatting through a second node",
         "held exclusively",
     );
@@ -156,7 +156,7 @@ fn a_mounted_filesystem_is_never_formatted() {
     std::fs::write(mnt.dir.join("canary"), &canary).unwrap();
     run("sync", &[]).unwrap();
 
-    expect_busy(Store::open(&lo.dev, &format_options(0, SLOT, true)), "formatting a mounted device", "mounted at");
+    expect_busy(Store::open(&lo.dev, &format_options(0, SLOT, true, false)), "formatting a mounted device", "mounted at");
     expect_busy(open_rw(&lo.dev), "opening a mounted device for writing", "mounted at");
     // A reader claims nothing (and finds no rawblock superblock).
     assert!(matches!(open_ro(&lo.dev), Err(Error::NotRawblock { .. })));

@@ -55,12 +55,12 @@ fn format_on_a_full_filesystem(kind: &str) {
 
     // A new file: the format fails before its superblock, and the file is gone.
     let new = mnt.dir.join("new.img");
-    expect_no_space(Store::open(&new, &format_options(64 * MIB, SLOT, false)), "formatting a new file", &mnt.dir);
+    expect_no_space(Store::open(&new, &format_options(64 * MIB, SLOT, false, false)), "formatting a new file", &mnt.dir);
     assert!(!new.exists(), "a failed format leaves no file behind");
 
     // An existing (empty) file: back to what it was, not a device.
     expect_no_space(
-        Store::open(&existing, &format_options(64 * MIB, SLOT, true)),
+        Store::open(&existing, &format_options(64 * MIB, SLOT, true, false)),
         "formatting an existing file",
         &mnt.dir,
     );
@@ -86,7 +86,7 @@ fn checkpoints_survive_a_full_filesystem(kind: &str) {
     };
     let path = mnt.dir.join("dev.img");
     // 64 MiB on a 32 MiB filesystem: sparse, as cache images usually are.
-    let s = Store::open(&path, &format_options(64 * MIB, SLOT, false)).unwrap();
+    let s = Store::open(&path, &format_options(64 * MIB, SLOT, false, false)).unwrap();
     s.put(b"a", &value(1000, 5000)).unwrap();
     s.checkpoint().unwrap();
     let acknowledged: Vec<(String, Vec<u8>)> = (0..46).map(|i| (format!("k{i}"), value(i, 10_000 + i * 100))).collect();
@@ -127,20 +127,60 @@ fn checkpoints_and_acknowledged_puts_survive_a_full_ext4() {
     checkpoints_survive_a_full_filesystem("ext4");
 }
 
-/// On an ordinary filesystem (target/): the metadata region is allocated, the
-/// slots are not; and a device formatted before this (its metadata region a
-/// hole) gets it allocated when opened for writing.
+fn preallocation(kind: &str) {
+    let _serial = serial();
+    let (_lo, mnt) = match filesystem(kind, "prealloc", 16 * MIB) {
+        Ok(f) => f,
+        Err(e) => skip!("{e}"),
+    };
+    // More than the filesystem holds: refused up front, nothing left behind.
+    let big = mnt.dir.join("big.img");
+    expect_no_space(Store::open(&big, &format_options(64 * MIB, SLOT, false, true)), "preallocating 64 MiB", &mnt.dir);
+    assert!(!big.exists());
+
+    // What fits is allocated whole: every slot can be written however full the filesystem gets.
+    let path = mnt.dir.join("dev.img");
+    let s = Store::open(&path, &format_options(6 * MIB, SLOT, false, true)).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= s.geometry().device_bytes());
+    fill(&mnt.dir);
+    let n = s.geometry().slot_count() as usize;
+    for i in 0..n {
+        s.put(format!("k{i}").as_bytes(), &value(i, SLOT as usize - 4096)).unwrap();
+    }
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = reopen_from_checkpoint(&path);
+    assert_eq!(s.len(), n);
+}
+
 #[test]
-fn format_allocates_the_metadata_region() {
+fn preallocate_allocates_the_whole_file_on_tmpfs() {
+    preallocation("tmpfs");
+}
+
+#[test]
+fn preallocate_allocates_the_whole_file_on_ext4() {
+    preallocation("ext4");
+}
+
+/// On an ordinary filesystem (target/): the metadata region is allocated, the
+/// slots are not, unless asked; and a device formatted before this (its
+/// metadata region a hole) gets it allocated when opened for writing.
+#[test]
+fn format_allocates_the_metadata_region_and_preallocate_the_rest() {
     let _serial = serial();
     let dir = scratch("alloc");
     let sparse = dir.join("sparse.img");
-    let s = Store::open(&sparse, &format_options(64 * MIB, SLOT, false)).unwrap();
+    let s = Store::open(&sparse, &format_options(64 * MIB, SLOT, false, false)).unwrap();
     let (meta, total) = (s.geometry().meta_bytes(), s.geometry().device_bytes());
     drop(s);
     let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
     assert!(allocated(&sparse) >= meta, "{} < {meta}", allocated(&sparse));
     assert!(allocated(&sparse) < total / 2, "the slots stay sparse");
+
+    let full = dir.join("full.img");
+    drop(Store::open(&full, &format_options(64 * MIB, SLOT, false, true)).unwrap());
+    assert!(allocated(&full) >= total, "{} < {total}", allocated(&full));
 
     // An image from before: punch the containers out, as a format without allocation left them.
     let f = std::fs::OpenOptions::new().write(true).open(&sparse).unwrap();

@@ -58,6 +58,9 @@ pub const RB_OPEN_READ_ONLY: u32 = 4;
 pub const RB_OPEN_BUFFERED: u32 = 8;
 /// O_DSYNC: every acknowledged write is durable across power loss.
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
+/// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
+/// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+pub const RB_OPEN_PREALLOCATE: u32 = 32;
 
 /// The checkpoint when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;

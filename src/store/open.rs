@@ -32,6 +32,10 @@ pub struct FormatOptions {
     pub capacity_bytes: u64,
     /// Format over a rawblock superblock or other data.
     pub overwrite: bool,
+    /// Allocate the whole file at format (fallocate), not only the metadata
+    /// region, so no write can later fail for want of space on its filesystem.
+    /// Nothing to do on a block device.
+    pub preallocate: bool,
 }
 
 /// How to open (and possibly format) a device.
@@ -167,9 +171,12 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
     // The metadata region is allocated before anything is written: a sparse file on a
     // filesystem that fills up later must still take checkpoints. Running out of space
     // here fails the format before the superblock exists.
-    let span = geometry.meta_bytes();
+    let (what, span) = match opts.preallocate {
+        true => ("the whole device", geometry.device_bytes()),
+        false => ("the metadata region", geometry.meta_bytes()),
+    };
     dev.allocate(0, span)
-        .map_err(|e| Error::io(format!("allocating the metadata region ({span} bytes) of {}", dev.path().display()), e))?;
+        .map_err(|e| Error::io(format!("allocating {what} ({span} bytes) of {}", dev.path().display()), e))?;
     let sb = Superblock { device_id: random_device_id()?, geometry };
     // Old checkpoints go first, then the new superblock: a crash in between leaves
     // the old format with no checkpoint, never a new superblock over old entries.

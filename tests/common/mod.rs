@@ -183,12 +183,13 @@ pub fn fill(dir: &Path) -> u64 {
     written
 }
 
-pub fn format_options(capacity: u64, slot_bytes: u64, overwrite: bool) -> OpenOptions {
+pub fn format_options(capacity: u64, slot_bytes: u64, overwrite: bool, preallocate: bool) -> OpenOptions {
     OpenOptions {
         mode: OpenMode::Create(FormatOptions {
             capacity_bytes: capacity,
             geometry: GeometryRequest { slot_bytes, ..Default::default() },
             overwrite,
+            preallocate,
         }),
         ..Default::default()
     }
