@@ -418,6 +418,8 @@ pub fn loops_backed_by(dev: u64, ino: u64) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
     let mut found: Vec<String> = entries
         .flatten()
+        // Only the loop driver's devices, named loopN, have loop/backing_file (when attached).
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("loop"))
         .filter_map(|entry| {
             let text = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
             let m = std::fs::metadata(text.trim_end_matches('\n')).ok()?;
