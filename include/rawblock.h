@@ -44,6 +44,10 @@
 // O_DSYNC: every acknowledged write is durable across power loss.
 #define RB_OPEN_SYNC_WRITES 16
 
+// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
+// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+#define RB_OPEN_PREALLOCATE 32
+
 // The checkpoint when one verifies, otherwise a scan of every slot header.
 #define RB_RECOVER_AUTO 0
 
@@ -285,7 +289,8 @@ typedef struct rb_item {
 // The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 #define RB_E_FORMAT 3
 
-// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 #define RB_E_NO_SPACE 4
 
 // A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
@@ -305,7 +310,8 @@ typedef struct rb_item {
 // A write on a handle opened with RB_OPEN_READ_ONLY.
 #define RB_E_READ_ONLY 10
 
-// Another handle or process has the device open for writing.
+// Another handle or process has the device open for writing, the block device is mounted or
+// claimed exclusively, or the file backs an attached loop device.
 #define RB_E_BUSY 11
 
 // The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).

@@ -98,7 +98,8 @@ class Fault(IntEnum):
 
 # Device() / recover() keyword -> the C name of the flag bit it sets.
 _OPEN_FLAG_NAMES = {"create": "RB_OPEN_CREATE", "overwrite": "RB_OPEN_OVERWRITE_OK", "read_only": "RB_OPEN_READ_ONLY",
-                    "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES"}
+                    "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES",
+                    "preallocate": "RB_OPEN_PREALLOCATE"}
 _RECOVER_FLAG_NAMES = {"keep_unreadable": "RB_RECOVER_KEEP_UNREADABLE", "scrub_free": "RB_RECOVER_SCRUB_FREE"}
 _OPEN_FLAGS = {kw: getattr(_lib, c) for kw, c in _OPEN_FLAG_NAMES.items()}
 _RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
@@ -383,7 +384,8 @@ class Device:
 
     def __init__(self, path: "str | bytes | os.PathLike", *, create: Optional[bool] = None,
                  overwrite: Optional[bool] = None, read_only: Optional[bool] = None, buffered: Optional[bool] = None,
-                 sync_writes: Optional[bool] = None, engine: Optional[Engine] = None,
+                 sync_writes: Optional[bool] = None, preallocate: Optional[bool] = None,
+                 engine: Optional[Engine] = None,
                  posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
                  capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
                  header_bytes: Optional[int] = None, block_size: Optional[int] = None,
@@ -392,7 +394,7 @@ class Device:
         _check(_L.rb_options_init(ctypes.byref(opts)))
         flags = opts.flags
         for kw, on in (("create", create), ("overwrite", overwrite), ("read_only", read_only),
-                       ("buffered", buffered), ("sync_writes", sync_writes)):
+                       ("buffered", buffered), ("sync_writes", sync_writes), ("preallocate", preallocate)):
             flags = _set_flag(flags, _OPEN_FLAGS[kw], on)
         _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
                   capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,

@@ -111,12 +111,14 @@ fn open_mode(o: &rb_options) -> Result<OpenMode, Error> {
             },
             capacity_bytes: o.capacity_bytes,
             overwrite: flag(RB_OPEN_OVERWRITE_OK),
+            preallocate: flag(RB_OPEN_PREALLOCATE),
         })),
     }
 }
 
 fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
-    const KNOWN: u32 = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK | RB_OPEN_READ_ONLY | RB_OPEN_BUFFERED | RB_OPEN_SYNC_WRITES;
+    const KNOWN: u32 =
+        RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK | RB_OPEN_READ_ONLY | RB_OPEN_BUFFERED | RB_OPEN_SYNC_WRITES | RB_OPEN_PREALLOCATE;
     if o.flags & !KNOWN != 0 {
         return Err(invalid(format!("unknown open flags {:#x}", o.flags & !KNOWN)));
     }

@@ -16,7 +16,8 @@ pub const RB_E_INVALID_ARGUMENT: rb_status = 1;
 pub const RB_E_IO: rb_status = 2;
 /// The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 pub const RB_E_FORMAT: rb_status = 3;
-/// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+/// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+/// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 pub const RB_E_NO_SPACE: rb_status = 4;
 /// A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
 pub const RB_E_TOO_LARGE: rb_status = 5;
@@ -29,7 +30,8 @@ pub const RB_E_BUFFER_TOO_SMALL: rb_status = 8;
 pub const RB_E_UNSUPPORTED: rb_status = 9;
 /// A write on a handle opened with RB_OPEN_READ_ONLY.
 pub const RB_E_READ_ONLY: rb_status = 10;
-/// Another handle or process has the device open for writing.
+/// Another handle or process has the device open for writing, the block device is mounted or
+/// claimed exclusively, or the file backs an attached loop device.
 pub const RB_E_BUSY: rb_status = 11;
 /// The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).
 pub const RB_E_STATE: rb_status = 12;
@@ -60,6 +62,9 @@ pub const RB_OPEN_READ_ONLY: u32 = 4;
 pub const RB_OPEN_BUFFERED: u32 = 8;
 /// O_DSYNC: every acknowledged write is durable across power loss.
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
+/// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
+/// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+pub const RB_OPEN_PREALLOCATE: u32 = 32;
 
 /// The checkpoint when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;

@@ -16,6 +16,7 @@ fn create(name: &str, engine: (EngineChoice, usize)) -> (std::path::PathBuf, Sto
         capacity_bytes: 16 << 20,
         geometry: GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() },
         overwrite: true,
+        ..Default::default()
     };
     let opts = OpenOptions { mode: OpenMode::Create(format), engine: EngineConfig::new(engine.0, engine.1, 8), ..Default::default() };
     (p.clone(), Store::open(&p, &opts).unwrap())

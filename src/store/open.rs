@@ -32,6 +32,10 @@ pub struct FormatOptions {
     pub capacity_bytes: u64,
     /// Format over a rawblock superblock or other data.
     pub overwrite: bool,
+    /// Allocate the whole file at format (fallocate), not only the metadata
+    /// region, so no write can later fail for want of space on its filesystem.
+    /// Nothing to do on a block device.
+    pub preallocate: bool,
 }
 
 /// How to open (and possibly format) a device.
@@ -59,12 +63,21 @@ impl Store {
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
         let (sb, superblock_source, phase, engine) = match &opts.mode {
-            OpenMode::Create(f) => {
-                let (sb, engine) = format(&mut dev, f, &opts.engine)?;
-                (sb, SuperblockSource::Primary, Phase::Ready, engine)
-            }
+            OpenMode::Create(f) => match format(&mut dev, f, &opts.engine) {
+                Ok((sb, engine)) => (sb, SuperblockSource::Primary, Phase::Ready, engine),
+                Err(e) => {
+                    // Nothing may be left that later looks like a device or hides the failure.
+                    dev.undo_format();
+                    return Err(e);
+                }
+            },
             _ => {
                 let (sb, source) = read_superblock(&dev)?;
+                if dev.is_writable() {
+                    // A device formatted before the metadata region was allocated at format
+                    // gets it now. Best effort: running out of space shows at the checkpoint.
+                    let _ = dev.reserve(0, sb.geometry.meta_bytes());
+                }
                 let engine = Engine::new(&opts.engine, &dev, sb.geometry.header_bytes() as usize)?;
                 (sb, source, Phase::AwaitingRecovery, engine)
             }
@@ -228,8 +241,21 @@ fn format(dev: &mut Device, opts: &FormatOptions, engine: &EngineConfig) -> Resu
         check_blank(dev)?;
     }
     let geometry = Geometry::plan(&opts.geometry, capacity, dev.logical_block())?;
-    let engine = Engine::new(engine, dev, geometry.header_bytes() as usize)?;
     dev.extend_to(geometry.device_bytes())?;
+    // The metadata region is allocated before anything is written: a sparse file on a
+    // filesystem that fills up later must still take checkpoints. Running out of space
+    // here fails the format before the superblock exists.
+    let (what, span) = match opts.preallocate {
+        true => ("the whole device", geometry.device_bytes()),
+        false => ("the metadata region", geometry.meta_bytes()),
+    };
+    dev.allocate(0, span)
+        .map_err(|e| Error::io(format!("allocating {what} ({span} bytes) of {}", dev.path().display()), e))?;
+    // The engine (threads, the io_uring arena) before anything is written, so a refusal
+    // leaves no format behind; after the allocation, because io_uring holds the file open
+    // after close (a registered file), which would keep a failed allocation's blocks
+    // from being freed when the file is removed.
+    let engine = Engine::new(engine, dev, geometry.header_bytes() as usize)?;
     let sb = Superblock { device_id: random_device_id()?, geometry };
     // Old checkpoints go first, then the new superblock: a crash in between leaves
     // the old format with no checkpoint, never a new superblock over old entries.
@@ -243,6 +269,14 @@ fn format(dev: &mut Device, opts: &FormatOptions, engine: &EngineConfig) -> Resu
         dev.write_at(&buf, copy).map_err(|e| Error::io("writing the superblock's copy", e))?;
     }
     dev.write_at(&buf, 0).map_err(|e| Error::io("writing the superblock", e))?;
-    dev.sync().map_err(|e| Error::io("syncing the new format", e))?;
+    if let Err(e) = dev.sync() {
+        // A superblock that may not be durable is taken back (best effort), copy included.
+        let zeros = AlignedBuf::zeroed(buf.len());
+        let _ = dev.write_at(&zeros, 0);
+        if let Some(copy) = geometry.superblock_copy_offset() {
+            let _ = dev.write_at(&zeros, copy);
+        }
+        return Err(Error::io("syncing the new format", e));
+    }
     Ok((sb, engine))
 }
