@@ -524,6 +524,24 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
                                   size_t n,
                                   size_t *count);
 
+// Registers `len` bytes at `addr` (the pinned pool of a serving engine) with the handle, so
+// rb_get_many and rb_put_many move data into and out of it through io_uring fixed buffers
+// (zero-copy items only; other engines accept the region and use plain I/O). Regions may not
+// overlap; at most 64, each at most 1 GiB. The memory must stay valid until
+// rb_unregister_memory returns. `*region` names the region.
+//
+// # Safety
+// `dev` is a live handle; `addr` points to `len` bytes that stay valid while registered;
+// `region` is writable.
+rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
+
+// Unregisters a region. Calls in flight that move data through it finish first: this
+// waits for them, and once it returns the library no longer touches the memory.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

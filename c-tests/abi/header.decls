@@ -192,6 +192,8 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
                                   const struct rb_item *items,
                                   size_t n,
                                   size_t *count);
+rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
+rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
 #ifdef __cplusplus
 }
 #endif

@@ -29,7 +29,7 @@ from . import _lib
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -375,6 +375,26 @@ class _CallGuard:
                 self._cv.notify_all()
 
 
+class Region:
+    """Memory registered with a Device (Device.register_memory); unregisters on exit."""
+
+    def __init__(self, device: "Device", region: int, buffer) -> None:
+        self._device, self.id, self._buffer = device, region, buffer
+
+    def unregister(self) -> None:
+        """Waits for calls in flight that use the region, then releases it (idempotent)."""
+        if self._buffer is not None:
+            with self._device._guard as h:
+                _check(_L.rb_unregister_memory(h, self.id))
+            self._buffer = None
+
+    def __enter__(self) -> "Region":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unregister()
+
+
 class Device:
     """An open rawblock device. Use Device.create() to format, Device.open() to reopen.
 
@@ -554,6 +574,18 @@ class Device:
         with self._guard as h:
             _check(_L.rb_count_present_prefix(h, arr, len(keys), ctypes.byref(count)))
         return count.value
+
+    def register_memory(self, buffer) -> "Region":
+        """Registers a writable buffer (e.g. an mmap'ed or pinned pool) so batched calls moving
+        data into and out of it use io_uring fixed buffers. Use the returned Region as a context
+        manager, or call its unregister(); the buffer must stay alive until then."""
+        ptr, n = _writable(buffer)
+        if n == 0:
+            raise ValueError("cannot register an empty buffer")
+        region = ctypes.c_uint32(0)
+        with self._guard as h:
+            _check(_L.rb_register_memory(h, ptr, n, ctypes.byref(region)))
+        return Region(self, region.value, buffer)
 
     def delete(self, key: bytes) -> None:
         k, kl = _buf(key)

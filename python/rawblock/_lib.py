@@ -222,6 +222,8 @@ SIGNATURES = {
     "rb_delete_many": (_status, [_dev, _P(Item), _size]),
     "rb_contains_many": (_status, [_dev, _P(Item), _size]),
     "rb_count_present_prefix": (_status, [_dev, _P(Item), _size, _P(_size)]),
+    "rb_register_memory": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_uint32)]),
+    "rb_unregister_memory": (_status, [_dev, ctypes.c_uint32]),
 }
 
 

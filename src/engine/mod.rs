@@ -243,6 +243,8 @@ pub struct Engine {
     inner: Inner,
     /// Why AUTO did not pick io_uring, when it did not.
     note: Option<String>,
+    /// Caller memory registered for fixed-buffer I/O (io_uring; POSIX accepts and ignores it).
+    registry: std::sync::Arc<registry::Registry>,
 }
 
 enum Inner {
@@ -256,8 +258,9 @@ impl Engine {
     /// A thread or buffer the host refuses is an error ([`Error::OutOfThreads`],
     /// [`Error::OutOfMemory`]), with nothing left running.
     pub fn new(cfg: &EngineConfig, dev: &Device, record_len: usize) -> Result<Engine> {
+        let registry = std::sync::Arc::new(registry::Registry::default());
         let posix = || posix::PosixEngine::new(cfg.posix_threads()).map(Inner::Posix);
-        let uring = || uring::UringEngine::new(dev, cfg.uring_depth(record_len), record_len).map(Inner::IoUring);
+        let uring = || uring::UringEngine::new(dev, cfg.uring_depth(record_len), record_len, registry.clone()).map(Inner::IoUring);
         let (inner, note) = match cfg.choice() {
             EngineChoice::Posix => (posix()?, None),
             EngineChoice::UringCmd => {
@@ -275,7 +278,20 @@ impl Engine {
                 Err(e) => (posix()?, Some(format!("io_uring unavailable ({e}); using posix"))),
             },
         };
-        Ok(Engine { inner, note })
+        Ok(Engine { inner, note, registry })
+    }
+
+    /// The caller memory registered with this handle.
+    pub fn registry(&self) -> &registry::Registry {
+        &self.registry
+    }
+
+    /// Drops unregistered regions from the idle rings' tables, so their pages are unpinned now
+    /// rather than at the ring's next use.
+    pub fn release_regions(&self) {
+        if let Inner::IoUring(u) = &self.inner {
+            u.apply_regions_to_idle();
+        }
     }
 
     pub fn kind(&self) -> EngineKind {

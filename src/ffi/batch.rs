@@ -224,3 +224,40 @@ pub unsafe extern "C" fn rb_count_present_prefix(dev: *mut rb_device, items: *co
 }
 
 const _: () = assert!(std::mem::size_of::<rb_item>() <= super::boundary::MAX_STRUCT_SIZE);
+
+/// Registers `len` bytes at `addr` (the pinned pool of a serving engine) with the handle, so
+/// rb_get_many and rb_put_many move data into and out of it through io_uring fixed buffers
+/// (zero-copy items only; other engines accept the region and use plain I/O). Regions may not
+/// overlap; at most 64, each at most 1 GiB. The memory must stay valid until
+/// rb_unregister_memory returns. `*region` names the region.
+///
+/// # Safety
+/// `dev` is a live handle; `addr` points to `len` bytes that stay valid while registered;
+/// `region` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_register_memory(dev: *mut rb_device, addr: *mut c_void, len: usize, region: *mut u32) -> rb_status {
+    guard("rb_register_memory", || {
+        if addr.is_null() || region.is_null() {
+            return Err(invalid("addr and region must not be NULL"));
+        }
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        let id = s.register_memory(addr.cast::<u8>(), len)?;
+        // SAFETY: region is non-NULL and writable.
+        unsafe { region.write(id.0) };
+        Ok(())
+    })
+}
+
+/// Unregisters a region. Calls in flight that move data through it finish first: this
+/// waits for them, and once it returns the library no longer touches the memory.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_unregister_memory(dev: *mut rb_device, region: u32) -> rb_status {
+    guard("rb_unregister_memory", || {
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.unregister_memory(crate::engine::registry::RegionId(region))
+    })
+}
