@@ -138,7 +138,21 @@ pub struct rb_options {
     /// Formatting only: longest key (default 1024).
     pub max_key_bytes: u32,
     pub reserved: u32,
+    /// RB_EVICT_NONE (default: a full device answers RB_E_NO_SPACE), RB_EVICT_LRU or
+    /// RB_EVICT_FIFO. Added after ABI 1's first struct: a shorter struct_size means NONE.
+    pub eviction: u32,
+    /// Free slots an eviction batch leaves, in thousandths of the slot count (default 10,
+    /// i.e. 1%; at least one slot).
+    pub evict_low_watermark_permille: u32,
 }
+
+/// rb_options.eviction: never evict; a put on a full device answers RB_E_NO_SPACE.
+pub const RB_EVICT_NONE: u32 = 0;
+/// rb_options.eviction: evict the entries read or written longest ago (after a restart,
+/// the oldest puts first).
+pub const RB_EVICT_LRU: u32 = 1;
+/// rb_options.eviction: evict the entries put longest ago.
+pub const RB_EVICT_FIFO: u32 = 2;
 
 /// Options for rb_recover. NULL means RB_RECOVER_AUTO with no flags.
 #[repr(C)]
@@ -355,7 +369,16 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
+versioned!(rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
+
+impl Versioned for rb_options {
+    const NAME: &'static str = "rb_options";
+    /// Callers built before the eviction fields pass the size that ends where they begin.
+    const MIN_SIZE: usize = std::mem::offset_of!(rb_options, eviction);
+    fn set_struct_size(&mut self) {
+        self.struct_size = std::mem::size_of::<Self>();
+    }
+}
 
 impl Versioned for rb_device_info {
     const NAME: &'static str = "rb_device_info";

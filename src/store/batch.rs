@@ -234,7 +234,7 @@ impl DataJob for GetJob<'_> {
         let g = s.sb.geometry;
         let key = self.keys[i];
         let (out, cap) = self.outs[i];
-        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|st| st.index.get(key).ok_or(Error::NotFound));
+        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| st.index.lookup(key).ok_or(Error::NotFound));
         let e = match lookup {
             Ok(e) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),
             other => other,
@@ -340,7 +340,7 @@ impl DataJob for PutJob<'_> {
         let s = self.store;
         let g = s.sb.geometry;
         let (key, value) = self.items[i];
-        let slot = self.check(key, value).and_then(|()| lock(&s.state).index.allocate());
+        let slot = self.check(key, value).and_then(|()| s.allocate_slot());
         let slot = match slot {
             Ok(slot) => slot,
             Err(e) => {

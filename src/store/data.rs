@@ -53,11 +53,9 @@ impl Store {
         if value.len() as u64 > g.max_payload() {
             return Err(Error::TooLarge { what: Oversized::Value, len: value.len() as u64, max: g.max_payload() });
         }
-        let (slot, generation) = {
-            let mut st = self.writable()?;
-            let slot = st.index.allocate()?;
-            (slot, st.next_generation())
-        };
+        drop(self.writable()?);
+        let slot = self.allocate_slot()?;
+        let generation = lock(&self.state).next_generation();
         let payload_len = value.len() as u64;
         let payload_crc = crc32(value);
         let mut buf = match self.records.take() {
@@ -103,7 +101,7 @@ impl Store {
         // A concurrent replace or delete can reuse the slot between lookup and read;
         // that shows as a changed index entry, and the lookup is retried.
         for _ in 0..64 {
-            let e = self.ready()?.index.get(key).ok_or(Error::NotFound)?;
+            let e = self.ready()?.index.lookup(key).ok_or(Error::NotFound)?;
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });
             }

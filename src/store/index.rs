@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::error::{Error, Result};
+use super::evict::{EvictionOrder, EvictionPolicy};
 use crate::format::{Generation, SlotIndex};
 
 /// Where a key's value lives and what its header must say.
@@ -28,6 +29,8 @@ pub struct Index {
     map: HashMap<Box<[u8]>, Entry>,
     /// Every slot not allocated (indexed, being written, or being invalidated).
     free: FreeRanges,
+    /// The entries in eviction order, when the handle evicts.
+    order: Option<EvictionOrder>,
 }
 
 /// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
@@ -119,7 +122,7 @@ const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
 impl Index {
     /// An index with every one of `slot_count` slots free; allocates nothing per slot.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]) }
+        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None }
     }
 
     pub fn len(&self) -> usize {
@@ -136,6 +139,35 @@ impl Index {
 
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         self.map.get(key).copied()
+    }
+
+    /// [`get`](Self::get) for a read that counts as a use (LRU eviction).
+    pub fn lookup(&mut self, key: &[u8]) -> Option<Entry> {
+        let e = self.map.get(key).copied();
+        if let (Some(_), Some(order)) = (e, self.order.as_mut()) {
+            order.touch(key);
+        }
+        e
+    }
+
+    /// Keeps the entries in `policy`'s eviction order from now on, starting from
+    /// generation order (the oldest put coldest).
+    pub fn set_eviction(&mut self, policy: EvictionPolicy) {
+        self.order = EvictionOrder::new(policy, self.map.iter().map(|(k, e)| (&k[..], e)));
+    }
+
+    /// Takes up to `n` of the coldest entries out of the index; their slots stay
+    /// allocated until the caller has invalidated and released them.
+    pub fn take_coldest(&mut self, n: usize) -> Vec<(Box<[u8]>, Entry)> {
+        let Some(order) = self.order.as_mut() else { return Vec::new() };
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some(key) = order.pop_coldest() else { break };
+            if let Some(e) = self.map.remove(&key) {
+                out.push((key, e));
+            }
+        }
+        out
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
@@ -172,18 +204,25 @@ impl Index {
 
     /// Installs `entry` (whose slot the caller allocated) for `key`, keeping the newer generation.
     pub fn install(&mut self, key: &[u8], entry: Entry) -> Displaced {
-        match self.map.get_mut(key) {
+        let displaced = match self.map.get_mut(key) {
             None => {
                 self.map.insert(key.into(), entry);
                 Displaced::Nothing
             }
             Some(current) if current.generation > entry.generation => Displaced::Superseded(entry),
             Some(current) => Displaced::Replaced(std::mem::replace(current, entry)),
+        };
+        if let (false, Some(order)) = (matches!(displaced, Displaced::Superseded(_)), self.order.as_mut()) {
+            order.insert(key);
         }
+        displaced
     }
 
     /// Removes the key; its slot stays allocated until the caller releases it.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        if let Some(order) = self.order.as_mut() {
+            order.remove(key);
+        }
         self.map.remove(key)
     }
 
@@ -204,7 +243,7 @@ impl Index {
         // The slots claimed so far, to settle a slot claimed twice.
         let mut claimed: HashSet<u64> = HashSet::new();
         claimed.try_reserve(hint).map_err(|_| oom(hint))?;
-        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]) };
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None };
         let mut losers = Vec::new();
         for (key, e) in entries {
             if claimed.contains(&e.slot.0) {
@@ -243,7 +282,7 @@ impl Index {
     /// Rough heap bytes: map buckets, keys, and the free ranges.
     pub fn approx_bytes(&self) -> usize {
         let keys: usize = self.map.keys().map(|k| k.len()).sum();
-        self.map.capacity() * BUCKET_BYTES + keys + self.free.approx_bytes()
+        self.map.capacity() * BUCKET_BYTES + keys + self.free.approx_bytes() + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
     }
 }
 

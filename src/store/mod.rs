@@ -14,6 +14,7 @@
 mod batch;
 mod checkpoint;
 mod data;
+mod evict;
 mod headers;
 pub mod index;
 mod open;
@@ -29,6 +30,7 @@ use crate::sync::lock;
 use index::Index;
 
 pub use checkpoint::CheckpointInfo;
+pub use evict::{Evicted, Eviction, EvictionPolicy, MAX_EVICTED_QUEUED};
 pub use headers::HeaderRead;
 pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
 pub use recovery::{RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
@@ -48,6 +50,8 @@ struct State {
     /// Slots holding superseded copies found by recovery, to invalidate
     /// before the first write so a later delete cannot resurrect them.
     pending_invalidation: Vec<SlotIndex>,
+    /// Evicted keys the server has not drained yet.
+    evicted: evict::EvictedQueue,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call
@@ -62,6 +66,7 @@ pub struct Store {
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,
+    eviction: Eviction,
 }
 
 impl Store {
@@ -158,6 +163,8 @@ impl State {
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod evict_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::error::{Error, Holds, Result};
 use crate::format::superblock::{SuperblockError, MAGIC};
 use crate::format::{Container, Generation, Geometry, GeometryRequest, Superblock};
 use super::index::Index;
+use super::Eviction;
 
 /// What opening does to the device.
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,6 +48,8 @@ pub struct OpenOptions {
     pub buffered: bool,
     /// O_DSYNC: each write is on stable media when it returns.
     pub sync_writes: bool,
+    /// What a put does when no slot is free.
+    pub eviction: Eviction,
 }
 
 /// How much of the start of a device is checked for existing data before formatting.
@@ -87,15 +90,21 @@ impl Store {
             engine,
             faults: FaultTable::default(),
             state: Mutex::new(State {
-                index: Index::new(g.slot_count()),
+                index: {
+                    let mut ix = Index::new(g.slot_count());
+                    ix.set_eviction(opts.eviction.policy);
+                    ix
+                },
                 phase,
                 last_generation: Generation(0),
                 pending_invalidation: Vec::new(),
+                evicted: Default::default(),
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,
+            eviction: opts.eviction,
             dev,
             sb,
         })

@@ -130,6 +130,7 @@ impl Store {
         let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
         st.last_generation = st.last_generation.max(newest);
         st.index = index;
+        st.index.set_eviction(self.eviction.policy);
         st.pending_invalidation.clear();
         if !self.is_read_only() {
             for slot in invalidate {
