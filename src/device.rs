@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -48,6 +49,27 @@ pub struct Device {
     /// main descriptor alive after close (registered files are released
     /// asynchronously), so the lock must not live on it.
     lock_file: Option<File>,
+    /// Test support: sees every write and sync (the power-loss simulator).
+    write_log: Option<(Arc<dyn WriteLog>, bool)>,
+}
+
+/// Sees, in order, every write and sync that reaches a device: the power-loss simulator
+/// records them to build crash images, and may cut a write short to simulate a failure.
+/// Every write path reports here; engine writes (io_uring) must too once they exist.
+pub(crate) trait WriteLog: Send + Sync {
+    /// Before a write of `len` bytes at `offset`: `Some(n)` lets only the first `n` bytes
+    /// reach the device and fails the write with ENOSPC, as a filling filesystem does.
+    fn cut(&self, offset: u64, len: usize) -> Option<usize>;
+    /// The bytes that reached the device; `durable` on an O_DSYNC device (already synced).
+    fn wrote(&self, offset: u64, data: &[u8], durable: bool);
+    /// An fdatasync completed.
+    fn synced(&self);
+}
+
+impl std::fmt::Debug for dyn WriteLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteLog")
+    }
 }
 
 impl Device {
@@ -107,6 +129,7 @@ impl Device {
             direct: !mode.buffered,
             writable: write,
             lock_file: None,
+            write_log: None,
         })
     }
 
@@ -171,12 +194,32 @@ impl Device {
 
     /// Writes all of `buf` at `offset`; EINTR is retried.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match &self.write_log {
+            None => self.file.write_all_at(buf, offset),
+            Some((log, dsync)) => {
+                let n = log.cut(offset, buf.len()).unwrap_or(buf.len()).min(buf.len());
+                let done = self.file.write_all_at(&buf[..n], offset);
+                log.wrote(offset, &buf[..n], *dsync);
+                done.and(if n < buf.len() { Err(io::Error::from_raw_os_error(libc::ENOSPC)) } else { Ok(()) })
+            }
+        }
     }
 
     /// Makes completed writes durable (fdatasync).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if let Some((log, _)) = &self.write_log {
+            log.synced();
+        }
+        Ok(())
+    }
+
+    /// Test support: reports every later write and sync to `log`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn set_write_log(&mut self, log: Arc<dyn WriteLog>) {
+        // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+        let dsync = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETFL) } & libc::O_DSYNC == libc::O_DSYNC;
+        self.write_log = Some((log, dsync));
     }
 }
 

@@ -155,6 +155,12 @@ impl Store {
         self.ready()?.index.get(key).map(|e| e.payload_len).ok_or(Error::NotFound)
     }
 
+    /// Test support: reports every later write and sync of this handle to `log`.
+    #[cfg(test)]
+    pub(crate) fn set_write_log(&mut self, log: std::sync::Arc<dyn crate::device::WriteLog>) {
+        self.dev.set_write_log(log)
+    }
+
     /// Removes `key`; its header is invalidated on the device before this returns.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         self.check_key(key)?;
