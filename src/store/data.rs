@@ -125,6 +125,17 @@ impl Store {
         verdict
     }
 
+    /// Whether the record `e` names is on the device whole: its header matches `e` and its
+    /// payload verifies. Recovery asks this of duplicate keys before choosing one.
+    pub(super) fn record_verifies(&self, key: &[u8], e: &Entry) -> std::io::Result<bool> {
+        let g = self.sb.geometry;
+        let mut buf = self.records.take();
+        let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+        let verdict = self.dev.read_at(rec, g.slot_offset(e.slot)).map(|()| self.verify(rec, key, e).is_ok());
+        self.records.give_back(buf);
+        verdict
+    }
+
     /// The payload of `rec` when its header and payload CRC match `e`.
     fn verify<'a>(&self, rec: &'a [u8], key: &[u8], e: &Entry) -> std::result::Result<&'a [u8], Mismatch> {
         let hb = self.sb.geometry.header_bytes() as usize;
