@@ -15,6 +15,8 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod powerloss;
 pub mod store;
 mod sync;
 
