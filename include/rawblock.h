@@ -41,7 +41,10 @@
 // Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 #define RB_OPEN_BUFFERED 8
 
-// O_DSYNC: every acknowledged write is durable across power loss.
+// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 #define RB_OPEN_SYNC_WRITES 16
 
 // The checkpoint when one verifies, otherwise a scan of every slot header.
@@ -50,7 +53,8 @@
 // The checkpoint only; none verifying leaves the index empty.
 #define RB_RECOVER_CHECKPOINT 1
 
-// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+// generation whose value verifies.
 #define RB_RECOVER_SCAN 2
 
 // Keep entries whose header read failed, unverified; rb_get verifies them when read.

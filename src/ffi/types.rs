@@ -54,14 +54,18 @@ pub const RB_OPEN_OVERWRITE_OK: u32 = 2;
 pub const RB_OPEN_READ_ONLY: u32 = 4;
 /// Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 pub const RB_OPEN_BUFFERED: u32 = 8;
-/// O_DSYNC: every acknowledged write is durable across power loss.
+/// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+/// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+/// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+/// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
 
 /// The checkpoint when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;
 /// The checkpoint only; none verifying leaves the index empty.
 pub const RB_RECOVER_CHECKPOINT: u32 = 1;
-/// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+/// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+/// generation whose value verifies.
 pub const RB_RECOVER_SCAN: u32 = 2;
 /// Keep entries whose header read failed, unverified; rb_get verifies them when read.
 pub const RB_RECOVER_KEEP_UNREADABLE: u32 = 1;
