@@ -1181,3 +1181,34 @@ fn a_failed_replace_leaves_the_acknowledged_value() {
     assert!(matches!(get(&s, b"K"), Err(Error::NotFound)), "the checkpoint's entry for v1 is stale");
     let _ = std::fs::remove_file(&path);
 }
+
+/// Item 8, what RB_OPEN_SYNC_WRITES buys today: put a; checkpoint; put b (O_DSYNC) and a
+/// crash. b's bytes are on the media, and a scan finds them; AUTO recovers from the
+/// checkpoint, which does not list b, so b is forgotten (RECOVERY.md, Known limits).
+#[test]
+fn sync_writes_put_after_a_checkpoint_is_found_by_a_scan_not_by_auto() {
+    let path = scratch_dir().join(format!("sync-writes-{}.img", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let fmt = FormatOptions { capacity_bytes: 1 << 20, geometry: GeometryRequest { slot_bytes: 64 << 10, ..Default::default() }, overwrite: false };
+    let mut s = Store::open(&path, &open_opts(OpenMode::Create(fmt), EngineChoice::Posix, true)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    s.set_write_log(rec.clone());
+    s.put(b"a", b"value a").unwrap();
+    s.checkpoint().unwrap();
+    let before_b = rec.len();
+    s.put(b"b", b"value b").unwrap();
+    let events = lock(&rec.events);
+    assert!(
+        matches!(events[before_b..], [Event::Write { .. }, Event::Sync]),
+        "with O_DSYNC the put's write is durable when it returns"
+    );
+    drop(events);
+    drop(s);
+    let (s, rep) = reopen(&path, true, RecoverMode::Auto);
+    assert_eq!(rep.from, RecoveredFrom::Checkpoint);
+    assert_eq!(get(&s, b"a").unwrap(), b"value a");
+    assert!(matches!(get(&s, b"b"), Err(Error::NotFound)), "AUTO does not replay puts since the checkpoint");
+    let (s, _) = reopen(&path, true, RecoverMode::Scan);
+    assert_eq!(get(&s, b"b").unwrap(), b"value b", "a scan finds the acknowledged put");
+    let _ = std::fs::remove_file(&path);
+}
