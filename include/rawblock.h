@@ -41,7 +41,10 @@
 // Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 #define RB_OPEN_BUFFERED 8
 
-// O_DSYNC: every acknowledged write is durable across power loss.
+// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 #define RB_OPEN_SYNC_WRITES 16
 
 // With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
@@ -54,7 +57,8 @@
 // The checkpoint only; none verifying leaves the index empty.
 #define RB_RECOVER_CHECKPOINT 1
 
-// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+// generation whose value verifies.
 #define RB_RECOVER_SCAN 2
 
 // Keep entries whose header read failed, unverified; rb_get verifies them when read.
@@ -97,6 +101,16 @@
 
 // Bytes of a key rb_slot_header carries inline; longer keys are truncated there.
 #define RB_HEADER_KEY_INLINE 256
+
+// rb_set_eviction: never evict; a put on a full device answers RB_E_NO_SPACE (the default).
+#define RB_EVICT_NONE 0
+
+// rb_set_eviction: evict the entries read or written longest ago (after a restart, the
+// oldest puts first).
+#define RB_EVICT_LRU 1
+
+// rb_set_eviction: evict the entries put longest ago.
+#define RB_EVICT_FIFO 2
 
 // rb_device_info.superblock_source: the superblock at offset 0 was used.
 #define RB_SUPERBLOCK_PRIMARY 0
@@ -541,6 +555,17 @@ rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint
 // # Safety
 // `dev` is a live handle.
 rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
+
+// Sets how the handle evicts when a put finds no free slot: RB_EVICT_NONE (the default: the
+// put answers RB_E_NO_SPACE), RB_EVICT_LRU or RB_EVICT_FIFO. An eviction batch takes the
+// coldest entries out of the index until `low_watermark_permille` thousandths of the slots
+// are free (0: the default, 10 = 1%; at least one slot), zeroes their headers on the device
+// as deletes do, and queues their keys for rb_take_evicted. The order starts from
+// generation order (oldest put coldest), as it does after every rb_recover.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
 
 #ifdef __cplusplus
 }  // extern "C"

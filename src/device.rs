@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, HostSpace, Result};
@@ -64,6 +65,27 @@ pub struct Device {
     created: bool,
     /// The file's length when it was opened (a failed format restores it).
     opened_len: u64,
+    /// Test support: sees every write and sync (the power-loss simulator).
+    write_log: Option<(Arc<dyn WriteLog>, bool)>,
+}
+
+/// Sees, in order, every write and sync that reaches a device: the power-loss simulator
+/// records them to build crash images, and may cut a write short to simulate a failure.
+/// Every write path reports here; engine writes (io_uring) must too once they exist.
+pub(crate) trait WriteLog: Send + Sync {
+    /// Before a write of `len` bytes at `offset`: `Some(n)` lets only the first `n` bytes
+    /// reach the device and fails the write with ENOSPC, as a filling filesystem does.
+    fn cut(&self, offset: u64, len: usize) -> Option<usize>;
+    /// The bytes that reached the device; `durable` on an O_DSYNC device (already synced).
+    fn wrote(&self, offset: u64, data: &[u8], durable: bool);
+    /// An fdatasync completed.
+    fn synced(&self);
+}
+
+impl std::fmt::Debug for dyn WriteLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteLog")
+    }
 }
 
 /// How [`Device::allocate`] reserved the space.
@@ -159,6 +181,7 @@ impl Device {
             backing_lock: None,
             created,
             opened_len: capacity,
+            write_log: None,
         })
     }
 
@@ -342,12 +365,33 @@ impl Device {
     /// (ENOSPC, EDQUOT) comes back carrying a [`HostSpace`] that names the
     /// filesystem; `Error::io` turns it into `Error::HostNoSpace`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset).map_err(|e| self.space(e))
+        match &self.write_log {
+            None => self.file.write_all_at(buf, offset).map_err(|e| self.space(e)),
+            Some((log, dsync)) => {
+                let n = log.cut(offset, buf.len()).unwrap_or(buf.len()).min(buf.len());
+                let done = self.file.write_all_at(&buf[..n], offset);
+                log.wrote(offset, &buf[..n], *dsync);
+                done.and(if n < buf.len() { Err(io::Error::from_raw_os_error(libc::ENOSPC)) } else { Ok(()) })
+                    .map_err(|e| self.space(e))
+            }
+        }
     }
 
     /// Makes completed writes durable (fdatasync); out of space as in [`Device::write_at`].
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data().map_err(|e| self.space(e))
+        self.file.sync_data().map_err(|e| self.space(e))?;
+        if let Some((log, _)) = &self.write_log {
+            log.synced();
+        }
+        Ok(())
+    }
+
+    /// Test support: reports every later write and sync to `log`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn set_write_log(&mut self, log: Arc<dyn WriteLog>) {
+        // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+        let dsync = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETFL) } & libc::O_DSYNC == libc::O_DSYNC;
+        self.write_log = Some((log, dsync));
     }
 
     /// An out-of-space error wrapped with where it happened; other errors unchanged.

@@ -30,6 +30,9 @@
 #define RB_FAULT_TRANSIENT 2
 #define RB_FAULT_SUBMIT 3
 #define RB_HEADER_KEY_INLINE 256
+#define RB_EVICT_NONE 0
+#define RB_EVICT_LRU 1
+#define RB_EVICT_FIFO 2
 #define RB_SUPERBLOCK_PRIMARY 0
 #define RB_SUPERBLOCK_COPY 1
 #define RB_ENGINE_NOTE_BYTES 256
@@ -194,6 +197,7 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
                                   size_t *count);
 rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
 rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
+rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
 #ifdef __cplusplus
 }
 #endif

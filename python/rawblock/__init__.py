@@ -29,7 +29,7 @@ from . import _lib
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "Region", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -61,6 +61,13 @@ class SuperblockSource(IntEnum):
     PRIMARY = _lib.RB_SUPERBLOCK_PRIMARY
     COPY = _lib.RB_SUPERBLOCK_COPY
     """The primary was damaged; a writable handle has rewritten it from the copy."""
+
+
+class Eviction(IntEnum):
+    """What a put does when no slot is free (Device.set_eviction)."""
+    NONE = _lib.RB_EVICT_NONE
+    LRU = _lib.RB_EVICT_LRU
+    FIFO = _lib.RB_EVICT_FIFO
 
 
 class Engine(IntEnum):
@@ -574,6 +581,14 @@ class Device:
         with self._guard as h:
             _check(_L.rb_count_present_prefix(h, arr, len(keys), ctypes.byref(count)))
         return count.value
+
+    def set_eviction(self, policy: Eviction, low_watermark_permille: int = 0) -> None:
+        """Evict the coldest entries (LRU or FIFO) when a put finds no free slot, down to
+        `low_watermark_permille` thousandths of the slots free (0: the library's default)."""
+        policy = _c_int(policy, ctypes.c_uint32, "policy")
+        permille = _c_int(low_watermark_permille, ctypes.c_uint32, "low_watermark_permille")
+        with self._guard as h:
+            _check(_L.rb_set_eviction(h, policy, permille))
 
     def register_memory(self, buffer) -> "Region":
         """Registers a writable buffer (e.g. an mmap'ed or pinned pool) so batched calls moving

@@ -47,6 +47,9 @@ RB_FAULT_SUBMIT = 3
 RB_HEADER_KEY_INLINE = 256
 RB_ENGINE_NOTE_BYTES = 256
 RB_SUPERBLOCK_PRIMARY = 0
+RB_EVICT_NONE = 0
+RB_EVICT_LRU = 1
+RB_EVICT_FIFO = 2
 RB_SUPERBLOCK_COPY = 1
 
 RB_OK = 0
@@ -224,6 +227,7 @@ SIGNATURES = {
     "rb_count_present_prefix": (_status, [_dev, _P(Item), _size, _P(_size)]),
     "rb_register_memory": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_uint32)]),
     "rb_unregister_memory": (_status, [_dev, ctypes.c_uint32]),
+    "rb_set_eviction": (_status, [_dev, ctypes.c_uint32, ctypes.c_uint32]),
 }
 
 

@@ -261,3 +261,26 @@ pub unsafe extern "C" fn rb_unregister_memory(dev: *mut rb_device, region: u32) 
         unsafe { device(dev)? }.unregister_memory(crate::engine::registry::RegionId(region))
     })
 }
+
+/// Sets how the handle evicts when a put finds no free slot: RB_EVICT_NONE (the default: the
+/// put answers RB_E_NO_SPACE), RB_EVICT_LRU or RB_EVICT_FIFO. An eviction batch takes the
+/// coldest entries out of the index until `low_watermark_permille` thousandths of the slots
+/// are free (0: the default, 10 = 1%; at least one slot), zeroes their headers on the device
+/// as deletes do, and queues their keys for rb_take_evicted. The order starts from
+/// generation order (oldest put coldest), as it does after every rb_recover.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_set_eviction(dev: *mut rb_device, policy: u32, low_watermark_permille: u32) -> rb_status {
+    guard("rb_set_eviction", || {
+        let policy = match policy {
+            RB_EVICT_NONE => crate::store::EvictionPolicy::None,
+            RB_EVICT_LRU => crate::store::EvictionPolicy::Lru,
+            RB_EVICT_FIFO => crate::store::EvictionPolicy::Fifo,
+            p => return Err(invalid(format!("unknown eviction policy {p}"))),
+        };
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.set_eviction(crate::store::Eviction { policy, low_watermark_permille })
+    })
+}

@@ -19,7 +19,7 @@ use crate::engine::{BatchStats, EngineChoice, EngineConfig, EngineKind, FaultMod
 use crate::error::{Error, Status};
 use crate::format::{GeometryRequest, SlotIndex, SlotState};
 use crate::store::{
-    Eviction, EvictionPolicy, FormatOptions, HeaderRead, OpenMode, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom, SuperblockSource,
+    FormatOptions, HeaderRead, OpenMode, OpenOptions, RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom, SuperblockSource,
 };
 
 mod abi;
@@ -129,17 +129,7 @@ fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
         RB_ENGINE_URING_CMD => EngineChoice::UringCmd,
         e => return Err(invalid(format!("unknown engine {e}"))),
     };
-    let policy = match o.eviction {
-        RB_EVICT_NONE => EvictionPolicy::None,
-        RB_EVICT_LRU => EvictionPolicy::Lru,
-        RB_EVICT_FIFO => EvictionPolicy::Fifo,
-        e => return Err(invalid(format!("unknown eviction policy {e}"))),
-    };
-    if o.evict_low_watermark_permille > 1000 {
-        return Err(invalid(format!("evict_low_watermark_permille {} exceeds 1000", o.evict_low_watermark_permille)));
-    }
     Ok(OpenOptions {
-        eviction: Eviction { policy, low_watermark_permille: o.evict_low_watermark_permille },
         mode: open_mode(o)?,
         engine: EngineConfig::new(choice, o.posix_threads as usize, o.queue_depth as usize),
         buffered: o.flags & RB_OPEN_BUFFERED != 0,

@@ -60,7 +60,10 @@ pub const RB_OPEN_OVERWRITE_OK: u32 = 2;
 pub const RB_OPEN_READ_ONLY: u32 = 4;
 /// Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 pub const RB_OPEN_BUFFERED: u32 = 8;
-/// O_DSYNC: every acknowledged write is durable across power loss.
+/// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+/// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+/// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+/// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
 /// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
 /// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
@@ -70,7 +73,8 @@ pub const RB_OPEN_PREALLOCATE: u32 = 32;
 pub const RB_RECOVER_AUTO: u32 = 0;
 /// The checkpoint only; none verifying leaves the index empty.
 pub const RB_RECOVER_CHECKPOINT: u32 = 1;
-/// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+/// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+/// generation whose value verifies.
 pub const RB_RECOVER_SCAN: u32 = 2;
 /// Keep entries whose header read failed, unverified; rb_get verifies them when read.
 pub const RB_RECOVER_KEEP_UNREADABLE: u32 = 1;
@@ -138,20 +142,14 @@ pub struct rb_options {
     /// Formatting only: longest key (default 1024).
     pub max_key_bytes: u32,
     pub reserved: u32,
-    /// RB_EVICT_NONE (default: a full device answers RB_E_NO_SPACE), RB_EVICT_LRU or
-    /// RB_EVICT_FIFO. Added after ABI 1's first struct: a shorter struct_size means NONE.
-    pub eviction: u32,
-    /// Free slots an eviction batch leaves, in thousandths of the slot count (default 10,
-    /// i.e. 1%; at least one slot).
-    pub evict_low_watermark_permille: u32,
 }
 
-/// rb_options.eviction: never evict; a put on a full device answers RB_E_NO_SPACE.
+/// rb_set_eviction: never evict; a put on a full device answers RB_E_NO_SPACE (the default).
 pub const RB_EVICT_NONE: u32 = 0;
-/// rb_options.eviction: evict the entries read or written longest ago (after a restart,
-/// the oldest puts first).
+/// rb_set_eviction: evict the entries read or written longest ago (after a restart, the
+/// oldest puts first).
 pub const RB_EVICT_LRU: u32 = 1;
-/// rb_options.eviction: evict the entries put longest ago.
+/// rb_set_eviction: evict the entries put longest ago.
 pub const RB_EVICT_FIFO: u32 = 2;
 
 /// Options for rb_recover. NULL means RB_RECOVER_AUTO with no flags.
@@ -369,16 +367,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
-
-impl Versioned for rb_options {
-    const NAME: &'static str = "rb_options";
-    /// Callers built before the eviction fields pass the size that ends where they begin.
-    const MIN_SIZE: usize = std::mem::offset_of!(rb_options, eviction);
-    fn set_struct_size(&mut self) {
-        self.struct_size = std::mem::size_of::<Self>();
-    }
-}
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
 
 impl Versioned for rb_device_info {
     const NAME: &'static str = "rb_device_info";

@@ -141,7 +141,9 @@ impl Store {
         Ok(keys.iter().take_while(|k| st.index.get(k).is_some()).count())
     }
 
-    /// Zeroes the header of every slot, then frees it; a slot whose write failed stays allocated.
+    /// Zeroes the header of every slot, then frees it. A slot whose zeroing failed stays
+    /// allocated and queued: every later write retries it first, so nothing acknowledged
+    /// afterwards can be undone by the header still there.
     pub(super) fn invalidate_many(&self, slots: &[SlotIndex]) -> Vec<Result<()>> {
         if slots.is_empty() {
             return Vec::new();
@@ -157,11 +159,17 @@ impl Store {
                     st.index.release(slot);
                     Ok(())
                 }
-                Some(Err(errno)) => Err(Error::io(
+                Some(Err(errno)) => {
+                    st.pending_invalidation.push(slot);
+                    Err(Error::io(
                     format!("invalidating the old header of slot {slot}"),
                     std::io::Error::from_raw_os_error(errno),
-                )),
-                None => Err(Error::Unsupported("invalidation never ran".into())),
+                ))
+                }
+                None => {
+                    st.pending_invalidation.push(slot);
+                    Err(Error::Unsupported("invalidation never ran".into()))
+                }
             })
             .collect()
     }
@@ -384,11 +392,8 @@ impl DataJob for PutJob<'_> {
         let PutState::Written(slot, payload_crc, _) = *state else { return };
         let (key, value) = self.items[i];
         if let Some(errno) = results.iter().find_map(|r| r.err()) {
-            // Leave nothing recovery could prefer: zero the header, then free the slot. If even
-            // that fails, the slot stays allocated so it is never reused.
-            if s.invalidate(slot).is_err() {
-                lock(&s.state).pending_invalidation.push(slot);
-            }
+            // Leave nothing recovery could prefer, as a single put does.
+            s.discard_failed_record(slot, self.generations[i]);
             *state = PutState::Done(Err(Error::io(format!("writing slot {slot}"), std::io::Error::from_raw_os_error(errno))));
             return;
         }

@@ -6,7 +6,7 @@ use super::index::{Displaced, Entry};
 use super::Store;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Oversized, Result};
-use crate::format::{crc32, SlotHeader, SlotIndex, SlotState};
+use crate::format::{crc32, Generation, SlotHeader, SlotIndex, SlotState};
 use crate::sync::lock;
 
 /// Aligned buffers of the largest record (header + max payload), reused so the data
@@ -73,18 +73,50 @@ impl Store {
         let written = self.dev.write_at(rec, g.slot_offset(slot));
         self.records.give_back(buf);
         if let Err(e) = written {
-            lock(&self.state).index.release(slot);
+            self.discard_failed_record(slot, generation);
             return Err(Error::io(format!("writing slot {slot}"), e));
         }
         let displaced = lock(&self.state).index.install(key, Entry { slot, generation, payload_len, payload_crc });
         match displaced {
             Displaced::Nothing => Ok(()),
-            Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate(old.slot),
+            Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate_or_queue(old.slot),
         }
     }
 
+    /// Undoes a record write that failed part-way: it may have left a valid header over a
+    /// torn payload, newer than the key's acknowledged value. The header is zeroed before the
+    /// slot is reused. If that fails too and the header did land (read back), the slot stays
+    /// allocated and queued, so every later write retries first and nothing acknowledged
+    /// afterwards can be undone by it (a scan meanwhile prefers the older copy that
+    /// verifies). A header that never landed (say ENOSPC before the first block) needs no
+    /// zeroing, which could fail the same way and would block every later write.
+    pub(super) fn discard_failed_record(&self, slot: SlotIndex, generation: Generation) {
+        if self.invalidate(slot).is_ok() {
+            return;
+        }
+        let hb = self.sb.geometry.header_bytes() as usize;
+        let mut block = AlignedBuf::zeroed(hb);
+        let landed = match self.dev.read_at(&mut block, self.sb.geometry.slot_offset(slot)) {
+            Ok(()) => matches!(SlotHeader::classify(&block, &self.sb.device_id, slot), SlotState::Valid(h) if h.generation == generation),
+            Err(_) => true, // unknown: assume it did
+        };
+        let mut st = lock(&self.state);
+        if landed {
+            st.pending_invalidation.push(slot);
+        } else {
+            st.index.release(slot);
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate), and when that fails, queues the slot so that every
+    /// later write retries first: until its header is zeroed, an older checkpoint or a scan
+    /// could still take it, and nothing may be acknowledged that it could undo.
+    fn invalidate_or_queue(&self, slot: SlotIndex) -> Result<()> {
+        self.invalidate(slot).inspect_err(|_| lock(&self.state).pending_invalidation.push(slot))
+    }
+
     /// Overwrites a slot's header with zeros, then frees the slot. If the write fails the
-    /// slot stays allocated (never reused) so its stale header cannot be mistaken later.
+    /// slot stays allocated (never reused), its header still on the device.
     pub(super) fn invalidate(&self, slot: SlotIndex) -> Result<()> {
         let zeros = AlignedBuf::zeroed(self.sb.geometry.block_size() as usize);
         self.dev
@@ -134,6 +166,17 @@ impl Store {
         verdict
     }
 
+    /// Whether the record `e` names is on the device whole: its header matches `e` and its
+    /// payload verifies. Recovery asks this of duplicate keys before choosing one.
+    pub(super) fn record_verifies(&self, key: &[u8], e: &Entry) -> std::io::Result<bool> {
+        let g = self.sb.geometry;
+        let mut buf = self.records.take().map_err(std::io::Error::other)?;
+        let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+        let verdict = self.dev.read_at(rec, g.slot_offset(e.slot)).map(|()| self.verify(rec, key, e).is_ok());
+        self.records.give_back(buf);
+        verdict
+    }
+
     /// The payload of `rec` when its header and payload CRC match `e`.
     fn verify<'a>(&self, rec: &'a [u8], key: &[u8], e: &Entry) -> std::result::Result<&'a [u8], Mismatch> {
         let hb = self.sb.geometry.header_bytes() as usize;
@@ -164,10 +207,16 @@ impl Store {
         self.ready()?.index.get(key).map(|e| e.payload_len).ok_or(Error::NotFound)
     }
 
+    /// Test support: reports every later write and sync of this handle to `log`.
+    #[cfg(test)]
+    pub(crate) fn set_write_log(&mut self, log: std::sync::Arc<dyn crate::device::WriteLog>) {
+        self.dev.set_write_log(log)
+    }
+
     /// Removes `key`; its header is invalidated on the device before this returns.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         self.check_key(key)?;
         let e = self.writable()?.index.remove(key).ok_or(Error::NotFound)?;
-        self.invalidate(e.slot)
+        self.invalidate_or_queue(e.slot)
     }
 }

@@ -155,13 +155,14 @@ struct Victims {
 impl Store {
     /// The lowest free slot; when there is none and the handle evicts, an eviction batch first.
     pub(super) fn allocate_slot(&self) -> Result<SlotIndex> {
-        let target = self.eviction.target_free(self.sb.geometry.slot_count());
         // A few rounds: puts running at once may take the slots a batch freed.
         for _ in 0..8 {
             let victims = {
                 let mut st = lock(&self.state);
+                let eviction = st.eviction;
                 match st.index.allocate() {
-                    Err(Error::SlotsFull { .. }) if self.eviction.policy != EvictionPolicy::None => {
+                    Err(Error::SlotsFull { .. }) if eviction.policy != EvictionPolicy::None => {
+                        let target = eviction.target_free(self.sb.geometry.slot_count());
                         let want = (target as usize).saturating_sub(st.index.free_slots()).max(1);
                         take_victims(&mut st.index, want)
                     }
@@ -180,11 +181,8 @@ impl Store {
     fn evict(&self, victims: Victims) {
         let results = self.invalidate_many(&victims.slots);
         let mut st = lock(&self.state);
-        for (e, r) in victims.evicted.into_iter().zip(results) {
-            if r.is_err() {
-                // The slot stays allocated (never reused) and pending: the next write zeroes it.
-                st.pending_invalidation.push(e.slot);
-            }
+        // A slot whose zeroing failed stays allocated and pending (invalidate_many queued it).
+        for (e, _) in victims.evicted.into_iter().zip(results) {
             st.evicted.push(Evicted { key: e.key, value_len: e.value_len, generation: e.generation });
         }
     }
@@ -201,16 +199,31 @@ impl Store {
     }
 
     pub fn eviction(&self) -> Eviction {
-        self.eviction
+        lock(&self.state).eviction
+    }
+
+    /// Sets how this handle evicts from now on (the order starts from generation order).
+    pub fn set_eviction(&self, eviction: Eviction) -> Result<()> {
+        if eviction.low_watermark_permille > 1000 {
+            return Err(Error::InvalidArgument(format!(
+                "low_watermark_permille {} exceeds 1000",
+                eviction.low_watermark_permille
+            )));
+        }
+        let mut st = lock(&self.state);
+        if st.eviction.policy != eviction.policy {
+            st.index.set_eviction(eviction.policy);
+        }
+        st.eviction = eviction;
+        Ok(())
     }
 }
 
-/// An entry leaving by eviction, with where it lived.
+/// An entry leaving by eviction.
 struct Leaving {
     key: Box<[u8]>,
     value_len: u64,
     generation: Generation,
-    slot: SlotIndex,
 }
 
 fn take_victims(index: &mut Index, n: usize) -> Victims {
@@ -219,7 +232,7 @@ fn take_victims(index: &mut Index, n: usize) -> Victims {
         slots: taken.iter().map(|(_, e)| e.slot).collect(),
         evicted: taken
             .into_iter()
-            .map(|(key, e)| Leaving { key, value_len: e.payload_len, generation: e.generation, slot: e.slot })
+            .map(|(key, e)| Leaving { key, value_len: e.payload_len, generation: e.generation })
             .collect(),
     }
 }

@@ -16,10 +16,11 @@ fn create(name: &str, policy: EvictionPolicy, permille: u32) -> (std::path::Path
     let opts = OpenOptions {
         mode: OpenMode::Create(format),
         engine: EngineConfig::new(EngineChoice::IoUring, 1, 8),
-        eviction: Eviction { policy, low_watermark_permille: permille },
         ..Default::default()
     };
-    (p.clone(), Store::open(&p, &opts).unwrap())
+    let s = Store::open(&p, &opts).unwrap();
+    s.set_eviction(Eviction { policy, low_watermark_permille: permille }).unwrap();
+    (p.clone(), s)
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -109,8 +110,8 @@ fn after_a_restart_lru_order_starts_from_generation_order() {
     s.get(&key(0), &mut out).unwrap(); // a use in this run: forgotten at the restart
     s.checkpoint().unwrap();
     drop(s);
-    let opts = OpenOptions { eviction: Eviction { policy: EvictionPolicy::Lru, low_watermark_permille: 0 }, ..Default::default() };
-    let s = Store::open(&p, &opts).unwrap();
+    let s = Store::open(&p, &OpenOptions::default()).unwrap();
+    s.set_eviction(Eviction { policy: EvictionPolicy::Lru, low_watermark_permille: 0 }).unwrap();
     s.recover(&RecoverOptions::default()).unwrap();
     s.put(b"after-restart", b"v").unwrap();
     assert_eq!(evicted_keys(&s), vec![key(0)], "the oldest generation goes first");

@@ -52,6 +52,8 @@ struct State {
     pending_invalidation: Vec<SlotIndex>,
     /// Evicted keys the server has not drained yet.
     evicted: evict::EvictedQueue,
+    /// What a put does when no slot is free (none by default).
+    eviction: Eviction,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call
@@ -66,7 +68,6 @@ pub struct Store {
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,
-    eviction: Eviction,
 }
 
 impl Store {

@@ -48,8 +48,6 @@ pub struct OpenOptions {
     pub buffered: bool,
     /// O_DSYNC: each write is on stable media when it returns.
     pub sync_writes: bool,
-    /// What a put does when no slot is free.
-    pub eviction: Eviction,
 }
 
 /// How much of the start of a device is checked for existing data before formatting.
@@ -90,21 +88,17 @@ impl Store {
             engine,
             faults: FaultTable::default(),
             state: Mutex::new(State {
-                index: {
-                    let mut ix = Index::new(g.slot_count());
-                    ix.set_eviction(opts.eviction.policy);
-                    ix
-                },
+                index: Index::new(g.slot_count()),
                 phase,
                 last_generation: Generation(0),
                 pending_invalidation: Vec::new(),
                 evicted: Default::default(),
+                eviction: Eviction::default(),
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,
-            eviction: opts.eviction,
             dev,
             sb,
         })

@@ -1,6 +1,7 @@
 //! Rebuilding the index after a restart: from the newest checkpoint, every
 //! entry validated against its slot header, or from a scan of every header.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::index::{Entry, Index};
@@ -19,7 +20,8 @@ pub enum RecoverMode {
     Auto,
     /// The checkpoint only; none verifying leaves the index empty.
     Checkpoint,
-    /// Every slot header, ignoring checkpoints.
+    /// Every slot header, ignoring checkpoints; a key found more than once keeps its
+    /// highest generation whose value verifies.
     Scan,
 }
 
@@ -130,7 +132,8 @@ impl Store {
         let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
         st.last_generation = st.last_generation.max(newest);
         st.index = index;
-        st.index.set_eviction(self.eviction.policy);
+        let policy = st.eviction.policy;
+        st.index.set_eviction(policy);
         st.pending_invalidation.clear();
         if !self.is_read_only() {
             for slot in invalidate {
@@ -281,9 +284,45 @@ impl Store {
                 }
             }
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), valid)?;
+        let (mut index, mut losers) = Index::rebuild(g.slot_count(), valid.iter().copied())?;
+        let torn = self.torn_newer_copies(&scanned, &index, &losers);
+        if !torn.is_empty() {
+            // Rare (a replace torn by a crash): settle again without the torn copies.
+            let sound: Vec<(&[u8], Entry)> = valid.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
+            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
+            losers.extend(torn);
+        }
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
+    }
+
+    /// A scan settles a key found in several slots by the highest generation, but a crash
+    /// can leave the newest copy with a valid header over a torn payload (a replace cut
+    /// short). Taking it would answer RB_E_CORRUPT and invalidate the good older copy: the
+    /// key's acknowledged value destroyed by a put that never completed. So the copies of
+    /// each duplicated key are read whole, newest first, and those newer than the newest
+    /// that verifies are returned, to lose to it. One record read per duplicated key while
+    /// its newest copy verifies; keys found once are not read. A copy that cannot be read
+    /// counts as not verifying; when none verifies, the generation order stands.
+    fn torn_newer_copies(&self, scanned: &[Scanned], index: &Index, losers: &[Entry]) -> Vec<Entry> {
+        // `scanned` holds every slot in order, and every loser came from a valid header.
+        let key_of = |slot: SlotIndex| match &scanned[slot.0 as usize] {
+            Scanned::Valid(key, _) => &key[..],
+            _ => unreachable!("a scan loser without a valid header"),
+        };
+        let mut copies: HashMap<&[u8], Vec<Entry>> = HashMap::new();
+        for e in losers {
+            copies.entry(key_of(e.slot)).or_default().push(*e);
+        }
+        let mut torn = Vec::new();
+        for (key, mut copies) in copies {
+            copies.extend(index.get(key));
+            copies.sort_by_key(|e| std::cmp::Reverse(e.generation));
+            if let Some(good) = copies.iter().position(|e| matches!(self.record_verifies(key, e), Ok(true))) {
+                torn.extend_from_slice(&copies[..good]);
+            }
+        }
+        torn
     }
 
     /// Reads the header of every slot `index` leaves free; returns those holding a valid header.
