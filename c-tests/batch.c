@@ -75,7 +75,7 @@ static int test_per_item_isolation(void) {
         test_path(path, sizeof path, "batch-iso");
         rb_device *dev = test_create(path, 16 << 20, SLOT, engines[e], 8);
         if (!dev) return T_EXIT_FAIL;
-        char keys[8][8];
+        char keys[8][16];
         unsigned char value[5000];
         for (int i = 0; i < 8; i++) {
             snprintf(keys[i], sizeof keys[i], "k%d", i);
@@ -185,7 +185,7 @@ static int test_registered_memory(void) {
     uint32_t region = 99;
     CHECK_OK(rb_register_memory(dev, pool, V * K, &region));
     CHECK_STATUS(rb_register_memory(dev, pool + V, V, &region), RB_E_INVALID_ARGUMENT); /* overlaps */
-    char keys[K][8];
+    char keys[K][16];
     rb_item items[K];
     for (int i = 0; i < K; i++) {
         snprintf(keys[i], sizeof keys[i], "r%d", i);
