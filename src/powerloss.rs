@@ -130,6 +130,8 @@ enum Seen {
 enum Op {
     /// `cut`: the record write was made to fail part-way (`cleanup_fails`: and the zeroing after it).
     Put { key: usize, vid: usize, ok: bool, cut: bool },
+    /// One rb_put_many of distinct keys: (key, value id, acknowledged) per item.
+    PutMany { items: Vec<(usize, usize, bool)> },
     Delete { key: usize },
     /// A write call with nothing of its own to write: runs the invalidations recovery queued.
     Poke,
@@ -376,6 +378,43 @@ impl Recording {
         self.step(Op::Put { key, vid, ok, cut: failing }, start);
     }
 
+    /// Puts new values of `n` distinct keys in one batch (through the engine's data path).
+    fn put_many(&mut self, n: usize) {
+        let g = self.run.g;
+        let mut keys: Vec<usize> = Vec::new();
+        while keys.len() < n.min(self.run.keys.len()) {
+            let k = self.rng.below(self.run.keys.len() as u64) as usize;
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let vids: Vec<usize> = keys
+            .iter()
+            .map(|&k| {
+                let vid = self.run.vals.len();
+                self.run.vals.push(make_value(vid, g.max_payload(), &mut self.rng));
+                self.run.val_key.push(k);
+                vid
+            })
+            .collect();
+        let items: Vec<(&[u8], &[u8])> = keys.iter().zip(&vids).map(|(&k, &v)| (&self.run.keys[k][..], &self.run.vals[v][..])).collect();
+        let start = self.rec.len();
+        let results = self.store().put_many(&items).unwrap_or_else(|e| panic!("run {}: put_many: {e}", self.run.number));
+        let mut done = Vec::with_capacity(keys.len());
+        for ((&k, &vid), r) in keys.iter().zip(&vids).zip(results) {
+            let ok = match r {
+                Ok(()) => true,
+                Err(Error::SlotsFull { .. }) => false,
+                Err(e) => panic!("run {}: put_many item: {e}", self.run.number),
+            };
+            done.push((k, vid, ok));
+        }
+        for &(k, _, _) in &done {
+            self.live[k] = read_key(&self.run, self.store(), k);
+        }
+        self.step(Op::PutMany { items: done }, start);
+    }
+
     fn delete(&mut self, key: usize) {
         let start = self.rec.len();
         match self.store().delete(&self.run.keys[key]) {
@@ -470,7 +509,11 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
     for _ in 0..cfg.ops {
         let key = w.rng.below(cfg.keys as u64) as usize;
         match w.rng.below(100) {
-            0..=54 => w.put(key, false, tally),
+            0..=46 => w.put(key, false, tally),
+            47..=54 => {
+                let n = 2 + w.rng.below(3) as usize;
+                w.put_many(n)
+            }
             55..=66 => w.delete(key),
             67..=78 => w.checkpoint(),
             79..=85 => w.put(key, true, tally),
@@ -500,7 +543,12 @@ fn expect_after_restart(run: &Run, k: usize, live: &[Seen], from_checkpoint: boo
     if from_checkpoint {
         let (at, snapshot) = ckpt.expect("recovered from a checkpoint the workload never took");
         let since = &run.steps[at + 1..];
-        if since.iter().any(|s| matches!(s.op, Op::Put { key, ok: true, .. } | Op::Delete { key } if key == k)) {
+        let acked_since = |s: &Step| match &s.op {
+            Op::Put { key, ok: true, .. } | Op::Delete { key } => *key == k,
+            Op::PutMany { items } => items.iter().any(|&(key, _, ok)| ok && key == k),
+            _ => false,
+        };
+        if since.iter().any(acked_since) {
             allowed.push(Seen::Absent);
         } else {
             allowed.push(snapshot[k]);
@@ -518,7 +566,7 @@ fn expect_after_restart(run: &Run, k: usize, live: &[Seen], from_checkpoint: boo
                 allowed.push(Seen::Value(vid));
                 allowed.push(Seen::Corrupt);
             }
-            Op::Put { .. } | Op::Delete { .. } | Op::Poke | Op::Checkpoint { .. } => break,
+            Op::Put { .. } | Op::PutMany { .. } | Op::Delete { .. } | Op::Poke | Op::Checkpoint { .. } => break,
             Op::Restart { .. } => {}
         }
     }
@@ -611,6 +659,19 @@ impl Run {
                         km.failed.clear();
                     } else if *cut {
                         km.failed.push(*vid);
+                    }
+                }
+                Op::PutMany { items } => {
+                    for &(key, vid, ok) in items {
+                        let km = &mut keys[key];
+                        km.ever.push(vid);
+                        km.touched = true;
+                        if !done {
+                            km.in_flight = Some(InFlight::Put(vid));
+                        } else if ok {
+                            km.acked = Some(Seen::Value(vid));
+                            km.failed.clear();
+                        }
                     }
                 }
                 Op::Delete { key } => {
