@@ -361,6 +361,33 @@ impl Device {
         self.file.read_exact_at(buf, offset)
     }
 
+    /// Reads `header` then `payload` from consecutive bytes at `offset` in one call (preadv),
+    /// so a payload lands straight in the caller's memory. Both must meet the O_DIRECT
+    /// alignment rule. EINTR is retried; a short read is an error (EIO).
+    pub fn read_two_at(&self, header: &mut [u8], payload: &mut [u8], offset: u64) -> io::Result<()> {
+        let iov = [
+            libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() },
+            libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+        ];
+        let want = header.len() + payload.len();
+        loop {
+            // SAFETY: both iovecs point into live, exclusively borrowed slices of their lengths.
+            let n = unsafe { libc::preadv(self.file.as_raw_fd(), iov.as_ptr(), 2, offset as libc::off_t) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n as usize == want {
+                return Ok(());
+            }
+            // O_DIRECT transfers are whole or end at the device's end: a short one is an error.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+    }
+
     /// Writes all of `buf` at `offset`; EINTR is retried. Running out of space
     /// (ENOSPC, EDQUOT) comes back carrying a [`HostSpace`] that names the
     /// filesystem; `Error::io` turns it into `Error::HostNoSpace`.

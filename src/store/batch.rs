@@ -194,7 +194,7 @@ impl Store {
     }
 
     /// Whether the header block and payload read back hold the value `e` names.
-    fn check_record(&self, header: &[u8], payload: &[u8], key: &[u8], e: &Entry) -> std::result::Result<(), &'static str> {
+    pub(super) fn check_record(&self, header: &[u8], payload: &[u8], key: &[u8], e: &Entry) -> std::result::Result<(), &'static str> {
         let h = match SlotHeader::classify(header, &self.sb.device_id, e.slot) {
             SlotState::Valid(h) => h,
             SlotState::Empty => return Err("the slot header is gone"),

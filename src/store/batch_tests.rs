@@ -180,3 +180,21 @@ fn registered_memory_uses_fixed_buffers_and_unregisters() {
     assert!(s.get_many(&refs, &mut outs).unwrap().iter().all(|r| r.is_ok()));
     assert!(!s.io_stats().registered_buffers);
 }
+
+/// A single get into an aligned, padded buffer takes the payload straight from the device,
+/// and a flipped payload bit is still RB_E_CORRUPT there, never the bytes.
+#[test]
+fn single_get_zero_copy_verifies_like_the_bounce_path() {
+    let (p, s) = create("single-direct", ENGINES[0]);
+    let v = value(7, 10_000);
+    s.put(b"k", &v).unwrap();
+    let mut out = AlignedBuf::zeroed(s.padded_len(v.len() as u64) as usize);
+    assert_eq!(s.get(b"k", &mut out).unwrap(), v.len());
+    assert_eq!(&out[..v.len()], &v[..]);
+    let slot = lock(&s.state).index.get(b"k").unwrap().slot;
+    let at = s.geometry().slot_offset(slot) + s.geometry().header_bytes() as u64 + 5;
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(&[!v[5]], at).unwrap();
+    assert!(matches!(s.get(b"k", &mut out), Err(Error::Corrupt(_))));
+    let mut unaligned = vec![0u8; v.len() + 1];
+    assert!(matches!(s.get(b"k", &mut unaligned[1..]), Err(Error::Corrupt(_))), "and on the bounce path");
+}

@@ -145,25 +145,40 @@ impl Store {
     }
 
     /// Reads the record `e` names into `out`; `None` when the entry changed meanwhile.
+    /// An aligned `out` with room for the padded payload takes it straight from the device
+    /// (the header lands in a small buffer); otherwise the record goes through a bounce buffer.
     fn read_entry(&self, key: &[u8], e: &Entry, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.sb.geometry;
+        let hb = g.header_bytes() as usize;
+        let padded = self.padded_len(e.payload_len) as usize;
+        let direct = out.as_ptr() as usize % crate::aligned::IO_ALIGN == 0 && out.len() >= padded && padded > 0;
         let mut buf = self.records.take()?;
-        let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
-        let verdict = match self.dev.read_at(rec, g.slot_offset(e.slot)) {
-            Err(err) => Err(Error::io(format!("reading slot {}", e.slot), err)),
-            Ok(()) => match self.verify(rec, key, e) {
+        let (read, verdict) = if direct {
+            let (header, _) = buf.split_at_mut(hb);
+            let read = self.dev.read_two_at(header, &mut out[..padded], g.slot_offset(e.slot));
+            let verdict = read.is_ok().then(|| self.check_record(&buf[..hb], &out[..e.payload_len as usize], key, e));
+            (read, verdict)
+        } else {
+            let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+            let read = self.dev.read_at(rec, g.slot_offset(e.slot));
+            let verdict = read.is_ok().then(|| match self.verify(rec, key, e) {
                 Ok(payload) => {
                     out[..payload.len()].copy_from_slice(payload);
-                    Ok(Some(payload.len()))
+                    Ok(())
                 }
-                Err(why) if self.ready()?.index.get(key) == Some(*e) => {
-                    Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))
-                }
-                Err(_) => Ok(None),
-            },
+                Err(why) => Err(why),
+            });
+            (read, verdict)
         };
         self.records.give_back(buf);
-        verdict
+        match (read, verdict) {
+            (Err(err), _) => Err(Error::io(format!("reading slot {}", e.slot), err)),
+            (Ok(()), Some(Ok(()))) => Ok(Some(e.payload_len as usize)),
+            (Ok(()), Some(Err(why))) if self.ready()?.index.get(key) == Some(*e) => {
+                Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))
+            }
+            (Ok(()), _) => Ok(None),
+        }
     }
 
     /// Whether the record `e` names is on the device whole: its header matches `e` and its
