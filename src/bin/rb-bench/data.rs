@@ -57,6 +57,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
     let engine = engine_config(args)?;
     let store = format_fixture(args, engine)?;
     let g = *store.geometry();
+    prefill(&args.device, &g)?;
     let value = args.value_bytes.unwrap_or(g.max_payload() as usize);
     if value as u64 > g.max_payload() || value == 0 {
         return Err(format!("--value-bytes {value} must be in 1..={} for {}-byte slots", g.max_payload(), g.slot_bytes()));
@@ -120,6 +121,33 @@ fn format_fixture(args: &Args, engine: EngineConfig) -> Result<Store, String> {
     };
     let opts = OpenOptions { mode: OpenMode::Create(format), engine, buffered: args.buffered, ..Default::default() };
     Store::open(&args.device, &opts).map_err(|e| crate::hints::prepare(e, &args.device, !args.buffered))
+}
+
+/// Writes zeros over a file fixture's slots (zeros read as empty slots), so every phase and
+/// fio's writes after them meet blocks the filesystem has written before: ext4's first write
+/// into a fallocated (unwritten) extent converts it, which a steady-state cache never pays.
+fn prefill(path: &std::path::Path, g: &Geometry) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.file_type().is_block_device() {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("cannot open {} to prefill it: {e}", path.display()))?;
+    let chunk = AlignedBuf::zeroed(8 << 20);
+    let (mut at, end) = (g.data_base(), g.device_bytes());
+    let t0 = Instant::now();
+    while at < end {
+        let n = chunk.len().min((end - at) as usize);
+        f.write_all_at(&chunk[..n], at).map_err(|e| format!("prefilling {}: {e}", path.display()))?;
+        at += n as u64;
+    }
+    f.sync_data().map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    println!("data: prefilled {:.1} GiB of slots with zeros in {:.1} s", (end - g.data_base()) as f64 / (1u64 << 30) as f64, t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn timed(op: &'static str, batch: usize, bytes: u64, f: impl FnOnce() -> Result<(), String>) -> Result<Phase, String> {
