@@ -388,6 +388,37 @@ impl Device {
         }
     }
 
+    /// Writes `header` then `payload` to consecutive bytes at `offset` in one call (pwritev),
+    /// so a payload goes straight from the caller's memory. Alignment as for
+    /// [`read_two_at`](Self::read_two_at); a short write is an error.
+    pub fn write_two_at(&self, header: &[u8], payload: &[u8], offset: u64) -> io::Result<()> {
+        if self.write_log.is_some() {
+            // The simulator records writes one buffer at a time.
+            self.write_at(header, offset)?;
+            return self.write_at(payload, offset + header.len() as u64);
+        }
+        let iov = [
+            libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() },
+            libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() },
+        ];
+        let want = header.len() + payload.len();
+        loop {
+            // SAFETY: both iovecs point into live slices of their lengths; the kernel only reads them.
+            let n = unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), 2, offset as libc::off_t) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(self.space(e));
+            }
+            if n as usize == want {
+                return Ok(());
+            }
+            return Err(self.space(io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
+    }
+
     /// Writes all of `buf` at `offset`; EINTR is retried. Running out of space
     /// (ENOSPC, EDQUOT) comes back carrying a [`HostSpace`] that names the
     /// filesystem; `Error::io` turns it into `Error::HostNoSpace`.

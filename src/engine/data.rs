@@ -33,6 +33,16 @@ pub struct IoOp {
     pub fixed: Option<u16>,
     /// The slot the I/O belongs to: fault injection keys on it.
     pub slot: SlotIndex,
+    /// A second memory segment for the bytes right after `len` on the device (a vectored
+    /// I/O: a header block in scratch and the payload in the caller's memory, one request).
+    pub tail: Option<(*mut u8, usize)>,
+}
+
+impl IoOp {
+    /// Bytes moved on the device.
+    pub fn total_len(&self) -> usize {
+        self.len + self.tail.map_or(0, |(_, n)| n)
+    }
 }
 
 /// Most I/Os one item issues: a header block, a payload, a padded tail.
@@ -104,12 +114,15 @@ const MAX_RETRIES: u32 = 64;
 pub(super) fn run_sync(dev: &Device, op: &IoOp, stats: &mut BatchStats) -> OpResult {
     let mut tries = 0;
     loop {
-        // SAFETY: the job keeps `ptr..ptr+len` valid and unaliased from prepare to finish,
+        // SAFETY: the job keeps the op's memory valid and unaliased from prepare to finish,
         // and this I/O runs between the two.
         let r = unsafe {
-            match op.kind {
-                IoKind::Read => dev.read_at(std::slice::from_raw_parts_mut(op.ptr, op.len), op.offset),
-                IoKind::Write => dev.write_at(std::slice::from_raw_parts(op.ptr, op.len), op.offset),
+            let head = std::slice::from_raw_parts_mut(op.ptr, op.len);
+            match (op.kind, op.tail) {
+                (IoKind::Read, None) => dev.read_at(head, op.offset),
+                (IoKind::Write, None) => dev.write_at(head, op.offset),
+                (IoKind::Read, Some((p, n))) => dev.read_two_at(head, std::slice::from_raw_parts_mut(p, n), op.offset),
+                (IoKind::Write, Some((p, n))) => dev.write_two_at(head, std::slice::from_raw_parts(p, n), op.offset),
             }
         };
         match r {

@@ -24,6 +24,11 @@ pub(crate) trait OpQueue {
 
 const OP_BITS: u32 = 2;
 
+/// Distinct tags a window of `depth` uses (queues size per-tag tables with it).
+pub(crate) fn tags(depth: usize) -> usize {
+    depth.max(MAX_OPS_PER_ITEM) << OP_BITS
+}
+
 fn tag(slot: usize, op: usize) -> u64 {
     ((slot as u64) << OP_BITS) | op as u64
 }
@@ -162,7 +167,7 @@ impl Window<'_> {
             self.queued += 1;
             return;
         }
-        let outcome = if res >= 0 && res as usize == op.len {
+        let outcome = if res >= 0 && res as usize == op.total_len() {
             Ok(())
         } else {
             // A short transfer or an error: the op is retried on its own when the item ends.
@@ -298,7 +303,7 @@ mod tests {
             for half in 0..2u64 {
                 // SAFETY: in-bounds offsets of a 4096-byte buffer that outlives the batch.
                 let ptr = unsafe { ptr.add(half as usize * 2048) };
-                let op = IoOp { kind: IoKind::Read, offset: i as u64 * 4096 + half * 2048, ptr, len: 2048, fixed: None, slot: SlotIndex(i as u64) };
+                let op = IoOp { kind: IoKind::Read, offset: i as u64 * 4096 + half * 2048, ptr, len: 2048, fixed: None, slot: SlotIndex(i as u64), tail: None };
                 ops.push(op);
             }
             ops

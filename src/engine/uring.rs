@@ -173,7 +173,16 @@ pub(crate) struct UringQueue {
     regions: Vec<Option<(usize, usize)>>,
     /// Data I/Os pushed as fixed-buffer operations since the count was reset.
     fixed_ops: u64,
+    /// The iovec pairs of vectored data I/Os in flight, one per window tag (never reallocated).
+    iovs: IoVecs,
 }
+
+/// iovec pairs a ring hands the kernel. Plain addresses: the memory they name belongs to the
+/// data job in flight, and only the kernel dereferences them, for I/Os this ring submitted.
+struct IoVecs(Vec<[libc::iovec; 2]>);
+// SAFETY: the vector is owned by one ring, which one thread at a time checks out; the
+// addresses inside are never dereferenced by this process.
+unsafe impl Send for IoVecs {}
 
 impl UringQueue {
     /// `register`: try registered buffers and file (false only in tests of the plain path).
@@ -213,6 +222,7 @@ impl UringQueue {
             regions_version: 0,
             regions: Vec::new(),
             fixed_ops: 0,
+            iovs: IoVecs(vec![[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; data_window::tags(depth)]),
         })
     }
 
@@ -294,8 +304,31 @@ impl ReadQueue for UringQueue {
     }
 }
 
+impl UringQueue {
+    /// One READV/WRITEV of two segments; the iovecs live in this ring until the tag is reused.
+    fn push_vectored(&mut self, user_data: u64, op: &IoOp, tail: *mut u8, tail_len: usize) {
+        let iov = &mut self.iovs.0[user_data as usize];
+        iov[0] = libc::iovec { iov_base: op.ptr.cast(), iov_len: op.len };
+        iov[1] = libc::iovec { iov_base: tail.cast(), iov_len: tail_len };
+        let iov = iov.as_ptr();
+        let sqe = match (op.kind, self.fixed_file) {
+            (IoKind::Read, true) => opcode::Readv::new(types::Fixed(0), iov, 2).offset(op.offset).build(),
+            (IoKind::Read, false) => opcode::Readv::new(types::Fd(self.fd), iov, 2).offset(op.offset).build(),
+            (IoKind::Write, true) => opcode::Writev::new(types::Fixed(0), iov, 2).offset(op.offset).build(),
+            (IoKind::Write, false) => opcode::Writev::new(types::Fd(self.fd), iov, 2).offset(op.offset).build(),
+        };
+        // SAFETY: the iovecs live in this ring's table until the window reuses the tag, which it
+        // does only after the I/O completed; the memory they name is the job's until finish.
+        let pushed = unsafe { self.ring.submission().push(&sqe.user_data(user_data)) };
+        pushed.expect("the window keeps at most queue_depth I/Os queued or in flight");
+    }
+}
+
 impl OpQueue for UringQueue {
     fn push_op(&mut self, user_data: u64, op: &IoOp) {
+        if let Some((tail, tail_len)) = op.tail {
+            return self.push_vectored(user_data, op, tail, tail_len);
+        }
         let len = op.len as u32;
         let fixed = self.fixed_entry(op);
         self.fixed_ops += u64::from(fixed.is_some());

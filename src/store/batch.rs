@@ -262,15 +262,23 @@ impl DataJob for GetJob<'_> {
         let mut region = None;
         if direct {
             let header = scratch.get(hb).as_mut_ptr();
-            ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: header, len: hb, fixed: None, slot: e.slot });
-            if padded > 0 {
-                region = s.engine.registry().find(out.0, padded);
-                let fixed = region.as_ref().map(|u| u.buf_index);
-                ops.push(IoOp { kind: IoKind::Read, offset: at + hb as u64, ptr: out.0, len: padded, fixed, slot: e.slot });
+            region = (padded > 0).then(|| s.engine.registry().find(out.0, padded)).flatten();
+            match &region {
+                // Registered memory: the payload as a fixed-buffer read of its own.
+                Some(u) => {
+                    ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: header, len: hb, fixed: None, slot: e.slot, tail: None });
+                    let fixed = Some(u.buf_index);
+                    ops.push(IoOp { kind: IoKind::Read, offset: at + hb as u64, ptr: out.0, len: padded, fixed, slot: e.slot, tail: None });
+                }
+                // Otherwise one vectored read: the header into scratch, the payload into place.
+                None => {
+                    let tail = (padded > 0).then_some((out.0, padded));
+                    ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: header, len: hb, fixed: None, slot: e.slot, tail });
+                }
             }
         } else {
             let record = scratch.get(hb + padded).as_mut_ptr();
-            ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: record, len: hb + padded, fixed: None, slot: e.slot });
+            ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: record, len: hb + padded, fixed: None, slot: e.slot, tail: None });
         }
         *lock(&self.state[i]) = GetState::Planned(e, direct, region);
         ops
@@ -367,20 +375,27 @@ impl DataJob for PutJob<'_> {
         if s.is_aligned(value.as_ptr()) && len == padded {
             let block = scratch.get(hb);
             header.encode(block);
-            ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: block.as_mut_ptr(), len: hb, fixed: None, slot });
-            if len > 0 {
-                // The kernel only reads from a write's buffer.
-                let ptr = value.as_ptr() as *mut u8;
-                region = s.engine.registry().find(ptr, len);
-                let fixed = region.as_ref().map(|u| u.buf_index);
-                ops.push(IoOp { kind: IoKind::Write, offset: at + hb as u64, ptr, len, fixed, slot });
+            let block = block.as_mut_ptr();
+            // The kernel only reads from a write's buffer.
+            let ptr = value.as_ptr() as *mut u8;
+            region = (len > 0).then(|| s.engine.registry().find(ptr, len)).flatten();
+            match &region {
+                Some(u) => {
+                    ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: block, len: hb, fixed: None, slot, tail: None });
+                    let fixed = Some(u.buf_index);
+                    ops.push(IoOp { kind: IoKind::Write, offset: at + hb as u64, ptr, len, fixed, slot, tail: None });
+                }
+                None => {
+                    let tail = (len > 0).then_some((ptr, len));
+                    ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: block, len: hb, fixed: None, slot, tail });
+                }
             }
         } else {
             let record = scratch.get(hb + padded);
             header.encode(&mut record[..hb]);
             record[hb..hb + len].copy_from_slice(value);
             record[hb + len..].fill(0); // no bytes of an earlier value reach the device
-            ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: record.as_mut_ptr(), len: hb + padded, fixed: None, slot });
+            ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: record.as_mut_ptr(), len: hb + padded, fixed: None, slot, tail: None });
         }
         *lock(&self.state[i]) = PutState::Written(slot, payload_crc, region);
         ops
@@ -423,7 +438,7 @@ impl DataJob for InvalidateJob<'_> {
         zeros.fill(0);
         let slot = self.slots[i];
         let mut ops = Ops::none();
-        ops.push(IoOp { kind: IoKind::Write, offset: g.slot_offset(slot), ptr: zeros.as_mut_ptr(), len: zeros.len(), fixed: None, slot });
+        ops.push(IoOp { kind: IoKind::Write, offset: g.slot_offset(slot), ptr: zeros.as_mut_ptr(), len: zeros.len(), fixed: None, slot, tail: None });
         ops
     }
 

@@ -57,13 +57,14 @@ pub fn run(args: &Args) -> Result<bool, String> {
     let engine = engine_config(args)?;
     let store = format_fixture(args, engine)?;
     let g = *store.geometry();
-    prefill(&args.device, &g)?;
     let value = args.value_bytes.unwrap_or(g.max_payload() as usize);
     if value as u64 > g.max_payload() || value == 0 {
         return Err(format!("--value-bytes {value} must be in 1..={} for {}-byte slots", g.max_payload(), g.slot_bytes()));
     }
     let budget = (args.data_gib * (1u64 << 30) as f64) as u64;
     let keys = ((budget / value as u64) as usize).min(g.slot_count() as usize - args.batch - 2).max(args.batch);
+    // The puts take the lowest free slots: the keys, and a batch more for replacements.
+    prefill(&args.device, &g, (keys + args.batch + 2) as u64)?;
     let mut bufs: Vec<AlignedBuf> = (0..args.batch).map(|_| AlignedBuf::zeroed(store.padded_len(value as u64) as usize)).collect();
     for (i, b) in bufs.iter_mut().enumerate() {
         b.iter_mut().enumerate().for_each(|(j, x)| *x = (i * 31 + j * 7) as u8);
@@ -123,22 +124,19 @@ fn format_fixture(args: &Args, engine: EngineConfig) -> Result<Store, String> {
     Store::open(&args.device, &opts).map_err(|e| crate::hints::prepare(e, &args.device, !args.buffered))
 }
 
-/// Writes zeros over a file fixture's slots (zeros read as empty slots), so every phase and
-/// fio's writes after them meet blocks the filesystem has written before: ext4's first write
-/// into a fallocated (unwritten) extent converts it, which a steady-state cache never pays.
-fn prefill(path: &std::path::Path, g: &Geometry) -> Result<(), String> {
-    use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.file_type().is_block_device() {
-        return Ok(());
-    }
+/// Writes zeros over the slots the workload uses (zeros read as empty slots), so every phase
+/// and fio's writes after them meet blocks written before: ext4's first write into a
+/// fallocated (unwritten) extent converts it, a tmpfs-backed loop device allocates pages on
+/// first touch; a cache in steady state pays neither.
+fn prefill(path: &std::path::Path, g: &Geometry, slots: u64) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| format!("cannot open {} to prefill it: {e}", path.display()))?;
     let chunk = AlignedBuf::zeroed(8 << 20);
-    let (mut at, end) = (g.data_base(), g.device_bytes());
+    let (mut at, end) = (g.data_base(), g.device_bytes().min(g.data_base() + slots * g.slot_bytes()));
     let t0 = Instant::now();
     while at < end {
         let n = chunk.len().min((end - at) as usize);
