@@ -6,7 +6,8 @@
 //! - `headers`: batched header reads through the handle's engine;
 //! - `checkpoint`: writing and loading the index in the two containers;
 //! - `recovery`: rebuilding the index after a restart;
-//! - [`index`]: the in-memory map and slot allocation.
+//! - [`index`]: the in-memory map and slot allocation;
+//! - `listing`: the indexed keys a page at a time, in key order.
 //!
 //! Locks, always taken in this order: `checkpoints`, then `state`; `records`
 //! and `io_totals` are leaves (nothing else is taken while they are held).
@@ -16,6 +17,7 @@ mod checkpoint;
 mod data;
 mod headers;
 pub mod index;
+mod listing;
 mod open;
 mod recovery;
 
@@ -30,6 +32,7 @@ use index::Index;
 
 pub use checkpoint::CheckpointInfo;
 pub use headers::HeaderRead;
+pub use listing::{KeyCursor, KeyInfo};
 pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
 pub use recovery::{RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
