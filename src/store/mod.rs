@@ -1,6 +1,7 @@
 //! What the bytes mean: the slot store and its jobs, one module each.
 //!
 //! - [`open`](OpenOptions): opening a device, or formatting one;
+//! - `first_start`: open-or-create, and recovery of a handle that just formatted;
 //! - `data`: put, get, delete and the record buffers they reuse;
 //! - `batch`: the same for many keys in one call, through the engine;
 //! - `headers`: batched header reads through the handle's engine;
@@ -15,6 +16,7 @@
 mod batch;
 mod checkpoint;
 mod data;
+mod first_start;
 mod headers;
 pub mod index;
 mod listing;
@@ -41,6 +43,9 @@ enum Phase {
     /// Opened an existing device: the index is empty until recovery runs,
     /// so writes are refused (they could overwrite slots a checkpoint names).
     AwaitingRecovery,
+    /// Formatted by this handle and not written since: recovery has nothing to rebuild and
+    /// answers an empty report. Served like `Ready`; the first write makes it `Ready`.
+    Fresh,
     Ready,
 }
 
@@ -65,6 +70,8 @@ pub struct Store {
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,
+    /// This handle formatted the device when it opened.
+    formatted: bool,
 }
 
 impl Store {
@@ -131,6 +138,9 @@ impl Store {
                 return Err(e);
             }
             st = self.ready()?;
+        }
+        if st.phase == Phase::Fresh {
+            st.phase = Phase::Ready;
         }
         Ok(st)
     }

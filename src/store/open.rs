@@ -22,6 +22,11 @@ pub enum OpenMode {
     ReadWrite,
     /// Formats the device (creating a regular file that does not exist).
     Create(FormatOptions),
+    /// An existing rawblock device as [`ReadWrite`](OpenMode::ReadWrite); one holding none
+    /// (a new or empty file, or a device whose first block is zeros with no superblock copy)
+    /// is formatted as [`Create`](OpenMode::Create) would, over zeros only: `overwrite` must
+    /// be false. [`Store::formatted`] says which happened.
+    OpenOrCreate(FormatOptions),
 }
 
 /// How to format a device.
@@ -53,13 +58,20 @@ impl Store {
         let access = match opts.mode {
             OpenMode::ReadOnly => Access::ReadOnly,
             OpenMode::ReadWrite => Access::ReadWrite,
-            OpenMode::Create(_) => Access::Create,
+            OpenMode::Create(_) | OpenMode::OpenOrCreate(_) => Access::Create,
         };
+        super::first_start::check_mode(&opts.mode)?;
         let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
         let (sb, superblock_source, phase) = match &opts.mode {
-            OpenMode::Create(f) => (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Ready),
+            OpenMode::Create(f) => (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Fresh),
+            OpenMode::OpenOrCreate(f) => match read_superblock(&dev) {
+                Err(e) if super::first_start::holds_no_rawblock(&dev, &e) => {
+                    (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Fresh)
+                }
+                found => found.map(|(sb, source)| (sb, source, Phase::AwaitingRecovery))?,
+            },
             _ => {
                 let (sb, source) = read_superblock(&dev)?;
                 (sb, source, Phase::AwaitingRecovery)
@@ -80,6 +92,7 @@ impl Store {
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,
+            formatted: phase == Phase::Fresh,
             dev,
             sb,
         })
