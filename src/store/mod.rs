@@ -8,7 +8,8 @@
 //! - `checkpoint`: writing and loading the index in the two containers;
 //! - `recovery`: rebuilding the index after a restart;
 //! - [`index`]: the in-memory map and slot allocation;
-//! - `listing`: the indexed keys a page at a time, in key order.
+//! - `listing`: the indexed keys a page at a time, in key order;
+//! - `metrics`: the data calls' counters and latency histograms.
 //!
 //! Locks, always taken in this order: `checkpoints`, then `state`; `records`
 //! and `io_totals` are leaves (nothing else is taken while they are held).
@@ -20,6 +21,7 @@ mod first_start;
 mod headers;
 pub mod index;
 mod listing;
+mod metrics;
 mod open;
 mod recovery;
 
@@ -35,6 +37,7 @@ use index::Index;
 pub use checkpoint::CheckpointInfo;
 pub use headers::HeaderRead;
 pub use listing::{KeyCursor, KeyInfo};
+pub use metrics::{Latency, MetricsSnapshot};
 pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
 pub use recovery::{RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
@@ -72,6 +75,7 @@ pub struct Store {
     superblock_source: SuperblockSource,
     /// This handle formatted the device when it opened.
     formatted: bool,
+    metrics: metrics::Metrics,
 }
 
 impl Store {

@@ -93,6 +93,7 @@ impl Store {
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,
             formatted: phase == Phase::Fresh,
+            metrics: Default::default(),
             dev,
             sb,
         })
