@@ -44,7 +44,7 @@ const WINDOW_KEYS_MIN: usize = 65536;
 /// A scan keeps at least 1/WINDOW_FRACTION of the index, so an iteration takes about that many scans.
 const WINDOW_FRACTION: usize = 8;
 /// Most key bytes a cursor's window holds (it always holds at least one key).
-pub const WINDOW_BYTES: usize = 32 << 20;
+const WINDOW_BYTES: usize = 32 << 20;
 
 /// Where an iteration over the indexed keys stands. Not tied to a store: pass it to
 /// [`Store::list_keys`] of the store it iterates.
