@@ -157,10 +157,10 @@ static int test_rebuild_after_recovery(void) {
     test_path(path, sizeof path, "list-recover");
     rb_device *dev = test_create(path, 16 << 20, SLOT, RB_ENGINE_AUTO, 0);
     if (!dev) return T_EXIT_FAIL;
-    char key[64];
+    char key[64], value[100] = {0};
     for (int i = 0; i < 100; i++) {
         int n = snprintf(key, sizeof key, "chunk-%03d", i);
-        CHECK_OK(rb_put(dev, key, (size_t)n, key, (size_t)i));
+        CHECK_OK(rb_put(dev, key, (size_t)n, value, (size_t)i));
     }
     CHECK_OK(rb_delete(dev, "chunk-050", 9));
     CHECK_OK(rb_checkpoint(dev));
