@@ -236,7 +236,11 @@ static void *writer(void *arg) {
 static int note_stable(const char *k, size_t len, uint64_t value_len) {
     (void)value_len;
     int i;
-    if (len == 11 && sscanf(k, "stable-%4d", &i) == 1) {
+    char z[12]; /* keys in the buffer are not NUL-terminated */
+    if (len != 11) return 1;
+    memcpy(z, k, 11);
+    z[11] = 0;
+    if (sscanf(z, "stable-%4d", &i) == 1) {
         if (stable_seen[i]++) seen_twice = 1;
     }
     return 1;
