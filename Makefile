@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test install install-test abi-snapshot abi-check abi-update examples-test rust-test c-test py-test readme-example sanitize valgrind fuzz bench bench-smoke clean
+.PHONY: all build header check-header test install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
 
 all: build
 
@@ -33,8 +33,19 @@ check-header: $(CBINDGEN)
 	  || { echo "include/rawblock.h differs from the code: run 'make header' and commit it"; exit 1; }
 	@echo "header: include/rawblock.h matches the code"
 
+# The power-loss simulator's default sweep (2,500+ crash images, docs/RECOVERY.md) runs on
+# its own so that its counts show.
 rust-test:
-	$(CARGO) test --release
+	$(CARGO) test --release -- --skip powerloss_sweep
+	$(CARGO) test --release --lib -q powerloss_sweep -- --nocapture
+
+# A long power-loss sweep: POWERLOSS_IMAGES crash images from a fresh seed (printed; pass
+# POWERLOSS_SEED=<seed> to replay one).
+POWERLOSS_IMAGES ?= 100000
+POWERLOSS_SEED ?= $(shell date +%s)
+powerloss:
+	POWERLOSS_IMAGES=$(POWERLOSS_IMAGES) POWERLOSS_SEED=$(POWERLOSS_SEED) \
+	  $(CARGO) test --release --lib -q powerloss_sweep -- --nocapture
 
 c-test: build
 	CC="$(CC)" bash c-tests/run.sh
@@ -74,7 +85,7 @@ valgrind: build
 	for t in $(VALGRIND_TESTS); do \
 	  $(CC) -std=c11 -g -O1 -Iinclude c-tests/$$t.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock \
 	    -o target/c-tests-valgrind/$$t || exit 1; \
-	  RB_TEST_TMP=$(CURDIR)/target/c-tests-valgrind/tmp RB_CRASH_KILL_SCALE=4 valgrind -q --error-exitcode=9 --leak-check=full \
+	  RB_TEST_TMP=$(CURDIR)/target/c-tests-valgrind/tmp RB_CRASH_KILL_SCALE=4 RB_CRASH_REPLACE_ITERATIONS=10 valgrind -q --error-exitcode=9 --leak-check=full \
 	    --errors-for-leak-kinds=definite target/c-tests-valgrind/$$t > target/c-tests-valgrind/$$t.log 2>&1 \
 	    || { cat target/c-tests-valgrind/$$t.log; echo "valgrind: $$t FAILED"; exit 1; }; \
 	  echo "valgrind: $$t clean"; \
@@ -109,6 +120,27 @@ bench: build
 	./target/release/rb-bench --device-path $(BENCH_FIXTURE) --measure --io-engine posix io_uring --threads 1 8 \
 	  --repeats 5 --queue-depth 128 $$(command -v fio >/dev/null && echo --compare-fio) --json target/bench/last.json $(BENCH_ARGS)
 
+	$(MAKE) --no-print-directory bench-data
+
+# The data path (issue 12): batched and single puts and gets against fio, at 1 MiB and 16 MiB
+# slots, on the file fixture's disk and on a fast device: a loop device with --direct-io=on over
+# a file in /dev/shm, attached here and always detached.
+DATA_ARGS ?= --queue-depth 16 --batch 64 --data-gib 2
+DATA_FIO := $$(command -v fio >/dev/null && echo --compare-fio)
+bench-data: build
+	@mkdir -p target/bench
+	for slot in 1048576 16777216; do \
+	  ./target/release/rb-bench --workload data --device-path target/bench/data.img --cache-space-gb 6 \
+	    --slot-bytes $$slot --i-understand-this-overwrites-device $(DATA_FIO) $(DATA_ARGS) || exit 1; \
+	done; rm -f target/bench/data.img
+	@shm=/dev/shm/rawblock-bench-data.img; truncate -s 6G $$shm; \
+	loop=$$(losetup -f --show --direct-io=on $$shm) || { rm -f $$shm; echo "bench-data: no loop device"; exit 0; }; \
+	trap 'losetup -d $$loop; rm -f $$shm' EXIT; \
+	for slot in 1048576 16777216; do \
+	  ./target/release/rb-bench --workload data --device-path $$loop --slot-bytes $$slot \
+	    --i-understand-this-overwrites-device $(DATA_FIO) $(DATA_ARGS) || exit 1; \
+	done
+
 # rb-bench end to end on a tiny fixture (correctness only; make test runs it).
 bench-smoke: build
 	@rm -f target/bench/smoke.img; mkdir -p target/bench
@@ -123,6 +155,11 @@ bench-smoke: build
 	  [ "$$sum1" = "$$(sha256sum < target/bench/smoke.img)" ] || { echo "bench-smoke: --measure modified its fixture"; exit 1; }
 	@echo "bench-smoke: --measure left the fixture byte-for-byte unchanged"
 	@rm -f target/bench/smoke.img
+	./target/release/rb-bench --workload data --device-path target/bench/smoke-data.img --cache-space-gb 0.1 \
+	  --slot-bytes 65536 --data-gib 0.02 --batch 8 --queue-depth 8 | grep -c '^data: op=' | grep -qx 4 \
+	  || { echo "bench-smoke: --workload data did not print its four op lines"; exit 1; }
+	@echo "bench-smoke: --workload data ran put_many, get_many, get and put"
+	@rm -f target/bench/smoke-data.img
 
 # The C++ and Go examples: each formats, puts, checkpoints, reopens, recovers and verifies.
 CXX ?= c++

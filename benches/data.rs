@@ -12,6 +12,7 @@ fn data_path(c: &mut Criterion) {
             capacity_bytes: 512 << 20,
             geometry: GeometryRequest { slot_bytes: 2 << 20, ..Default::default() },
             overwrite: true,
+            ..Default::default()
         }),
         ..Default::default()
     };

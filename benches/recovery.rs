@@ -24,6 +24,7 @@ fn fixture() -> PathBuf {
                 capacity_bytes: (ENTRIES + 64) * (256 << 10),
                 geometry: GeometryRequest { slot_bytes: 256 << 10, ..Default::default() },
                 overwrite: true,
+                ..Default::default()
             }),
             ..Default::default()
         };

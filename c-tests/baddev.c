@@ -194,7 +194,8 @@ static int test_truncated_image(void) {
     return test_result();
 }
 
-/* A corrupt superblock, on an image of the right length (and on a truncated one). */
+/* A corrupt superblock opens from its copy (saying so); with the copy corrupt too it is
+ * RB_E_FORMAT, on an image of the right length (and on a truncated one). */
 static int test_corrupt_superblock(void) {
     char path[512];
     test_path(path, sizeof path, "baddev-superblock");
@@ -205,6 +206,14 @@ static int test_corrupt_superblock(void) {
     write_garbage(path, 20, 4);
     rb_options ro = read_only();
     dev = NULL;
+    CHECK_OK(rb_open(path, &ro, &dev));
+    rb_device_info got = {.struct_size = sizeof got};
+    CHECK_OK(rb_get_info(dev, &got));
+    CHECK(got.superblock_source == RB_SUPERBLOCK_COPY, "opened from the superblock's copy");
+    CHECK_OK(rb_recover(dev, NULL, NULL));
+    CHECK_OK(rb_close(dev));
+    dev = NULL;
+    write_garbage(path, info.block_size + 20, 4);
     CHECK_STATUS(rb_open(path, &ro, &dev), RB_E_FORMAT);
     CHECK(truncate(path, (off_t)(info.data_base + info.slot_bytes)) == 0, "truncated the image");
     CHECK_STATUS(rb_open(path, &ro, &dev), RB_E_FORMAT);

@@ -75,7 +75,7 @@ static int test_per_item_isolation(void) {
         test_path(path, sizeof path, "batch-iso");
         rb_device *dev = test_create(path, 16 << 20, SLOT, engines[e], 8);
         if (!dev) return T_EXIT_FAIL;
-        char keys[8][8];
+        char keys[8][16];
         unsigned char value[5000];
         for (int i = 0; i < 8; i++) {
             snprintf(keys[i], sizeof keys[i], "k%d", i);
@@ -174,6 +174,46 @@ static int test_bad_arguments(void) {
     return test_result();
 }
 
+/* A registered pool: batched puts from it and gets into it use fixed buffers, and say so. */
+static int test_registered_memory(void) {
+    char path[512];
+    test_path(path, sizeof path, "batch-reg");
+    rb_device *dev = test_create(path, 16 << 20, SLOT, RB_ENGINE_IO_URING, 8);
+    if (!dev) return T_EXIT_FAIL;
+    enum { V = 8192, K = 8 };
+    unsigned char *pool = aligned_alloc(4096, V * K);
+    uint32_t region = 99;
+    CHECK_OK(rb_register_memory(dev, pool, V * K, &region));
+    CHECK_STATUS(rb_register_memory(dev, pool + V, V, &region), RB_E_INVALID_ARGUMENT); /* overlaps */
+    char keys[K][16];
+    rb_item items[K];
+    for (int i = 0; i < K; i++) {
+        snprintf(keys[i], sizeof keys[i], "r%d", i);
+        fill(pool + i * V, V, i);
+        items[i] = (rb_item){.struct_size = sizeof(rb_item), .key = keys[i], .key_len = strlen(keys[i]),
+                             .value = pool + i * V, .value_len = V};
+    }
+    CHECK_OK(rb_reset_io_stats(dev));
+    CHECK_OK(rb_put_many(dev, items, K));
+    rb_io_stats st = {.struct_size = sizeof st};
+    CHECK_OK(rb_get_io_stats(dev, &st));
+    CHECK(st.registered_buffers == 1, "puts from the pool went through fixed buffers");
+    memset(pool, 0, V * K);
+    CHECK_OK(rb_reset_io_stats(dev));
+    CHECK_OK(rb_get_many(dev, items, K));
+    CHECK_OK(rb_get_io_stats(dev, &st));
+    int ok = st.registered_buffers == 1;
+    for (int i = 0; i < K; i++) ok &= items[i].status == RB_OK && items[i].len == V && same(pool + i * V, V, i);
+    CHECK(ok, "gets into the pool went through fixed buffers and read back whole");
+    CHECK_OK(rb_unregister_memory(dev, region));
+    CHECK_STATUS(rb_unregister_memory(dev, region), RB_E_INVALID_ARGUMENT);
+    CHECK_STATUS(rb_register_memory(dev, NULL, V, &region), RB_E_INVALID_ARGUMENT);
+    CHECK_OK(rb_close(dev));
+    free(pool);
+    unlink(path);
+    return test_result();
+}
+
 int main(int argc, char **argv) {
     test_init(argc, argv);
     RUN(test_round_trip_posix);
@@ -181,5 +221,6 @@ int main(int argc, char **argv) {
     RUN(test_per_item_isolation);
     RUN(test_duplicates_delete_contains_prefix);
     RUN(test_bad_arguments);
+    RUN(test_registered_memory);
     return test_finish("batch");
 }

@@ -1,4 +1,5 @@
-/* Crash harness: a writer process puts, replaces, deletes and checkpoints in a loop and logs
+/* Crash harness: a writer process puts, replaces, deletes and checkpoints in a loop (single
+ * calls and batches of distinct keys through rb_put_many / rb_delete_many) and logs
  * every operation (intent before the call, ack after it returned RB_OK) to a side log; the
  * harness SIGKILLs it at a random moment, reopens the device, recovers and checks:
  *  - open and recovery succeed;
@@ -28,6 +29,8 @@
 
 enum op { OP_NONE = 0, OP_PUT = 'P', OP_DELETE = 'D', OP_CHECKPOINT = 'C' };
 
+#define MAX_BATCH 6
+
 static uint64_t rng_state;
 static uint64_t rng(void) {
     rng_state ^= rng_state << 13;
@@ -54,6 +57,36 @@ static void log_line(int fd, const char *line) {
     if (write(fd, line, n) != (ssize_t)n || fdatasync(fd) != 0) _exit(3);
 }
 
+/* One batch of 2..MAX_BATCH distinct keys, logged as one intent line "I B|E n key version ..."
+ * (B: rb_put_many, E: rb_delete_many) and acknowledged by one "A" once every item is RB_OK. */
+static void batch(rb_device *dev, int log, int puts, uint32_t *version, uint8_t *buf, size_t max_payload) {
+    static uint8_t values[MAX_BATCH][SLOT_BYTES];
+    char names[MAX_BATCH][32], line[512];
+    int keys[MAX_BATCH], n = 2 + (int)(rng() % (MAX_BATCH - 1));
+    rb_item items[MAX_BATCH];
+    int used = snprintf(line, sizeof line, "I %c %d", puts ? 'B' : 'E', n);
+    for (int i = 0; i < n; i++) {
+        int again;
+        do { /* distinct keys: the model keeps one operation in flight per key */
+            keys[i] = (int)(rng() % KEYS);
+            again = 0;
+            for (int j = 0; j < i; j++) again |= keys[j] == keys[i];
+        } while (again);
+        key_name(keys[i], names[i], sizeof names[i]);
+        uint32_t v = (*version)++;
+        size_t len = puts ? value_of(keys[i], v, values[i], max_payload) : 0;
+        items[i] = (rb_item){.struct_size = sizeof(rb_item), .key = names[i], .key_len = strlen(names[i]),
+                             .value = values[i], .value_len = len};
+        used += snprintf(line + used, sizeof line - (size_t)used, " %d %u", keys[i], v);
+    }
+    (void)buf;
+    snprintf(line + used, sizeof line - (size_t)used, "\n");
+    log_line(log, line);
+    if ((puts ? rb_put_many(dev, items, (size_t)n) : rb_delete_many(dev, items, (size_t)n)) != RB_OK) _exit(9);
+    for (int i = 0; i < n; i++)
+        if (items[i].status != RB_OK && !(items[i].status == RB_E_NOT_FOUND && !puts)) _exit(10);
+}
+
 /* The writer: runs until killed. Versions continue from `first_version` so values stay unique. */
 static void writer(const char *path, const char *log_path, uint64_t seed, uint32_t first_version) {
     rng_state = seed | 1;
@@ -74,7 +107,9 @@ static void writer(const char *path, const char *log_path, uint64_t seed, uint32
         if (r < 8) {
             log_line(log, "I C 0 0\n");
             if (rb_checkpoint(dev) != RB_OK) _exit(6);
-        } else if (r < 25) {
+        } else if (r < 30) {
+            batch(dev, log, r < 22, &version, buf, info.max_payload);
+        } else if (r < 40) {
             snprintf(line, sizeof line, "I D %d 0\n", key);
             log_line(log, line);
             rb_status s = rb_delete(dev, name, strlen(name));
@@ -99,21 +134,47 @@ struct key_state {
     uint32_t checkpoint_version;
 };
 
+/* Parses "I B|E n key version ..." into its keys and versions; 0 when malformed. */
+static int parse_batch(const char *line, char *op, int *bkeys, unsigned *bversions, int *bn) {
+    int used = 0;
+    if (sscanf(line, "I %c %d%n", op, bn, &used) != 2 || *bn < 1 || *bn > MAX_BATCH) return 0;
+    for (int i = 0; i < *bn; i++) {
+        int more = 0;
+        if (sscanf(line + used, " %d %u%n", &bkeys[i], &bversions[i], &more) != 2) return 0;
+        if (bkeys[i] < 0 || bkeys[i] >= KEYS) return 0;
+        used += more;
+    }
+    return 1;
+}
+
 /* Applies the writer's log to the model. Returns the number of acknowledged operations. */
 static int replay(const char *log_path, struct key_state *keys) {
     FILE *f = fopen(log_path, "r");
     if (!f) return -1;
-    char line[128];
+    char line[512];
     int acked = 0;
     char op = 0;
     int key = 0;
     unsigned version = 0;
     int pending = 0;
+    int bkeys[MAX_BATCH], bn = 0;
+    unsigned bversions[MAX_BATCH];
     struct key_state ckpt_snapshot[KEYS];
     for (int k = 0; k < KEYS; k++) keys[k].inflight = OP_NONE;
     while (fgets(line, sizeof line, f)) {
         if (line[strlen(line) - 1] != '\n') break; /* torn last record: never acknowledged */
-        if (line[0] == 'I') {
+        if (line[0] == 'I' && (line[2] == 'B' || line[2] == 'E')) {
+            if (!parse_batch(line, &op, bkeys, bversions, &bn)) break;
+            pending = 1;
+        } else if (line[0] == 'A' && pending && (op == 'B' || op == 'E')) {
+            pending = 0;
+            acked++;
+            for (int i = 0; i < bn; i++) {
+                keys[bkeys[i]].acked = op == 'B' ? OP_PUT : OP_DELETE;
+                keys[bkeys[i]].in_checkpoint = 0;
+                if (op == 'B') keys[bkeys[i]].version = bversions[i];
+            }
+        } else if (line[0] == 'I') {
             if (sscanf(line, "I %c %d %u", &op, &key, &version) != 3) break;
             pending = 1;
             if (op == 'C') memcpy(ckpt_snapshot, keys, sizeof ckpt_snapshot);
@@ -133,7 +194,13 @@ static int replay(const char *log_path, struct key_state *keys) {
         }
     }
     fclose(f);
-    if (pending && op != 'C') {
+    if (pending && (op == 'B' || op == 'E')) {
+        for (int i = 0; i < bn; i++) { /* each item of the batch may or may not have landed */
+            keys[bkeys[i]].inflight = op == 'B' ? OP_PUT : OP_DELETE;
+            keys[bkeys[i]].inflight_version = bversions[i];
+            keys[bkeys[i]].in_checkpoint = 0;
+        }
+    } else if (pending && op != 'C') {
         keys[key].inflight = op;
         keys[key].inflight_version = version;
         keys[key].in_checkpoint = 0;
@@ -225,6 +292,19 @@ struct crash_run {
     int failures, total_acked, from_checkpoint, from_scan, stale;
 };
 
+/* Waits (up to 5 s) until the writer has logged that it recovered. */
+static void wait_for_recovered(const char *log_path) {
+    for (int waited_ms = 0; waited_ms < 5000; waited_ms++) {
+        int fd = open(log_path, O_RDONLY);
+        char c = 0;
+        ssize_t n = fd < 0 ? -1 : read(fd, &c, 1);
+        if (fd >= 0) close(fd);
+        if (n == 1 && c == 'R') return;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
 /* One iteration: start a writer, SIGKILL it, replay its log into the model, recover and verify.
  * Returns 0 to go on, nonzero when the harness itself cannot (the failure is counted). */
 static int crash_iteration(struct crash_run *run, int i) {
@@ -247,6 +327,9 @@ static int crash_iteration(struct crash_run *run, int i) {
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) writer(run->path, run->log_path, rng(), run->version);
+    /* Most kills are timed from the writer's "recovered" line, so a slow start-up (a loaded
+     * machine, valgrind) does not eat the delay; every tenth lands during start-up instead. */
+    if (i % 10 != 0) wait_for_recovered(run->log_path);
     /* Kill somewhere between the writer's start-up and a few dozen operations in. */
     long max_ns = fresh ? 3000000 : 25000000;
     long ns = (500000 + (long)(rng() % (uint64_t)max_ns)) * run->kill_scale;

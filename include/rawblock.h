@@ -41,14 +41,22 @@
 // Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 #define RB_OPEN_BUFFERED 8
 
-// O_DSYNC: every acknowledged write is durable across power loss.
+// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 #define RB_OPEN_SYNC_WRITES 16
+
+// With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
+// the whole file (fallocate), not only the metadata region, so no later write can fail with
+// RB_E_NO_SPACE for lack of room on its filesystem.
+#define RB_OPEN_PREALLOCATE 32
 
 // Open a rawblock device, or format one that holds none (a new or empty file, or zeros with
 // no superblock copy) with the options' geometry; never formats over data (RB_E_EXISTS) or a
 // damaged format (RB_E_FORMAT). rb_device_info.formatted says which happened. Excludes
 // RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
-#define RB_OPEN_CREATE_IF_EMPTY 32
+#define RB_OPEN_CREATE_IF_EMPTY 64
 
 // The checkpoint when one verifies, otherwise a scan of every slot header.
 #define RB_RECOVER_AUTO 0
@@ -56,7 +64,8 @@
 // The checkpoint only; none verifying leaves the index empty.
 #define RB_RECOVER_CHECKPOINT 1
 
-// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+// generation whose value verifies.
 #define RB_RECOVER_SCAN 2
 
 // Keep entries whose header read failed, unverified; rb_get verifies them when read.
@@ -100,6 +109,16 @@
 // Bytes of a key rb_slot_header carries inline; longer keys are truncated there.
 #define RB_HEADER_KEY_INLINE 256
 
+// rb_set_eviction: never evict; a put on a full device answers RB_E_NO_SPACE (the default).
+#define RB_EVICT_NONE 0
+
+// rb_set_eviction: evict the entries read or written longest ago (after a restart, the
+// oldest puts first).
+#define RB_EVICT_LRU 1
+
+// rb_set_eviction: evict the entries put longest ago.
+#define RB_EVICT_FIFO 2
+
 // rb_device_info.superblock_source: the superblock at offset 0 was used.
 #define RB_SUPERBLOCK_PRIMARY 0
 
@@ -135,17 +154,19 @@ typedef struct rb_options {
   uint32_t flags;
   // Threads of the POSIX engine (default 1, at most 256).
   uint32_t posix_threads;
-  // Most reads in flight for io_uring (default 128, clamped to 4096).
+  // Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+  // queue_depth x header_bytes stays within 256 MiB).
   uint32_t queue_depth;
   // Formatting only: alignment of everything on the device (default: max(4096, logical block)).
   uint32_t block_size;
-  // Formatting only: bytes of a slot header (default 4096).
+  // Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
   uint32_t header_bytes;
   // Formatting only: bytes of a slot, header included (default 1 MiB).
   uint64_t slot_bytes;
   // Formatting only: bytes of the device to use (default: all of it; required for an empty file).
   uint64_t capacity_bytes;
-  // Formatting only: metadata region size (default: room for a checkpoint of every slot).
+  // Formatting only: metadata region size (default: room for a checkpoint of every slot,
+  // up to two 4 GiB containers).
   uint64_t meta_bytes;
   // Formatting only: longest key (default 1024).
   uint32_t max_key_bytes;
@@ -323,7 +344,7 @@ typedef struct rb_metrics {
   uint64_t puts;
   // Keys removed (rb_delete calls and rb_delete_many items answering RB_OK).
   uint64_t deletes;
-  // Values evicted by the eviction policy (0 while there is none).
+  // Entries evicted to make room for puts (rb_set_eviction; 0 without an eviction policy).
   uint64_t evictions;
   // Value bytes returned by hits.
   uint64_t bytes_read;
@@ -356,7 +377,8 @@ typedef struct rb_metrics {
 // The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 #define RB_E_FORMAT 3
 
-// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 #define RB_E_NO_SPACE 4
 
 // A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
@@ -376,7 +398,8 @@ typedef struct rb_metrics {
 // A write on a handle opened with RB_OPEN_READ_ONLY.
 #define RB_E_READ_ONLY 10
 
-// Another handle or process has the device open for writing.
+// Another handle or process has the device open for writing, the block device is mounted or
+// claimed exclusively, or the file backs an attached loop device.
 #define RB_E_BUSY 11
 
 // The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).
@@ -387,6 +410,11 @@ typedef struct rb_metrics {
 
 // An internal panic was caught at the boundary; the handle should be closed.
 #define RB_E_PANIC 14
+
+// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+// nothing was changed and no thread was left running. Ask for less (posix_threads,
+// queue_depth) or free resources and retry.
+#define RB_E_NO_MEMORY 15
 
 #ifdef __cplusplus
 extern "C" {
@@ -587,6 +615,35 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
                                   const struct rb_item *items,
                                   size_t n,
                                   size_t *count);
+
+// Registers `len` bytes at `addr` (the pinned pool of a serving engine) with the handle, so
+// rb_get_many and rb_put_many move data into and out of it through io_uring fixed buffers
+// (zero-copy items only; other engines accept the region and use plain I/O). Regions may not
+// overlap; at most 64, each at most 1 GiB. The memory must stay valid until
+// rb_unregister_memory returns. `*region` names the region.
+//
+// # Safety
+// `dev` is a live handle; `addr` points to `len` bytes that stay valid while registered;
+// `region` is writable.
+rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
+
+// Unregisters a region. Calls in flight that move data through it finish first: this
+// waits for them, and once it returns the library no longer touches the memory.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
+
+// Sets how the handle evicts when a put finds no free slot: RB_EVICT_NONE (the default: the
+// put answers RB_E_NO_SPACE), RB_EVICT_LRU or RB_EVICT_FIFO. An eviction batch takes the
+// coldest entries out of the index until `low_watermark_permille` thousandths of the slots
+// are free (0: the default, 10 = 1%; at least one slot), zeroes their headers on the device
+// as deletes do, and queues their keys for rb_take_evicted. The order starts from
+// generation order (oldest put coldest), as it does after every rb_recover.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
 
 // Starts an iteration over the indexed keys: from the first key when `after_len` is 0, else
 // from the first key strictly greater than `after` (its bytes are copied). Keys come in

@@ -20,17 +20,27 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes (at least one byte is allocated).
+    /// A zeroed buffer of `len` bytes (at least one byte is allocated). Aborts the
+    /// process when the allocation fails: only for small sizes the crate chooses
+    /// (a block, a header); sizes that follow the device or the caller use [`try_zeroed`](Self::try_zeroed).
     pub fn zeroed(len: usize) -> AlignedBuf {
-        let layout = Self::layout(len);
-        // SAFETY: the layout has a non-zero size and a power-of-two alignment.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
+        match Self::try_zeroed(len) {
+            Some(b) => b,
+            None => alloc::handle_alloc_error(Self::layout(len).unwrap_or(Layout::new::<u8>())),
+        }
     }
 
-    fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len.max(1), IO_ALIGN).expect("buffer size overflows a Layout")
+    /// A zeroed buffer of `len` bytes, or `None` when it cannot be allocated.
+    pub fn try_zeroed(len: usize) -> Option<AlignedBuf> {
+        let layout = Self::layout(len)?;
+        // SAFETY: the layout has a non-zero size and a power-of-two alignment.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        NonNull::new(raw).map(|ptr| AlignedBuf { ptr, len })
+    }
+
+    /// `len` bytes (at least one) aligned to [`IO_ALIGN`]; `None` beyond `isize::MAX`.
+    fn layout(len: usize) -> Option<Layout> {
+        Layout::from_size_align(len.max(1), IO_ALIGN).ok()
     }
 
     pub fn len(&self) -> usize {
@@ -63,8 +73,10 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: ptr was allocated with exactly this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: ptr was allocated with exactly this layout (valid, or it would not exist).
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 
@@ -80,5 +92,12 @@ mod tests {
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&x| x == 0));
         }
+    }
+
+    #[test]
+    fn try_zeroed_fails_instead_of_aborting() {
+        assert!(AlignedBuf::try_zeroed(usize::MAX).is_none(), "beyond isize::MAX");
+        assert!(AlignedBuf::try_zeroed(1 << 62).is_none(), "more than any machine has");
+        assert_eq!(AlignedBuf::try_zeroed(8192).map(|b| b.len()), Some(8192));
     }
 }

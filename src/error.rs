@@ -25,6 +25,7 @@ pub enum Status {
     State = 12,
     Exists = 13,
     Panic = 14,
+    NoMemory = 15,
 }
 
 impl Status {
@@ -46,6 +47,7 @@ impl Status {
             Status::State => c"invalid state for this call",
             Status::Exists => c"device holds data",
             Status::Panic => c"internal panic",
+            Status::NoMemory => c"out of memory or resources",
         }
     }
 
@@ -53,7 +55,7 @@ impl Status {
         use Status::*;
         [
             Ok, InvalidArgument, Io, Format, NoSpace, TooLarge, NotFound, Corrupt,
-            BufferTooSmall, Unsupported, ReadOnly, Busy, State, Exists, Panic,
+            BufferTooSmall, Unsupported, ReadOnly, Busy, State, Exists, Panic, NoMemory,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -149,11 +151,74 @@ pub enum Error {
     /// Formatting would overwrite something.
     #[error("{} already holds {holds}", path.display())]
     Exists { path: PathBuf, holds: Holds },
+    /// The host could not provide `bytes` of memory for `what`; the call changed nothing.
+    #[error("out of memory: cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: &'static str, bytes: u64 },
+    /// The host refused a thread (e.g. RLIMIT_NPROC, or no memory for its stack);
+    /// the threads already started were stopped and joined.
+    #[error("out of resources: {what}: {source}")]
+    OutOfThreads {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The storage under the device ran out of space (ENOSPC) or quota (EDQUOT):
+    /// the filesystem holding a device file, or a thinly provisioned block device.
+    #[error("{context}: no space left on {}: {source}", .filesystem.as_ref().map_or("the storage under the device".to_string(), |f| format!("the filesystem {f}")))]
+    HostNoSpace {
+        context: String,
+        /// "MOUNTPOINT (FSTYPE on SOURCE)" of a device file's filesystem.
+        filesystem: Option<String>,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Out of space under a device, as the device's writes report it: the OS
+/// error with the filesystem it happened on. It travels inside an
+/// `io::Error`, and [`Error::io`] turns it into [`Error::HostNoSpace`].
+#[derive(Debug)]
+pub struct HostSpace {
+    /// "MOUNTPOINT (FSTYPE on SOURCE)"; None for a block device.
+    pub filesystem: Option<String>,
+    /// ENOSPC or EDQUOT.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for HostSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.filesystem {
+            Some(fs) => write!(f, "{} (on {fs})", self.source),
+            None => write!(f, "{}", self.source),
+        }
+    }
+}
+
+impl std::error::Error for HostSpace {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 impl Error {
+    /// An OS error with what was being done. Running out of space (ENOSPC,
+    /// EDQUOT) is [`Error::HostNoSpace`], naming the filesystem when the
+    /// error carries a [`HostSpace`].
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        let context = context.into();
+        if source.get_ref().is_some_and(|e| e.is::<HostSpace>()) {
+            let space = source.into_inner().and_then(|e| e.downcast::<HostSpace>().ok()).expect("checked above");
+            return Error::HostNoSpace { context, filesystem: space.filesystem, source: space.source };
+        }
+        match source.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Error::HostNoSpace { context, filesystem: None, source },
+            _ => Error::Io { context, source },
+        }
+    }
+
+    /// An allocation of `bytes` for `what` failed.
+    pub fn out_of_memory(what: &'static str, bytes: impl TryInto<u64>) -> Error {
+        Error::OutOfMemory { what, bytes: bytes.try_into().unwrap_or(u64::MAX) }
     }
 
     pub fn status(&self) -> Status {
@@ -161,7 +226,7 @@ impl Error {
             Error::InvalidArgument(_) => Status::InvalidArgument,
             Error::Io { .. } | Error::DirectIoRefused { .. } => Status::Io,
             Error::Format(_) | Error::NotRawblock { .. } => Status::Format,
-            Error::SlotsFull { .. } | Error::CheckpointTooLarge { .. } => Status::NoSpace,
+            Error::SlotsFull { .. } | Error::CheckpointTooLarge { .. } | Error::HostNoSpace { .. } => Status::NoSpace,
             Error::TooLarge { .. } => Status::TooLarge,
             Error::NotFound => Status::NotFound,
             Error::Corrupt(_) => Status::Corrupt,
@@ -171,6 +236,7 @@ impl Error {
             Error::Busy(_) => Status::Busy,
             Error::NeedsRecovery | Error::AlreadyRecovered => Status::State,
             Error::Exists { .. } => Status::Exists,
+            Error::OutOfMemory { .. } | Error::OutOfThreads { .. } => Status::NoMemory,
         }
     }
 }

@@ -73,6 +73,7 @@ pub fn open_recover(data: &[u8]) {
                 capacity_bytes: 1 << 20,
                 geometry: crate::format::GeometryRequest { slot_bytes: 16384, meta_bytes: 9 * 4096, ..Default::default() },
                 overwrite: false,
+                ..Default::default()
             }),
             buffered: true,
             ..Default::default()

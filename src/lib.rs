@@ -17,6 +17,8 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod powerloss;
 pub mod store;
 mod sync;
 

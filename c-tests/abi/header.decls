@@ -12,7 +12,8 @@
 #define RB_OPEN_READ_ONLY 4
 #define RB_OPEN_BUFFERED 8
 #define RB_OPEN_SYNC_WRITES 16
-#define RB_OPEN_CREATE_IF_EMPTY 32
+#define RB_OPEN_PREALLOCATE 32
+#define RB_OPEN_CREATE_IF_EMPTY 64
 #define RB_RECOVER_AUTO 0
 #define RB_RECOVER_CHECKPOINT 1
 #define RB_RECOVER_SCAN 2
@@ -30,6 +31,9 @@
 #define RB_FAULT_TRANSIENT 2
 #define RB_FAULT_SUBMIT 3
 #define RB_HEADER_KEY_INLINE 256
+#define RB_EVICT_NONE 0
+#define RB_EVICT_LRU 1
+#define RB_EVICT_FIFO 2
 #define RB_SUPERBLOCK_PRIMARY 0
 #define RB_SUPERBLOCK_COPY 1
 #define RB_ENGINE_NOTE_BYTES 256
@@ -175,6 +179,7 @@ typedef struct rb_metrics {
 #define RB_E_STATE 12
 #define RB_E_EXISTS 13
 #define RB_E_PANIC 14
+#define RB_E_NO_MEMORY 15
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -224,6 +229,9 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
                                   const struct rb_item *items,
                                   size_t n,
                                   size_t *count);
+rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
+rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
+rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
 rb_status rb_key_cursor_new(const void *after, size_t after_len, struct rb_key_cursor **out);
 rb_status rb_key_cursor_free(struct rb_key_cursor *cursor);
 rb_status rb_list_keys(struct rb_device *dev,

@@ -35,7 +35,7 @@ from . import _lib
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "KeyInfo", "Metrics", "Latency", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -59,6 +59,7 @@ class Status(IntEnum):
     STATE = _lib.RB_E_STATE
     EXISTS = _lib.RB_E_EXISTS
     PANIC = _lib.RB_E_PANIC
+    NO_MEMORY = _lib.RB_E_NO_MEMORY
 
 
 class SuperblockSource(IntEnum):
@@ -66,6 +67,13 @@ class SuperblockSource(IntEnum):
     PRIMARY = _lib.RB_SUPERBLOCK_PRIMARY
     COPY = _lib.RB_SUPERBLOCK_COPY
     """The primary was damaged; a writable handle has rewritten it from the copy."""
+
+
+class Eviction(IntEnum):
+    """What a put does when no slot is free (Device.set_eviction)."""
+    NONE = _lib.RB_EVICT_NONE
+    LRU = _lib.RB_EVICT_LRU
+    FIFO = _lib.RB_EVICT_FIFO
 
 
 class Engine(IntEnum):
@@ -104,7 +112,7 @@ class Fault(IntEnum):
 # Device() / recover() keyword -> the C name of the flag bit it sets.
 _OPEN_FLAG_NAMES = {"create": "RB_OPEN_CREATE", "overwrite": "RB_OPEN_OVERWRITE_OK", "read_only": "RB_OPEN_READ_ONLY",
                     "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES",
-                    "create_if_empty": "RB_OPEN_CREATE_IF_EMPTY"}
+                    "preallocate": "RB_OPEN_PREALLOCATE", "create_if_empty": "RB_OPEN_CREATE_IF_EMPTY"}
 _RECOVER_FLAG_NAMES = {"keep_unreadable": "RB_RECOVER_KEEP_UNREADABLE", "scrub_free": "RB_RECOVER_SCRUB_FREE"}
 _OPEN_FLAGS = {kw: getattr(_lib, c) for kw, c in _OPEN_FLAG_NAMES.items()}
 _RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
@@ -426,6 +434,26 @@ class _CallGuard:
                 self._cv.notify_all()
 
 
+class Region:
+    """Memory registered with a Device (Device.register_memory); unregisters on exit."""
+
+    def __init__(self, device: "Device", region: int, buffer) -> None:
+        self._device, self.id, self._buffer = device, region, buffer
+
+    def unregister(self) -> None:
+        """Waits for calls in flight that use the region, then releases it (idempotent)."""
+        if self._buffer is not None:
+            with self._device._guard as h:
+                _check(_L.rb_unregister_memory(h, self.id))
+            self._buffer = None
+
+    def __enter__(self) -> "Region":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unregister()
+
+
 class Device:
     """An open rawblock device. Use Device.create() to format, Device.open() to reopen.
 
@@ -435,7 +463,8 @@ class Device:
 
     def __init__(self, path: "str | bytes | os.PathLike", *, create: Optional[bool] = None,
                  overwrite: Optional[bool] = None, read_only: Optional[bool] = None, buffered: Optional[bool] = None,
-                 sync_writes: Optional[bool] = None, create_if_empty: Optional[bool] = None,
+                 sync_writes: Optional[bool] = None, preallocate: Optional[bool] = None,
+                 create_if_empty: Optional[bool] = None,
                  engine: Optional[Engine] = None,
                  posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
                  capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
@@ -445,7 +474,8 @@ class Device:
         _check(_L.rb_options_init(ctypes.byref(opts)))
         flags = opts.flags
         for kw, on in (("create", create), ("overwrite", overwrite), ("read_only", read_only),
-                       ("buffered", buffered), ("sync_writes", sync_writes), ("create_if_empty", create_if_empty)):
+                       ("buffered", buffered), ("sync_writes", sync_writes), ("preallocate", preallocate),
+                       ("create_if_empty", create_if_empty)):
             flags = _set_flag(flags, _OPEN_FLAGS[kw], on)
         _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
                   capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,
@@ -613,6 +643,26 @@ class Device:
         with self._guard as h:
             _check(_L.rb_count_present_prefix(h, arr, len(keys), ctypes.byref(count)))
         return count.value
+
+    def set_eviction(self, policy: Eviction, low_watermark_permille: int = 0) -> None:
+        """Evict the coldest entries (LRU or FIFO) when a put finds no free slot, down to
+        `low_watermark_permille` thousandths of the slots free (0: the library's default)."""
+        policy = _c_int(policy, ctypes.c_uint32, "policy")
+        permille = _c_int(low_watermark_permille, ctypes.c_uint32, "low_watermark_permille")
+        with self._guard as h:
+            _check(_L.rb_set_eviction(h, policy, permille))
+
+    def register_memory(self, buffer) -> "Region":
+        """Registers a writable buffer (e.g. an mmap'ed or pinned pool) so batched calls moving
+        data into and out of it use io_uring fixed buffers. Use the returned Region as a context
+        manager, or call its unregister(); the buffer must stay alive until then."""
+        ptr, n = _writable(buffer)
+        if n == 0:
+            raise ValueError("cannot register an empty buffer")
+        region = ctypes.c_uint32(0)
+        with self._guard as h:
+            _check(_L.rb_register_memory(h, ptr, n, ctypes.byref(region)))
+        return Region(self, region.value, buffer)
 
     def delete(self, key: bytes) -> None:
         k, kl = _buf(key)

@@ -21,7 +21,8 @@ RB_OPEN_OVERWRITE_OK = 2
 RB_OPEN_READ_ONLY = 4
 RB_OPEN_BUFFERED = 8
 RB_OPEN_SYNC_WRITES = 16
-RB_OPEN_CREATE_IF_EMPTY = 32
+RB_OPEN_PREALLOCATE = 32
+RB_OPEN_CREATE_IF_EMPTY = 64
 
 RB_RECOVER_AUTO = 0
 RB_RECOVER_CHECKPOINT = 1
@@ -47,6 +48,9 @@ RB_FAULT_SUBMIT = 3
 RB_HEADER_KEY_INLINE = 256
 RB_ENGINE_NOTE_BYTES = 256
 RB_SUPERBLOCK_PRIMARY = 0
+RB_EVICT_NONE = 0
+RB_EVICT_LRU = 1
+RB_EVICT_FIFO = 2
 RB_SUPERBLOCK_COPY = 1
 
 RB_OK = 0
@@ -64,6 +68,7 @@ RB_E_BUSY = 11
 RB_E_STATE = 12
 RB_E_EXISTS = 13
 RB_E_PANIC = 14
+RB_E_NO_MEMORY = 15
 
 # The header's structs, in its order. Field names, order, C types, offsets and sizes are
 # checked against the header by tests/test_header.py.
@@ -265,6 +270,9 @@ SIGNATURES = {
     "rb_delete_many": (_status, [_dev, _P(Item), _size]),
     "rb_contains_many": (_status, [_dev, _P(Item), _size]),
     "rb_count_present_prefix": (_status, [_dev, _P(Item), _size, _P(_size)]),
+    "rb_register_memory": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_uint32)]),
+    "rb_unregister_memory": (_status, [_dev, ctypes.c_uint32]),
+    "rb_set_eviction": (_status, [_dev, ctypes.c_uint32, ctypes.c_uint32]),
     # Key cursors (struct rb_key_cursor *) are c_void_p, like handles.
     "rb_key_cursor_new": (_status, [ctypes.c_void_p, _size, _P(ctypes.c_void_p)]),
     "rb_key_cursor_free": (_status, [ctypes.c_void_p]),

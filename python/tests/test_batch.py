@@ -56,3 +56,21 @@ def test_put_many_from_buffers_and_duplicates(path):
         assert errs[1] is None
         res = dev.delete_many([b"x", b"x", b"nope"])
         assert res[0] is None and isinstance(res[1], rawblock.NotFound) and isinstance(res[2], rawblock.NotFound)
+
+
+def test_registered_memory_round_trip(path):
+    with create(path, engine=rawblock.Engine.IO_URING) as dev:
+        pool = mmap.mmap(-1, 16 * 8192)  # page-aligned, like a serving engine's pinned pool
+        with dev.register_memory(pool) as region:
+            assert isinstance(region.id, int)
+            views = [memoryview(pool)[i * 8192:(i + 1) * 8192] for i in range(16)]
+            for i, v in enumerate(views):
+                v[:] = value(i, 8192)
+            assert dev.put_many([(b"r%d" % i, v) for i, v in enumerate(views)]) == [None] * 16
+            pool[:] = bytes(len(pool))
+            assert dev.get_many([b"r%d" % i for i in range(16)], into=views) == [8192] * 16
+            assert all(bytes(v) == value(i, 8192) for i, v in enumerate(views))
+            assert dev.io_stats().registered_buffers
+        region.unregister()  # idempotent
+        with pytest.raises(ValueError):
+            dev.register_memory(bytearray(0))

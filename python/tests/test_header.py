@@ -264,7 +264,8 @@ def test_every_constant_is_exposed_by_the_python_api(header, probe):
     enums = [(rawblock.Status, lambda m: "RB_OK" if m == "OK" else "RB_E_" + m),
              (rawblock.Engine, "RB_ENGINE_{}".format), (rawblock.RecoverMode, "RB_RECOVER_{}".format),
              (rawblock.Source, "RB_RECOVERED_{}".format), (rawblock.HeaderStatus, "RB_HEADER_{}".format),
-             (rawblock.Fault, "RB_FAULT_{}".format), (rawblock.SuperblockSource, "RB_SUPERBLOCK_{}".format)]
+             (rawblock.Fault, "RB_FAULT_{}".format), (rawblock.SuperblockSource, "RB_SUPERBLOCK_{}".format),
+             (rawblock.Eviction, "RB_EVICT_{}".format)]
     for enum, cname in enums:
         for m in enum:
             claim(cname(m.name), f"{enum.__name__}.{m.name}", m.value)

@@ -139,3 +139,14 @@ def test_metrics(path):
         dev.get(b"a")
         dev.reset_metrics()
         assert dev.metrics() == rawblock.Metrics(*([0] * 10), *([rawblock.Latency(0, 0, 0, 0, 0)] * 4))
+
+
+def test_metrics_count_evictions(path):
+    with create(path) as dev:
+        dev.set_eviction(rawblock.Eviction.LRU)
+        slots = dev.info().slot_count
+        for i in range(slots + 5):
+            dev.put(b"k%d" % i, b"v")
+        m = dev.metrics()
+        assert m.evictions >= 5 and m.puts == slots + 5
+        assert dev.info().indexed + m.evictions == slots + 5, "every key put is indexed or was evicted"

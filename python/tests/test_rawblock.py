@@ -177,3 +177,15 @@ def test_a_library_of_another_abi_is_refused(monkeypatch):
     monkeypatch.setattr(_lib, "RB_ABI_VERSION", _lib.RB_ABI_VERSION + 1)
     with pytest.raises(OSError, match="ABI version"):
         _lib.load()
+
+
+def test_preallocate_allocates_the_whole_file(path):
+    # Without it only the metadata region is allocated (the slots stay sparse); with it, every byte.
+    with create(path) as dev:
+        info = dev.info()
+    sparse = os.stat(path).st_blocks * 512
+    assert info.meta_bytes <= sparse < (16 << 20) // 2
+    os.unlink(path)
+    with create(path, preallocate=True) as dev:
+        pass
+    assert os.stat(path).st_blocks * 512 >= info.data_base + info.slot_count * info.slot_bytes

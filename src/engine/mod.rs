@@ -12,6 +12,7 @@ pub mod data;
 mod data_window;
 pub mod faults;
 pub mod posix;
+pub mod registry;
 pub mod uring;
 mod window;
 
@@ -79,6 +80,8 @@ const DEFAULT_POSIX_THREADS: usize = 1;
 const MAX_POSIX_THREADS: usize = 256;
 const DEFAULT_QUEUE_DEPTH: usize = 128;
 const MAX_QUEUE_DEPTH: usize = 4096;
+/// Largest io_uring arena (`depth x record_len`) per ring: a larger record lowers the depth.
+pub const MAX_ARENA_BYTES: usize = 256 << 20;
 
 impl EngineConfig {
     /// `posix_threads` (1 = serial, more = a pool) and `queue_depth` (most reads in
@@ -101,6 +104,11 @@ impl EngineConfig {
     pub fn queue_depth(&self) -> usize {
         self.queue_depth
     }
+    /// The depth an io_uring ring runs with for records of `record_len` bytes: the
+    /// queue depth, lowered so that its arena stays within [`MAX_ARENA_BYTES`].
+    pub fn uring_depth(&self, record_len: usize) -> usize {
+        self.queue_depth.min(MAX_ARENA_BYTES / record_len.max(1)).max(1)
+    }
 }
 
 impl Default for EngineConfig {
@@ -118,6 +126,10 @@ fn engine_config_applies_defaults_and_clamps() {
     assert_eq!((c.posix_threads(), c.queue_depth()), (MAX_POSIX_THREADS, MAX_QUEUE_DEPTH));
     let c = EngineConfig::new(EngineChoice::Auto, 3, 7);
     assert_eq!((c.choice(), c.posix_threads(), c.queue_depth()), (EngineChoice::Auto, 3, 7));
+    // The arena bound: a 1 GiB record (the header) would have made a 128 GiB arena.
+    let c = EngineConfig::new(EngineChoice::IoUring, 0, 4096);
+    assert_eq!((c.uring_depth(4096), c.uring_depth(1 << 20), c.uring_depth(1 << 30)), (4096, 256, 1));
+    assert_eq!(EngineConfig::default().uring_depth(4096), DEFAULT_QUEUE_DEPTH);
 }
 
 /// Where the records to read are: `len` bytes at `base + slot * stride`.
@@ -231,6 +243,8 @@ pub struct Engine {
     inner: Inner,
     /// Why AUTO did not pick io_uring, when it did not.
     note: Option<String>,
+    /// Caller memory registered for fixed-buffer I/O (io_uring; POSIX accepts and ignores it).
+    registry: std::sync::Arc<registry::Registry>,
 }
 
 enum Inner {
@@ -241,24 +255,43 @@ enum Inner {
 impl Engine {
     /// Builds the engine `cfg` asks for. AUTO falls back to POSIX when io_uring
     /// is unavailable and keeps the reason ([`Engine::note`]).
+    /// A thread or buffer the host refuses is an error ([`Error::OutOfThreads`],
+    /// [`Error::OutOfMemory`]), with nothing left running.
     pub fn new(cfg: &EngineConfig, dev: &Device, record_len: usize) -> Result<Engine> {
-        let posix = || Inner::Posix(posix::PosixEngine::new(cfg.posix_threads()));
-        let uring = || uring::UringEngine::new(dev, cfg.queue_depth(), record_len).map(Inner::IoUring);
+        let registry = std::sync::Arc::new(registry::Registry::default());
+        let posix = || posix::PosixEngine::new(cfg.posix_threads()).map(Inner::Posix);
+        let uring = || uring::UringEngine::new(dev, cfg.uring_depth(record_len), record_len, registry.clone()).map(Inner::IoUring);
         let (inner, note) = match cfg.choice() {
-            EngineChoice::Posix => (posix(), None),
+            EngineChoice::Posix => (posix()?, None),
             EngineChoice::UringCmd => {
                 return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: "not implemented yet".into() })
             }
             EngineChoice::IoUring => match uring() {
                 Ok(u) => (u, None),
-                Err(e) => return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: e.to_string() }),
+                Err(uring::SetupError::Kernel(e)) => {
+                    return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: e.to_string() })
+                }
+                Err(uring::SetupError::Memory(e)) => return Err(e),
             },
             EngineChoice::Auto => match uring() {
                 Ok(u) => (u, None),
-                Err(e) => (posix(), Some(format!("io_uring unavailable ({e}); using posix"))),
+                Err(e) => (posix()?, Some(format!("io_uring unavailable ({e}); using posix"))),
             },
         };
-        Ok(Engine { inner, note })
+        Ok(Engine { inner, note, registry })
+    }
+
+    /// The caller memory registered with this handle.
+    pub fn registry(&self) -> &registry::Registry {
+        &self.registry
+    }
+
+    /// Drops unregistered regions from the idle rings' tables, so their pages are unpinned now
+    /// rather than at the ring's next use.
+    pub fn release_regions(&self) {
+        if let Inner::IoUring(u) = &self.inner {
+            u.apply_regions_to_idle();
+        }
     }
 
     pub fn kind(&self) -> EngineKind {

@@ -10,6 +10,7 @@ use super::data::{self, DataCtx, DataJob};
 use super::{BatchStats, Decoder, ReadCtx};
 use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
+use crate::error::{Error, Result};
 use crate::sync::{self, lock};
 
 pub struct PosixEngine {
@@ -17,8 +18,11 @@ pub struct PosixEngine {
 }
 
 impl PosixEngine {
-    pub fn new(threads: usize) -> PosixEngine {
-        PosixEngine { pool: (threads > 1).then(|| WorkerPool::new(threads)) }
+    /// A serial engine (`threads` <= 1) or a pool of `threads` workers. A thread the
+    /// host refuses is [`Error::OutOfThreads`], with the workers already started joined.
+    pub fn new(threads: usize) -> Result<PosixEngine> {
+        let pool = if threads > 1 { Some(WorkerPool::new(threads)?) } else { None };
+        Ok(PosixEngine { pool })
     }
 
     pub fn threads(&self) -> usize {
@@ -141,22 +145,30 @@ struct WorkerPool {
 }
 
 impl WorkerPool {
-    fn new(threads: usize) -> WorkerPool {
+    /// Starts `threads` workers. If the host refuses one, the pool is dropped (which
+    /// stops and joins the workers already started) and the error says which one failed.
+    fn new(threads: usize) -> Result<WorkerPool> {
         let shared = Arc::new(Shared {
             state: Mutex::new(PoolState { job: None, epoch: 0, remaining: 0, shutdown: false }),
             work: Condvar::new(),
             done: Condvar::new(),
         });
-        let workers = (0..threads)
-            .map(|w| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("rawblock-io-{w}"))
-                    .spawn(move || worker_loop(&shared, w))
-                    .expect("cannot spawn a rawblock I/O thread")
-            })
-            .collect();
-        WorkerPool { shared, workers, run_lock: Mutex::new(()) }
+        let mut pool = WorkerPool { shared, workers: Vec::with_capacity(threads), run_lock: Mutex::new(()) };
+        for w in 0..threads {
+            let shared = pool.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rawblock-io-{w}"))
+                .spawn(move || worker_loop(&shared, w));
+            match spawned {
+                Ok(handle) => pool.workers.push(handle),
+                Err(source) => {
+                    let what = format!("could not start POSIX engine thread {} of {threads}", w + 1);
+                    drop(pool);
+                    return Err(Error::OutOfThreads { what, source });
+                }
+            }
+        }
+        Ok(pool)
     }
 
     /// Runs `job(worker_index)` on every worker and returns when all are done.
@@ -220,7 +232,7 @@ mod tests {
 
     #[test]
     fn pool_runs_every_worker_once_per_job_and_reuses_threads() {
-        let pool = WorkerPool::new(4);
+        let pool = WorkerPool::new(4).unwrap();
         for round in 0..50 {
             let hits: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
             pool.run(&|w| {
@@ -232,7 +244,7 @@ mod tests {
 
     #[test]
     fn panicking_job_does_not_hang_the_pool() {
-        let pool = WorkerPool::new(3);
+        let pool = WorkerPool::new(3).unwrap();
         pool.run(&|w| {
             if w == 1 {
                 panic!("injected");

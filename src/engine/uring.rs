@@ -4,17 +4,19 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use io_uring::{opcode, types, IoUring};
 
 use super::window::{self, ReadQueue};
 use super::data::{self, DataCtx, DataJob, IoKind, IoOp};
 use super::data_window::{self, OpQueue};
+use super::registry::{Registry, MAX_REGIONS};
 use super::{BatchStats, Decoder, ReadCtx};
 use crate::format::SlotIndex;
 use crate::aligned::AlignedBuf;
 use crate::device::Device;
+use crate::error::Error;
 use crate::sync::{self, lock};
 
 /// Rings a handle keeps at most; more concurrent callers wait for one.
@@ -24,6 +26,7 @@ pub struct UringEngine {
     fd: RawFd,
     depth: usize,
     record_len: usize,
+    registry: Arc<Registry>,
     pool: Mutex<RingPool>,
     ring_free: Condvar,
 }
@@ -33,15 +36,35 @@ struct RingPool {
     created: usize,
 }
 
+/// Why a ring could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    /// The kernel refused the ring: io_uring is unusable here.
+    Kernel(io::Error),
+    /// The arena could not be allocated ([`Error::OutOfMemory`]).
+    Memory(Error),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Kernel(e) => e.fmt(f),
+            SetupError::Memory(e) => e.fmt(f),
+        }
+    }
+}
+
 impl UringEngine {
     /// Sets up the first ring; an error here means io_uring is unusable.
-    /// `depth` comes from an [`EngineConfig`](super::EngineConfig), already within bounds.
-    pub fn new(dev: &Device, depth: usize, record_len: usize) -> io::Result<UringEngine> {
+    /// `depth` comes from [`EngineConfig::uring_depth`](super::EngineConfig::uring_depth),
+    /// which bounds the arena.
+    pub fn new(dev: &Device, depth: usize, record_len: usize, registry: Arc<Registry>) -> Result<UringEngine, SetupError> {
         let first = UringQueue::new(dev.fd(), depth, record_len, true)?;
         Ok(UringEngine {
             fd: dev.fd(),
             depth,
             record_len,
+            registry,
             pool: Mutex::new(RingPool { idle: vec![first], created: 1 }),
             ring_free: Condvar::new(),
         })
@@ -72,10 +95,21 @@ impl UringEngine {
             Ok(q) => q,
             Err(_) => return data::run_serial(ctx, job),
         };
+        q.apply_regions(&self.registry);
+        q.fixed_ops = 0;
         let mut stats = data_window::drive(&mut q, ctx, job, self.depth);
         stats.registered_file = q.fixed_file;
+        stats.registered_buffers = q.fixed_ops > 0;
         self.checkin(q);
         stats
+    }
+
+    /// Applies the registry to every idle ring (after an unregister).
+    pub(super) fn apply_regions_to_idle(&self) {
+        let mut pool = lock(&self.pool);
+        for q in pool.idle.iter_mut() {
+            q.apply_regions(&self.registry);
+        }
     }
 
     /// When no ring can be set up at all: every read goes per slot.
@@ -89,7 +123,7 @@ impl UringEngine {
         stats
     }
 
-    fn checkout(&self) -> io::Result<UringQueue> {
+    fn checkout(&self) -> Result<UringQueue, SetupError> {
         let mut pool = lock(&self.pool);
         loop {
             if let Some(q) = pool.idle.pop() {
@@ -132,26 +166,89 @@ pub(crate) struct UringQueue {
     fixed_buffers: bool,
     fixed_file: bool,
     poisoned: bool,
+    /// The fixed-buffer table has room for caller regions (entries 1..=MAX_REGIONS).
+    regions_ok: bool,
+    /// The registry version and regions this ring's table holds.
+    regions_version: u64,
+    regions: Vec<Option<(usize, usize)>>,
+    /// Data I/Os pushed as fixed-buffer operations since the count was reset.
+    fixed_ops: u64,
 }
 
 impl UringQueue {
     /// `register`: try registered buffers and file (false only in tests of the plain path).
-    fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> io::Result<UringQueue> {
+    fn new(fd: RawFd, depth: usize, record_len: usize, register: bool) -> Result<UringQueue, SetupError> {
         // Room for the data window too, whose items issue up to MAX_OPS_PER_ITEM I/Os each.
         let entries = depth.max(data::MAX_OPS_PER_ITEM).next_power_of_two() as u32;
+        let arena_bytes = depth.saturating_mul(record_len);
+        let mut arena = AlignedBuf::try_zeroed(arena_bytes)
+            .ok_or_else(|| SetupError::Memory(Error::out_of_memory("the io_uring buffer arena", arena_bytes)))?;
         // COOP_TASKRUN avoids interrupting the task for completions; SINGLE_ISSUER and
         // DEFER_TASKRUN would pin a ring to one thread, which a shared pool cannot promise.
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::new(entries))?;
-        let mut arena = AlignedBuf::zeroed(depth * record_len);
+            .or_else(|_| IoUring::new(entries))
+            .map_err(SetupError::Kernel)?;
         let iov = libc::iovec { iov_base: arena.as_mut_ptr().cast(), iov_len: arena.len() };
+        // A sparse table (5.13+) with room for caller regions after the arena; else the arena alone.
         // Refused (RLIMIT_MEMLOCK, old kernels): plain reads, and the stats say so.
+        let sparse = register && ring.submitter().register_buffers_sparse(1 + MAX_REGIONS as u32).is_ok();
         // SAFETY: the arena outlives the ring (field order) and is never reallocated.
-        let fixed_buffers = register && unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+        let fixed_buffers = match sparse {
+            true => unsafe { ring.submitter().register_buffers_update(0, &[iov], None) }.is_ok(),
+            false => register && unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok(),
+        };
         let fixed_file = register && ring.submitter().register_files(&[fd]).is_ok();
-        Ok(UringQueue { ring, arena, record_len, depth, fd, fixed_buffers, fixed_file, poisoned: false })
+        Ok(UringQueue {
+            ring,
+            arena,
+            record_len,
+            depth,
+            fd,
+            fixed_buffers,
+            fixed_file,
+            poisoned: false,
+            regions_ok: sparse && fixed_buffers,
+            regions_version: 0,
+            regions: Vec::new(),
+            fixed_ops: 0,
+        })
+    }
+
+    /// Brings the ring's table of caller regions up to the registry's (the ring is idle).
+    fn apply_regions(&mut self, registry: &Registry) {
+        if !self.regions_ok || registry.version() == self.regions_version {
+            return;
+        }
+        let snap = registry.snapshot();
+        let mut iovs = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_REGIONS];
+        for (iov, r) in iovs.iter_mut().zip(&snap.regions) {
+            if let Some((start, len)) = *r {
+                *iov = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: len };
+            }
+        }
+        // SAFETY: a region stays valid while registered; the registry removes one only when no
+        // I/O uses it, and the next checkout of this ring clears its entry before reuse.
+        match unsafe { self.ring.submitter().register_buffers_update(1, &iovs, None) } {
+            Ok(()) => {
+                self.regions_version = snap.version;
+                self.regions = snap.regions;
+            }
+            Err(_) => {
+                // Pinning refused (memory limits): this ring does plain I/O into regions.
+                self.regions_ok = false;
+                self.regions.clear();
+            }
+        }
+    }
+
+    /// Whether `op`'s fixed-buffer entry in this ring's table covers its memory.
+    fn fixed_entry(&self, op: &IoOp) -> Option<u16> {
+        let b = op.fixed?;
+        let (start, len) = (*self.regions.get(b as usize - 1)?)?;
+        let (p, end) = (op.ptr as usize, op.ptr as usize + op.len);
+        (start <= p && end <= start + len).then_some(b)
     }
 }
 
@@ -200,7 +297,9 @@ impl ReadQueue for UringQueue {
 impl OpQueue for UringQueue {
     fn push_op(&mut self, user_data: u64, op: &IoOp) {
         let len = op.len as u32;
-        let sqe = match (op.kind, op.fixed, self.fixed_file) {
+        let fixed = self.fixed_entry(op);
+        self.fixed_ops += u64::from(fixed.is_some());
+        let sqe = match (op.kind, fixed, self.fixed_file) {
             (IoKind::Read, Some(b), true) => opcode::ReadFixed::new(types::Fixed(0), op.ptr, len, b).offset(op.offset).build(),
             (IoKind::Read, Some(b), false) => opcode::ReadFixed::new(types::Fd(self.fd), op.ptr, len, b).offset(op.offset).build(),
             (IoKind::Read, None, true) => opcode::Read::new(types::Fixed(0), op.ptr, len).offset(op.offset).build(),

@@ -224,3 +224,63 @@ pub unsafe extern "C" fn rb_count_present_prefix(dev: *mut rb_device, items: *co
 }
 
 const _: () = assert!(std::mem::size_of::<rb_item>() <= super::boundary::MAX_STRUCT_SIZE);
+
+/// Registers `len` bytes at `addr` (the pinned pool of a serving engine) with the handle, so
+/// rb_get_many and rb_put_many move data into and out of it through io_uring fixed buffers
+/// (zero-copy items only; other engines accept the region and use plain I/O). Regions may not
+/// overlap; at most 64, each at most 1 GiB. The memory must stay valid until
+/// rb_unregister_memory returns. `*region` names the region.
+///
+/// # Safety
+/// `dev` is a live handle; `addr` points to `len` bytes that stay valid while registered;
+/// `region` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_register_memory(dev: *mut rb_device, addr: *mut c_void, len: usize, region: *mut u32) -> rb_status {
+    guard("rb_register_memory", || {
+        if addr.is_null() || region.is_null() {
+            return Err(invalid("addr and region must not be NULL"));
+        }
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        let id = s.register_memory(addr.cast::<u8>(), len)?;
+        // SAFETY: region is non-NULL and writable.
+        unsafe { region.write(id.0) };
+        Ok(())
+    })
+}
+
+/// Unregisters a region. Calls in flight that move data through it finish first: this
+/// waits for them, and once it returns the library no longer touches the memory.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_unregister_memory(dev: *mut rb_device, region: u32) -> rb_status {
+    guard("rb_unregister_memory", || {
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.unregister_memory(crate::engine::registry::RegionId(region))
+    })
+}
+
+/// Sets how the handle evicts when a put finds no free slot: RB_EVICT_NONE (the default: the
+/// put answers RB_E_NO_SPACE), RB_EVICT_LRU or RB_EVICT_FIFO. An eviction batch takes the
+/// coldest entries out of the index until `low_watermark_permille` thousandths of the slots
+/// are free (0: the default, 10 = 1%; at least one slot), zeroes their headers on the device
+/// as deletes do, and queues their keys for rb_take_evicted. The order starts from
+/// generation order (oldest put coldest), as it does after every rb_recover.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_set_eviction(dev: *mut rb_device, policy: u32, low_watermark_permille: u32) -> rb_status {
+    guard("rb_set_eviction", || {
+        let policy = match policy {
+            RB_EVICT_NONE => crate::store::EvictionPolicy::None,
+            RB_EVICT_LRU => crate::store::EvictionPolicy::Lru,
+            RB_EVICT_FIFO => crate::store::EvictionPolicy::Fifo,
+            p => return Err(invalid(format!("unknown eviction policy {p}"))),
+        };
+        // SAFETY: a live handle.
+        unsafe { device(dev)? }.set_eviction(crate::store::Eviction { policy, low_watermark_permille })
+    })
+}

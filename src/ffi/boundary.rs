@@ -53,6 +53,10 @@ fn hint(e: &Error) -> &'static str {
         Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. } => "; use RB_ENGINE_IO_URING or RB_ENGINE_AUTO",
         Error::SlotsFull { .. } => "; rb_delete keys to make room",
         Error::CheckpointTooLarge { .. } => "; format with a larger meta_bytes",
+        Error::OutOfThreads { .. } => "; ask for fewer rb_options.posix_threads",
+        Error::HostNoSpace { .. } => {
+            "; free space on that filesystem, or format with RB_OPEN_PREALLOCATE so the whole file is allocated up front"
+        }
         _ => "",
     }
 }

@@ -109,6 +109,7 @@ fn open_mode(o: &rb_options) -> Result<OpenMode, Error> {
         },
         capacity_bytes: o.capacity_bytes,
         overwrite: flag(RB_OPEN_OVERWRITE_OK),
+        preallocate: flag(RB_OPEN_PREALLOCATE),
     };
     match (flag(RB_OPEN_CREATE), flag(RB_OPEN_CREATE_IF_EMPTY), flag(RB_OPEN_READ_ONLY)) {
         (true, true, _) => Err(invalid("RB_OPEN_CREATE and RB_OPEN_CREATE_IF_EMPTY exclude each other")),
@@ -130,6 +131,7 @@ fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
         | RB_OPEN_READ_ONLY
         | RB_OPEN_BUFFERED
         | RB_OPEN_SYNC_WRITES
+        | RB_OPEN_PREALLOCATE
         | RB_OPEN_CREATE_IF_EMPTY;
     if o.flags & !KNOWN != 0 {
         return Err(invalid(format!("unknown open flags {:#x}", o.flags & !KNOWN)));

@@ -16,7 +16,8 @@ pub const RB_E_INVALID_ARGUMENT: rb_status = 1;
 pub const RB_E_IO: rb_status = 2;
 /// The device holds no usable rawblock format (missing, corrupt or incompatible superblock, truncated device).
 pub const RB_E_FORMAT: rb_status = 3;
-/// No free slot, or a checkpoint does not fit its container (the older checkpoint stays intact).
+/// No free slot, a checkpoint that does not fit its container (the older checkpoint stays intact),
+/// or the filesystem holding the device file is full (ENOSPC) or over quota (EDQUOT).
 pub const RB_E_NO_SPACE: rb_status = 4;
 /// A key longer than the device's max_key_bytes, or a value larger than a slot's payload.
 pub const RB_E_TOO_LARGE: rb_status = 5;
@@ -29,7 +30,8 @@ pub const RB_E_BUFFER_TOO_SMALL: rb_status = 8;
 pub const RB_E_UNSUPPORTED: rb_status = 9;
 /// A write on a handle opened with RB_OPEN_READ_ONLY.
 pub const RB_E_READ_ONLY: rb_status = 10;
-/// Another handle or process has the device open for writing.
+/// Another handle or process has the device open for writing, the block device is mounted or
+/// claimed exclusively, or the file backs an attached loop device.
 pub const RB_E_BUSY: rb_status = 11;
 /// The call does not fit the handle's state (e.g. a write before rb_recover on an existing device).
 pub const RB_E_STATE: rb_status = 12;
@@ -37,6 +39,10 @@ pub const RB_E_STATE: rb_status = 12;
 pub const RB_E_EXISTS: rb_status = 13;
 /// An internal panic was caught at the boundary; the handle should be closed.
 pub const RB_E_PANIC: rb_status = 14;
+/// The host could not provide memory or a thread the call needs (e.g. RLIMIT_NPROC);
+/// nothing was changed and no thread was left running. Ask for less (posix_threads,
+/// queue_depth) or free resources and retry.
+pub const RB_E_NO_MEMORY: rb_status = 15;
 
 /// io_uring where the kernel allows it, otherwise POSIX.
 pub const RB_ENGINE_AUTO: u32 = 0;
@@ -54,19 +60,27 @@ pub const RB_OPEN_OVERWRITE_OK: u32 = 2;
 pub const RB_OPEN_READ_ONLY: u32 = 4;
 /// Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 pub const RB_OPEN_BUFFERED: u32 = 8;
-/// O_DSYNC: every acknowledged write is durable across power loss.
+/// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
+/// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
+/// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
+/// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
+/// With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
+/// the whole file (fallocate), not only the metadata region, so no later write can fail with
+/// RB_E_NO_SPACE for lack of room on its filesystem.
+pub const RB_OPEN_PREALLOCATE: u32 = 32;
 /// Open a rawblock device, or format one that holds none (a new or empty file, or zeros with
 /// no superblock copy) with the options' geometry; never formats over data (RB_E_EXISTS) or a
 /// damaged format (RB_E_FORMAT). rb_device_info.formatted says which happened. Excludes
 /// RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
-pub const RB_OPEN_CREATE_IF_EMPTY: u32 = 32;
+pub const RB_OPEN_CREATE_IF_EMPTY: u32 = 64;
 
 /// The checkpoint when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;
 /// The checkpoint only; none verifying leaves the index empty.
 pub const RB_RECOVER_CHECKPOINT: u32 = 1;
-/// Every slot header, ignoring checkpoints; duplicate keys keep the highest generation.
+/// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
+/// generation whose value verifies.
 pub const RB_RECOVER_SCAN: u32 = 2;
 /// Keep entries whose header read failed, unverified; rb_get verifies them when read.
 pub const RB_RECOVER_KEEP_UNREADABLE: u32 = 1;
@@ -117,22 +131,32 @@ pub struct rb_options {
     pub flags: u32,
     /// Threads of the POSIX engine (default 1, at most 256).
     pub posix_threads: u32,
-    /// Most reads in flight for io_uring (default 128, clamped to 4096).
+    /// Most reads in flight for io_uring (default 128, clamped to 4096, and lowered so that
+    /// queue_depth x header_bytes stays within 256 MiB).
     pub queue_depth: u32,
     /// Formatting only: alignment of everything on the device (default: max(4096, logical block)).
     pub block_size: u32,
-    /// Formatting only: bytes of a slot header (default 4096).
+    /// Formatting only: bytes of a slot header (default 4096, at most 1 MiB).
     pub header_bytes: u32,
     /// Formatting only: bytes of a slot, header included (default 1 MiB).
     pub slot_bytes: u64,
     /// Formatting only: bytes of the device to use (default: all of it; required for an empty file).
     pub capacity_bytes: u64,
-    /// Formatting only: metadata region size (default: room for a checkpoint of every slot).
+    /// Formatting only: metadata region size (default: room for a checkpoint of every slot,
+    /// up to two 4 GiB containers).
     pub meta_bytes: u64,
     /// Formatting only: longest key (default 1024).
     pub max_key_bytes: u32,
     pub reserved: u32,
 }
+
+/// rb_set_eviction: never evict; a put on a full device answers RB_E_NO_SPACE (the default).
+pub const RB_EVICT_NONE: u32 = 0;
+/// rb_set_eviction: evict the entries read or written longest ago (after a restart, the
+/// oldest puts first).
+pub const RB_EVICT_LRU: u32 = 1;
+/// rb_set_eviction: evict the entries put longest ago.
+pub const RB_EVICT_FIFO: u32 = 2;
 
 /// Options for rb_recover. NULL means RB_RECOVER_AUTO with no flags.
 #[repr(C)]
@@ -401,7 +425,7 @@ pub struct rb_metrics {
     pub puts: u64,
     /// Keys removed (rb_delete calls and rb_delete_many items answering RB_OK).
     pub deletes: u64,
-    /// Values evicted by the eviction policy (0 while there is none).
+    /// Entries evicted to make room for puts (rb_set_eviction; 0 without an eviction policy).
     pub evictions: u64,
     /// Value bytes returned by hits.
     pub bytes_read: u64,
@@ -487,6 +511,7 @@ mod tests {
             (RB_E_STATE, Status::State),
             (RB_E_EXISTS, Status::Exists),
             (RB_E_PANIC, Status::Panic),
+            (RB_E_NO_MEMORY, Status::NoMemory),
         ];
         for (code, status) in pairs {
             assert_eq!(code, status as i32, "{status:?}");

@@ -9,6 +9,18 @@ pub const DEFAULT_SLOT_BYTES: u64 = 1 << 20;
 pub const DEFAULT_MAX_KEY_BYTES: u32 = 1024;
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 pub const MAX_BLOCK_SIZE: u32 = 64 * 1024;
+/// Largest slot header. Every header read lands in a buffer of this size (one per
+/// POSIX thread, `queue_depth` per io_uring ring), and keys fit in 64 KiB anyway.
+pub const MAX_HEADER_BYTES: u32 = 1 << 20;
+/// Largest checkpoint container a format plans. A checkpoint is built and loaded
+/// in one buffer of up to this size; the default sizing (a checkpoint of every slot
+/// with a maximal key) is capped here, and a device with more entries than fit
+/// answers a checkpoint with [`Error::CheckpointTooLarge`].
+pub const MAX_CONTAINER_BYTES: u64 = 4 << 30;
+/// Most slots a device may have: a batch of reads tags each with its input index in
+/// 48 bits (the io_uring window), and a scan reads every slot in one batch. Memory
+/// does not follow the slot count.
+pub const MAX_SLOT_COUNT: u64 = 1 << 48;
 
 /// What a caller asks for when formatting; 0 means "the default".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,15 +118,23 @@ impl Geometry {
             return Err(bad(format!("capacity {capacity} bytes holds no slot of {slot_bytes} bytes")));
         }
         let block = block_size as u64;
+        let max_meta_bytes = 2 * block + 2 * MAX_CONTAINER_BYTES;
         let container_bytes = if req.meta_bytes == 0 {
-            // Sized so a checkpoint of every slot with a maximal key fits.
+            // Sized so a checkpoint of every slot with a maximal key fits, up to the maximum.
             let upper_slots = capacity / slot_bytes;
             let per_entry = checkpoint::ENTRY_FIXED_BYTES + max_key_bytes as u64;
-            block + round_up(upper_slots.saturating_mul(per_entry), block.max(1))
+            let payload = upper_slots.saturating_mul(per_entry).min(MAX_CONTAINER_BYTES - block);
+            block + round_up(payload, block.max(1))
         } else {
             // Two superblock copies and two containers of at least two blocks each.
             if req.meta_bytes < block * 6 {
                 return Err(bad(format!("meta_bytes {} is below the minimum of 6 blocks", req.meta_bytes)));
+            }
+            if req.meta_bytes > max_meta_bytes {
+                return Err(bad(format!(
+                    "meta_bytes {} exceeds the maximum of {max_meta_bytes} (two checkpoint containers of {MAX_CONTAINER_BYTES} bytes)",
+                    req.meta_bytes
+                )));
             }
             ((req.meta_bytes - 2 * block) / 2) / block * block
         };
@@ -125,6 +145,11 @@ impl Geometry {
             )));
         }
         let slot_count = (capacity - meta_bytes) / slot_bytes;
+        if slot_count > MAX_SLOT_COUNT {
+            return Err(bad(format!(
+                "capacity {capacity} bytes holds {slot_count} slots of slot_bytes {slot_bytes}, above the maximum of {MAX_SLOT_COUNT} slots"
+            )));
+        }
         let parts =
             GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes, superblock_copy: true };
         Geometry::from_parts(parts, device_block).map_err(bad)
@@ -154,6 +179,9 @@ impl Geometry {
         }
         if self.slot_count == 0 {
             return Err("the device holds no slot".into());
+        }
+        if self.slot_count > MAX_SLOT_COUNT {
+            return Err(format!("slot count {} exceeds the maximum of {MAX_SLOT_COUNT}", self.slot_count));
         }
         self.slot_count
             .checked_mul(self.slot_bytes)
@@ -254,6 +282,9 @@ fn check_fields(block_size: u32, header_bytes: u32, slot_bytes: u64, max_key_byt
     if device_block != 0 && b % device_block != 0 {
         return Err(format!("block_size {b} is not a multiple of the device's logical block size {device_block}"));
     }
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(format!("header_bytes {header_bytes} exceeds the maximum of {MAX_HEADER_BYTES}"));
+    }
     if header_bytes < b || header_bytes % b != 0 {
         return Err(format!("header_bytes {header_bytes} must be a non-zero multiple of the block size {b}"));
     }
@@ -326,5 +357,51 @@ mod tests {
         let g = Geometry::plan(&GeometryRequest::default(), 1 << 30, 8192).unwrap();
         assert_eq!(g.block_size, 8192);
         assert_eq!(g.header_bytes, 8192);
+    }
+
+    /// Bounds on what a device makes the host allocate are checked before anything is
+    /// written, and each error names the field and its value. Before: a 1 GiB header was
+    /// accepted (and a 128 GiB io_uring arena allocated for it).
+    #[test]
+    fn bounds_name_the_field_and_value() {
+        let plan = |req: GeometryRequest, cap| Geometry::plan(&req, cap, 4096).map_err(|e| e.to_string());
+        let huge_header = GeometryRequest { header_bytes: 1 << 30, slot_bytes: 2 << 30, ..Default::default() };
+        let err = plan(huge_header, 1 << 40).unwrap_err();
+        assert!(err.contains("header_bytes 1073741824 exceeds the maximum of 1048576"), "{err}");
+        assert!(plan(GeometryRequest { header_bytes: MAX_HEADER_BYTES, slot_bytes: 2 << 20, ..Default::default() }, 1 << 30).is_ok());
+
+        let max_meta = 2 * 4096 + 2 * MAX_CONTAINER_BYTES;
+        let err = plan(GeometryRequest { meta_bytes: max_meta + 4096, ..Default::default() }, 1 << 50).unwrap_err();
+        assert!(err.contains(&format!("meta_bytes {} exceeds the maximum of {max_meta}", max_meta + 4096)), "{err}");
+        assert!(plan(GeometryRequest { meta_bytes: max_meta, ..Default::default() }, 1 << 40).is_ok());
+
+        let err = plan(GeometryRequest { slot_bytes: 8192, ..Default::default() }, 1 << 62).unwrap_err();
+        assert!(err.contains("slots of slot_bytes 8192, above the maximum of 281474976710656 slots"), "{err}");
+
+        // A superblock recording a header above the maximum is refused the same way.
+        let g = Geometry::plan(&GeometryRequest::default(), 1 << 30, 4096).unwrap();
+        let parts = GeometryParts {
+            block_size: 4096,
+            header_bytes: 1 << 30,
+            slot_bytes: 2 << 30,
+            slot_count: 1,
+            container_bytes: g.container_bytes,
+            max_key_bytes: 1024,
+            superblock_copy: true,
+        };
+        let err = Geometry::from_parts(parts, 4096).unwrap_err();
+        assert!(err.contains("header_bytes 1073741824 exceeds the maximum"), "{err}");
+    }
+
+    /// The device: 2^46 bytes of 8 KiB slots. The default containers are capped
+    /// (before: 9.1 TB each, sized for 8.6 billion maximal keys).
+    #[test]
+    fn a_64_tib_device_of_8_kib_slots_plans_bounded_metadata() {
+        let req = GeometryRequest { slot_bytes: 8192, ..Default::default() };
+        let g = Geometry::plan(&req, 1 << 46, 4096).unwrap();
+        assert_eq!(g.container_bytes(), MAX_CONTAINER_BYTES);
+        assert_eq!(g.meta_bytes(), 2 * 4096 + 2 * MAX_CONTAINER_BYTES);
+        assert_eq!(g.slot_count(), ((1u64 << 46) - g.meta_bytes()) / 8192);
+        assert!(g.device_bytes() <= 1 << 46);
     }
 }

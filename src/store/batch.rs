@@ -19,6 +19,7 @@ use super::index::{Displaced, Entry};
 use super::Store;
 use crate::aligned::IO_ALIGN;
 use crate::engine::data::{DataCtx, DataJob, IoKind, IoOp, OpResult, Ops, Scratch};
+use crate::engine::registry::{RegionId, Use};
 use crate::error::{Error, Oversized, Result};
 use crate::format::{crc32, round_up, Generation, SlotHeader, SlotIndex, SlotState};
 use crate::sync::lock;
@@ -58,7 +59,7 @@ impl Store {
             results.push(match crate::sync::into_inner(st) {
                 GetState::Done(r) => r,
                 // The entry changed under a concurrent write: the single get settles it.
-                GetState::Pending | GetState::Planned(_) | GetState::Changed => self.get_unmetered(keys[i], outs[i]),
+                GetState::Pending | GetState::Planned(..) | GetState::Changed => self.get_unmetered(keys[i], outs[i]),
             });
         }
         Ok(results)
@@ -140,7 +141,9 @@ impl Store {
         Ok(keys.iter().take_while(|k| st.index.get(k).is_some()).count())
     }
 
-    /// Zeroes the header of every slot, then frees it; a slot whose write failed stays allocated.
+    /// Zeroes the header of every slot, then frees it. A slot whose zeroing failed stays
+    /// allocated and queued: every later write retries it first, so nothing acknowledged
+    /// afterwards can be undone by the header still there.
     pub(super) fn invalidate_many(&self, slots: &[SlotIndex]) -> Vec<Result<()>> {
         if slots.is_empty() {
             return Vec::new();
@@ -156,13 +159,33 @@ impl Store {
                     st.index.release(slot);
                     Ok(())
                 }
-                Some(Err(errno)) => Err(Error::io(
+                Some(Err(errno)) => {
+                    st.pending_invalidation.push(slot);
+                    Err(Error::io(
                     format!("invalidating the old header of slot {slot}"),
                     std::io::Error::from_raw_os_error(errno),
-                )),
-                None => Err(Error::Unsupported("invalidation never ran".into())),
+                ))
+                }
+                None => {
+                    st.pending_invalidation.push(slot);
+                    Err(Error::Unsupported("invalidation never ran".into()))
+                }
             })
             .collect()
+    }
+
+    /// Registers `len` bytes at `start` (the caller's pinned pool) so batched reads and
+    /// writes into it use io_uring fixed buffers. The memory must stay valid until
+    /// [`unregister_memory`](Self::unregister_memory) returns.
+    pub fn register_memory(&self, start: *const u8, len: usize) -> Result<RegionId> {
+        self.engine.registry().register(start as usize, len)
+    }
+
+    /// Unregisters a region, waiting for calls in flight that use it.
+    pub fn unregister_memory(&self, id: RegionId) -> Result<()> {
+        self.engine.registry().unregister(id)?;
+        self.engine.release_regions();
+        Ok(())
     }
 
     fn run_data(&self, job: &dyn DataJob) {
@@ -192,10 +215,11 @@ impl Store {
     }
 }
 
-enum GetState {
+enum GetState<'r> {
     Pending,
-    /// Reading: the entry looked up, and whether the payload goes straight to the destination.
-    Planned((Entry, bool)),
+    /// Reading: the entry looked up, whether the payload goes straight to the destination,
+    /// and the registered region it lands in (held until the read is finished).
+    Planned(Entry, bool, #[allow(dead_code)] Option<Use<'r>>),
     /// The entry changed between lookup and read; settled by a single get afterwards.
     Changed,
     Done(Result<usize>),
@@ -205,7 +229,7 @@ struct GetJob<'a> {
     store: &'a Store,
     keys: &'a [&'a [u8]],
     outs: Vec<(CallerPtr, usize)>,
-    state: Vec<Mutex<GetState>>,
+    state: Vec<Mutex<GetState<'a>>>,
 }
 
 impl DataJob for GetJob<'_> {
@@ -218,7 +242,7 @@ impl DataJob for GetJob<'_> {
         let g = s.sb.geometry;
         let key = self.keys[i];
         let (out, cap) = self.outs[i];
-        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|st| st.index.get(key).ok_or(Error::NotFound));
+        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| st.index.lookup(key).ok_or(Error::NotFound));
         let e = match lookup {
             Ok(e) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),
             other => other,
@@ -235,17 +259,20 @@ impl DataJob for GetJob<'_> {
         let padded = s.padded_len(e.payload_len) as usize;
         let direct = s.is_aligned(out.0) && cap >= padded;
         let mut ops = Ops::none();
+        let mut region = None;
         if direct {
             let header = scratch.get(hb).as_mut_ptr();
             ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: header, len: hb, fixed: None, slot: e.slot });
             if padded > 0 {
-                ops.push(IoOp { kind: IoKind::Read, offset: at + hb as u64, ptr: out.0, len: padded, fixed: None, slot: e.slot });
+                region = s.engine.registry().find(out.0, padded);
+                let fixed = region.as_ref().map(|u| u.buf_index);
+                ops.push(IoOp { kind: IoKind::Read, offset: at + hb as u64, ptr: out.0, len: padded, fixed, slot: e.slot });
             }
         } else {
             let record = scratch.get(hb + padded).as_mut_ptr();
             ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: record, len: hb + padded, fixed: None, slot: e.slot });
         }
-        *lock(&self.state[i]) = GetState::Planned((e, direct));
+        *lock(&self.state[i]) = GetState::Planned(e, direct, region);
         ops
     }
 
@@ -254,7 +281,7 @@ impl DataJob for GetJob<'_> {
         let key = self.keys[i];
         let (out, _) = self.outs[i];
         let mut state = lock(&self.state[i]);
-        let GetState::Planned((e, direct)) = *state else { return };
+        let GetState::Planned(e, direct, _) = *state else { return };
         let len = e.payload_len as usize;
         let hb = s.sb.geometry.header_bytes() as usize;
         if let Some(errno) = results.iter().find_map(|r| r.err()) {
@@ -285,10 +312,11 @@ impl DataJob for GetJob<'_> {
     }
 }
 
-enum PutState {
+enum PutState<'r> {
     Pending,
-    /// Written to this slot with this payload CRC; installed at finish.
-    Written(SlotIndex, u32),
+    /// Written to this slot with this payload CRC (from a registered region, held until
+    /// the write is finished); installed at finish.
+    Written(SlotIndex, u32, #[allow(dead_code)] Option<Use<'r>>),
     /// Done: the slot the new value displaced (to invalidate), or the error.
     Done(Result<Option<SlotIndex>>),
 }
@@ -297,7 +325,7 @@ struct PutJob<'a> {
     store: &'a Store,
     items: &'a [(&'a [u8], &'a [u8])],
     generations: Vec<Generation>,
-    state: Vec<Mutex<PutState>>,
+    state: Vec<Mutex<PutState<'a>>>,
 }
 
 impl PutJob<'_> {
@@ -320,9 +348,7 @@ impl DataJob for PutJob<'_> {
         let s = self.store;
         let g = s.sb.geometry;
         let (key, value) = self.items[i];
-        let slot = self.check(key, value).and_then(|()| {
-            lock(&s.state).index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })
-        });
+        let slot = self.check(key, value).and_then(|()| s.allocate_slot());
         let slot = match slot {
             Ok(slot) => slot,
             Err(e) => {
@@ -337,6 +363,7 @@ impl DataJob for PutJob<'_> {
         let header = SlotHeader { device_id: s.sb.device_id, slot, generation: self.generations[i], payload_len: len as u64, payload_crc, key };
         let at = g.slot_offset(slot);
         let mut ops = Ops::none();
+        let mut region = None;
         if s.is_aligned(value.as_ptr()) && len == padded {
             let block = scratch.get(hb);
             header.encode(block);
@@ -344,7 +371,9 @@ impl DataJob for PutJob<'_> {
             if len > 0 {
                 // The kernel only reads from a write's buffer.
                 let ptr = value.as_ptr() as *mut u8;
-                ops.push(IoOp { kind: IoKind::Write, offset: at + hb as u64, ptr, len, fixed: None, slot });
+                region = s.engine.registry().find(ptr, len);
+                let fixed = region.as_ref().map(|u| u.buf_index);
+                ops.push(IoOp { kind: IoKind::Write, offset: at + hb as u64, ptr, len, fixed, slot });
             }
         } else {
             let record = scratch.get(hb + padded);
@@ -353,21 +382,18 @@ impl DataJob for PutJob<'_> {
             record[hb + len..].fill(0); // no bytes of an earlier value reach the device
             ops.push(IoOp { kind: IoKind::Write, offset: at, ptr: record.as_mut_ptr(), len: hb + padded, fixed: None, slot });
         }
-        *lock(&self.state[i]) = PutState::Written(slot, payload_crc);
+        *lock(&self.state[i]) = PutState::Written(slot, payload_crc, region);
         ops
     }
 
     fn finish(&self, i: usize, results: &[OpResult], _scratch: &Scratch) {
         let s = self.store;
         let mut state = lock(&self.state[i]);
-        let PutState::Written(slot, payload_crc) = *state else { return };
+        let PutState::Written(slot, payload_crc, _) = *state else { return };
         let (key, value) = self.items[i];
         if let Some(errno) = results.iter().find_map(|r| r.err()) {
-            // Leave nothing recovery could prefer: zero the header, then free the slot. If even
-            // that fails, the slot stays allocated so it is never reused.
-            if s.invalidate(slot).is_err() {
-                lock(&s.state).pending_invalidation.push(slot);
-            }
+            // Leave nothing recovery could prefer, as a single put does.
+            s.discard_failed_record(slot, self.generations[i]);
             *state = PutState::Done(Err(Error::io(format!("writing slot {slot}"), std::io::Error::from_raw_os_error(errno))));
             return;
         }

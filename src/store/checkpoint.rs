@@ -83,7 +83,11 @@ impl Store {
         if len > g.checkpoint_capacity() {
             return Err(Error::CheckpointTooLarge { entries, needed: len, capacity: g.checkpoint_capacity() });
         }
-        let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size() as u64) as usize);
+        let padded = round_up(len, g.block_size() as u64);
+        let mut payload = usize::try_from(padded)
+            .ok()
+            .and_then(AlignedBuf::try_zeroed)
+            .ok_or_else(|| Error::out_of_memory("the checkpoint payload", padded))?;
         let written = encode_payload(
             st.index.iter().map(|(key, e)| CheckpointEntry {
                 key,
@@ -157,7 +161,11 @@ impl Store {
 
     fn read_payload(&self, which: Container, len: u64) -> Result<AlignedBuf> {
         let g = self.sb.geometry;
-        let mut payload = AlignedBuf::zeroed(round_up(len, g.block_size() as u64) as usize);
+        let padded = round_up(len, g.block_size() as u64);
+        let mut payload = usize::try_from(padded)
+            .ok()
+            .and_then(AlignedBuf::try_zeroed)
+            .ok_or_else(|| Error::out_of_memory("loading a checkpoint payload", padded))?;
         let base = g.container_offset(which) + g.block_size() as u64;
         for (i, chunk) in payload.chunks_mut(LOAD_CHUNK).enumerate() {
             self.dev

@@ -7,7 +7,7 @@ use super::index::{Displaced, Entry};
 use super::Store;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Oversized, Result};
-use crate::format::{crc32, SlotHeader, SlotIndex, SlotState};
+use crate::format::{crc32, Generation, SlotHeader, SlotIndex, SlotState};
 use crate::sync::lock;
 
 /// Aligned buffers of the largest record (header + max payload), reused so the data
@@ -25,8 +25,13 @@ impl RecordPool {
         RecordPool { record_bytes, kept: Mutex::new(Vec::new()) }
     }
 
-    fn take(&self) -> AlignedBuf {
-        lock(&self.kept).pop().unwrap_or_else(|| AlignedBuf::zeroed(self.record_bytes))
+    /// A record buffer; one the host cannot allocate is [`Error::OutOfMemory`].
+    fn take(&self) -> Result<AlignedBuf> {
+        match lock(&self.kept).pop() {
+            Some(buf) => Ok(buf),
+            None => AlignedBuf::try_zeroed(self.record_bytes)
+                .ok_or_else(|| Error::out_of_memory("a record buffer", self.record_bytes)),
+        }
     }
 
     fn give_back(&self, buf: AlignedBuf) {
@@ -49,14 +54,18 @@ impl Store {
         if value.len() as u64 > g.max_payload() {
             return Err(Error::TooLarge { what: Oversized::Value, len: value.len() as u64, max: g.max_payload() });
         }
-        let (slot, generation) = {
-            let mut st = self.writable()?;
-            let slot = st.index.allocate().ok_or(Error::SlotsFull { slot_count: g.slot_count() })?;
-            (slot, st.next_generation())
-        };
+        drop(self.writable()?);
+        let slot = self.allocate_slot()?;
+        let generation = lock(&self.state).next_generation();
         let payload_len = value.len() as u64;
         let payload_crc = crc32(value);
-        let mut buf = self.records.take();
+        let mut buf = match self.records.take() {
+            Ok(buf) => buf,
+            Err(e) => {
+                lock(&self.state).index.release(slot);
+                return Err(e);
+            }
+        };
         let rec = &mut buf[..g.record_bytes(payload_len) as usize];
         let hb = g.header_bytes() as usize;
         SlotHeader { device_id: self.sb.device_id, slot, generation, payload_len, payload_crc, key }.encode(&mut rec[..hb]);
@@ -65,18 +74,50 @@ impl Store {
         let written = self.dev.write_at(rec, g.slot_offset(slot));
         self.records.give_back(buf);
         if let Err(e) = written {
-            lock(&self.state).index.release(slot);
+            self.discard_failed_record(slot, generation);
             return Err(Error::io(format!("writing slot {slot}"), e));
         }
         let displaced = lock(&self.state).index.install(key, Entry { slot, generation, payload_len, payload_crc });
         match displaced {
             Displaced::Nothing => Ok(()),
-            Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate(old.slot),
+            Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate_or_queue(old.slot),
         }
     }
 
+    /// Undoes a record write that failed part-way: it may have left a valid header over a
+    /// torn payload, newer than the key's acknowledged value. The header is zeroed before the
+    /// slot is reused. If that fails too and the header did land (read back), the slot stays
+    /// allocated and queued, so every later write retries first and nothing acknowledged
+    /// afterwards can be undone by it (a scan meanwhile prefers the older copy that
+    /// verifies). A header that never landed (say ENOSPC before the first block) needs no
+    /// zeroing, which could fail the same way and would block every later write.
+    pub(super) fn discard_failed_record(&self, slot: SlotIndex, generation: Generation) {
+        if self.invalidate(slot).is_ok() {
+            return;
+        }
+        let hb = self.sb.geometry.header_bytes() as usize;
+        let mut block = AlignedBuf::zeroed(hb);
+        let landed = match self.dev.read_at(&mut block, self.sb.geometry.slot_offset(slot)) {
+            Ok(()) => matches!(SlotHeader::classify(&block, &self.sb.device_id, slot), SlotState::Valid(h) if h.generation == generation),
+            Err(_) => true, // unknown: assume it did
+        };
+        let mut st = lock(&self.state);
+        if landed {
+            st.pending_invalidation.push(slot);
+        } else {
+            st.index.release(slot);
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate), and when that fails, queues the slot so that every
+    /// later write retries first: until its header is zeroed, an older checkpoint or a scan
+    /// could still take it, and nothing may be acknowledged that it could undo.
+    fn invalidate_or_queue(&self, slot: SlotIndex) -> Result<()> {
+        self.invalidate(slot).inspect_err(|_| lock(&self.state).pending_invalidation.push(slot))
+    }
+
     /// Overwrites a slot's header with zeros, then frees the slot. If the write fails the
-    /// slot stays allocated (never reused) so its stale header cannot be mistaken later.
+    /// slot stays allocated (never reused), its header still on the device.
     pub(super) fn invalidate(&self, slot: SlotIndex) -> Result<()> {
         let zeros = AlignedBuf::zeroed(self.sb.geometry.block_size() as usize);
         self.dev
@@ -93,7 +134,7 @@ impl Store {
         // A concurrent replace or delete can reuse the slot between lookup and read;
         // that shows as a changed index entry, and the lookup is retried.
         for _ in 0..64 {
-            let e = self.ready()?.index.get(key).ok_or(Error::NotFound)?;
+            let e = self.ready()?.index.lookup(key).ok_or(Error::NotFound)?;
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });
             }
@@ -107,7 +148,7 @@ impl Store {
     /// Reads the record `e` names into `out`; `None` when the entry changed meanwhile.
     fn read_entry(&self, key: &[u8], e: &Entry, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.sb.geometry;
-        let mut buf = self.records.take();
+        let mut buf = self.records.take()?;
         let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
         let verdict = match self.dev.read_at(rec, g.slot_offset(e.slot)) {
             Err(err) => Err(Error::io(format!("reading slot {}", e.slot), err)),
@@ -122,6 +163,17 @@ impl Store {
                 Err(_) => Ok(None),
             },
         };
+        self.records.give_back(buf);
+        verdict
+    }
+
+    /// Whether the record `e` names is on the device whole: its header matches `e` and its
+    /// payload verifies. Recovery asks this of duplicate keys before choosing one.
+    pub(super) fn record_verifies(&self, key: &[u8], e: &Entry) -> std::io::Result<bool> {
+        let g = self.sb.geometry;
+        let mut buf = self.records.take().map_err(std::io::Error::other)?;
+        let rec = &mut buf[..g.record_bytes(e.payload_len) as usize];
+        let verdict = self.dev.read_at(rec, g.slot_offset(e.slot)).map(|()| self.verify(rec, key, e).is_ok());
         self.records.give_back(buf);
         verdict
     }
@@ -156,10 +208,16 @@ impl Store {
         self.ready()?.index.get(key).map(|e| e.payload_len).ok_or(Error::NotFound)
     }
 
+    /// Test support: reports every later write and sync of this handle to `log`.
+    #[cfg(test)]
+    pub(crate) fn set_write_log(&mut self, log: std::sync::Arc<dyn crate::device::WriteLog>) {
+        self.dev.set_write_log(log)
+    }
+
     /// Removes `key`; its header is invalidated on the device before this returns.
     pub(super) fn delete_unmetered(&self, key: &[u8]) -> Result<()> {
         self.check_key(key)?;
         let e = self.writable()?.index.remove(key).ok_or(Error::NotFound)?;
-        self.invalidate(e.slot)
+        self.invalidate_or_queue(e.slot)
     }
 }

@@ -79,6 +79,7 @@ mod tests {
             capacity_bytes: 8 << 20,
             geometry: GeometryRequest { slot_bytes: 64 << 10, ..Default::default() },
             overwrite: false,
+            ..Default::default()
         }
     }
 

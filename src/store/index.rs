@@ -1,7 +1,9 @@
 //! The in-memory index: key -> where its newest value lives, plus slot allocation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::error::{Error, Result};
+use super::evict::{EvictionOrder, EvictionPolicy};
 use crate::format::{Generation, SlotIndex};
 
 /// Where a key's value lives and what its header must say.
@@ -25,21 +27,102 @@ pub enum Displaced {
 
 pub struct Index {
     map: HashMap<Box<[u8]>, Entry>,
-    /// One bit per slot: allocated (indexed, being written, or being invalidated).
-    used: Vec<u64>,
-    /// Free slots, lowest on top.
-    free: Vec<SlotIndex>,
+    /// Every slot not allocated (indexed, being written, or being invalidated).
+    free: FreeRanges,
+    /// The entries in eviction order, when the handle evicts.
+    order: Option<EvictionOrder>,
 }
 
-impl Index {
-    /// An index with every one of `slot_count` slots free.
-    pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), used: vec![0; slot_count.div_ceil(64) as usize], free: (0..slot_count).rev().map(SlotIndex).collect() }
+/// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
+/// A fresh device is one range; each allocated slot splits at most one range in
+/// two, so there are at most `allocated + 1` ranges: memory follows the slots in
+/// use, never the device's slot count.
+struct FreeRanges {
+    ranges: BTreeMap<u64, u64>,
+    /// Slots in all ranges.
+    count: u64,
+    slot_count: u64,
+}
+
+impl FreeRanges {
+    /// Every slot of `slot_count` free except `used`, which is sorted and holds no duplicates.
+    fn all_but(slot_count: u64, used: &[u64]) -> FreeRanges {
+        let mut ranges = BTreeMap::new();
+        let mut count = 0;
+        let mut start = 0;
+        for &u in used.iter().take_while(|&&u| u < slot_count) {
+            if start < u {
+                ranges.insert(start, u);
+                count += u - start;
+            }
+            start = u + 1;
+        }
+        if start < slot_count {
+            ranges.insert(start, slot_count);
+            count += slot_count - start;
+        }
+        FreeRanges { ranges, count, slot_count }
     }
 
-    /// Builds the free list from the used bits once every entry is in.
-    fn rebuild_free(&mut self, slot_count: u64) {
-        self.free = (0..slot_count).rev().map(SlotIndex).filter(|&s| !self.is_used(s)).collect();
+    /// The range holding `slot`, if it is free.
+    fn containing(&self, slot: u64) -> Option<(u64, u64)> {
+        self.ranges.range(..=slot).next_back().map(|(&s, &e)| (s, e)).filter(|&(_, e)| slot < e)
+    }
+
+    /// Takes the lowest free slot.
+    fn take_lowest(&mut self) -> Option<u64> {
+        let (start, end) = self.ranges.pop_first()?;
+        if start + 1 < end {
+            self.ranges.insert(start + 1, end);
+        }
+        self.count -= 1;
+        Some(start)
+    }
+
+    /// Takes `slot`, which must be free.
+    fn take(&mut self, slot: u64) {
+        let Some((start, end)) = self.containing(slot) else { return };
+        self.ranges.remove(&start);
+        if start < slot {
+            self.ranges.insert(start, slot);
+        }
+        if slot + 1 < end {
+            self.ranges.insert(slot + 1, end);
+        }
+        self.count -= 1;
+    }
+
+    /// Gives back `slot`, which must be allocated, merging it with the ranges beside it.
+    fn give(&mut self, slot: u64) {
+        let mut start = slot;
+        let mut end = slot + 1;
+        if let Some((&s, &e)) = self.ranges.range(..slot).next_back() {
+            if e == slot {
+                self.ranges.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(e) = self.ranges.remove(&(slot + 1)) {
+            end = e;
+        }
+        self.ranges.insert(start, end);
+        self.count += 1;
+    }
+
+    /// Heap bytes, roughly: a B-tree leaf of 11 ranges is about 192 bytes, and
+    /// leaves run from half full (a map built by random inserts) to full.
+    fn approx_bytes(&self) -> usize {
+        self.ranges.len() * 24
+    }
+}
+
+/// Heap bytes of one map bucket (the boxed key's bytes come on top).
+const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
+
+impl Index {
+    /// An index with every one of `slot_count` slots free; allocates nothing per slot.
+    pub fn new(slot_count: u64) -> Index {
+        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None }
     }
 
     pub fn len(&self) -> usize {
@@ -51,110 +134,155 @@ impl Index {
     }
 
     pub fn free_slots(&self) -> usize {
-        self.free.len()
+        self.free.count as usize
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         self.map.get(key).copied()
     }
 
+    /// [`get`](Self::get) for a read that counts as a use (LRU eviction).
+    pub fn lookup(&mut self, key: &[u8]) -> Option<Entry> {
+        let e = self.map.get(key).copied();
+        if let (Some(_), Some(order)) = (e, self.order.as_mut()) {
+            order.touch(key);
+        }
+        e
+    }
+
+    /// Keeps the entries in `policy`'s eviction order from now on, starting from
+    /// generation order (the oldest put coldest).
+    pub fn set_eviction(&mut self, policy: EvictionPolicy) {
+        self.order = EvictionOrder::new(policy, self.map.iter().map(|(k, e)| (&k[..], e)));
+    }
+
+    /// Takes up to `n` of the coldest entries out of the index; their slots stay
+    /// allocated until the caller has invalidated and released them.
+    pub fn take_coldest(&mut self, n: usize) -> Vec<(Box<[u8]>, Entry)> {
+        let Some(order) = self.order.as_mut() else { return Vec::new() };
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some(key) = order.pop_coldest() else { break };
+            if let Some(e) = self.map.remove(&key) {
+                out.push((key, e));
+            }
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
         self.map.iter().map(|(k, e)| (&k[..], e))
     }
 
+    /// Whether `slot` is allocated; slots past the device's end never are.
     pub fn is_used(&self, slot: SlotIndex) -> bool {
-        self.used[(slot.0 / 64) as usize] & (1 << (slot.0 % 64)) != 0
+        slot.0 < self.free.slot_count && self.free.containing(slot.0).is_none()
     }
 
-    fn set_used(&mut self, slot: SlotIndex, used: bool) {
-        let word = &mut self.used[(slot.0 / 64) as usize];
-        if used {
-            *word |= 1 << (slot.0 % 64);
-        } else {
-            *word &= !(1 << (slot.0 % 64));
+    /// Reserves the lowest free slot, and room in the map for its entry so that
+    /// [`install`](Self::install) after the write cannot fail to allocate.
+    pub fn allocate(&mut self) -> Result<SlotIndex> {
+        if self.free.count == 0 {
+            return Err(Error::SlotsFull { slot_count: self.free.slot_count });
         }
-    }
-
-    /// Reserves a free slot.
-    pub fn allocate(&mut self) -> Option<SlotIndex> {
-        let slot = self.free.pop()?;
-        self.set_used(slot, true);
-        Some(slot)
+        // Every allocated slot may become an entry; the map holds room for all of them.
+        let allocated = (self.free.slot_count - self.free.count) as usize;
+        let additional = (allocated + 1).saturating_sub(self.map.len());
+        self.map
+            .try_reserve(additional)
+            .map_err(|_| Error::out_of_memory("the index", (self.map.len() + additional).saturating_mul(2 * BUCKET_BYTES)))?;
+        self.free.take_lowest().map(SlotIndex).ok_or(Error::SlotsFull { slot_count: self.free.slot_count })
     }
 
     /// Returns a slot that holds nothing the index points at.
     pub fn release(&mut self, slot: SlotIndex) {
         debug_assert!(self.is_used(slot), "double free of slot {slot}");
         if self.is_used(slot) {
-            self.set_used(slot, false);
-            self.free.push(slot);
+            self.free.give(slot.0);
         }
     }
 
     /// Installs `entry` (whose slot the caller allocated) for `key`, keeping the newer generation.
     pub fn install(&mut self, key: &[u8], entry: Entry) -> Displaced {
-        match self.map.get_mut(key) {
+        let displaced = match self.map.get_mut(key) {
             None => {
                 self.map.insert(key.into(), entry);
                 Displaced::Nothing
             }
             Some(current) if current.generation > entry.generation => Displaced::Superseded(entry),
             Some(current) => Displaced::Replaced(std::mem::replace(current, entry)),
+        };
+        if let (false, Some(order)) = (matches!(displaced, Displaced::Superseded(_)), self.order.as_mut()) {
+            order.insert(key);
         }
+        displaced
     }
 
     /// Removes the key; its slot stays allocated until the caller releases it.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        if let Some(order) = self.order.as_mut() {
+            order.remove(key);
+        }
         self.map.remove(key)
     }
 
     /// Builds an index from recovered entries. Slots must be below `slot_count`.
     /// Duplicate keys keep the highest generation; a slot claimed twice keeps the first claim.
-    /// Returns the index and the entries that lost.
+    /// Returns the index and the entries that lost. Memory follows the entries, not
+    /// `slot_count`; an allocation the host refuses is [`Error::OutOfMemory`].
     pub fn rebuild<'k>(
         slot_count: u64,
         entries: impl IntoIterator<Item = (&'k [u8], Entry)>,
-    ) -> (Index, Vec<Entry>) {
+    ) -> Result<(Index, Vec<Entry>)> {
         let entries = entries.into_iter();
+        let oom = |n: usize| Error::out_of_memory("the index", n.saturating_mul(2 * BUCKET_BYTES + 16));
         // Sized up front: rehashing a growing map costs more than the inserts themselves.
-        let mut ix = Index {
-            map: HashMap::with_capacity(entries.size_hint().0),
-            used: vec![0; slot_count.div_ceil(64) as usize],
-            free: Vec::new(),
-        };
+        let hint = entries.size_hint().0;
+        let mut map = HashMap::new();
+        map.try_reserve(hint).map_err(|_| oom(hint))?;
+        // The slots claimed so far, to settle a slot claimed twice.
+        let mut claimed: HashSet<u64> = HashSet::new();
+        claimed.try_reserve(hint).map_err(|_| oom(hint))?;
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None };
         let mut losers = Vec::new();
         for (key, e) in entries {
-            if ix.is_used(e.slot) {
+            if claimed.contains(&e.slot.0) {
                 losers.push(e);
                 continue;
             }
+            ix.map.try_reserve(1).map_err(|_| oom(ix.map.len() + 1))?;
+            claimed.try_reserve(1).map_err(|_| oom(claimed.len() + 1))?;
             match ix.install(key, e) {
-                Displaced::Nothing => ix.set_used(e.slot, true),
+                Displaced::Nothing => {
+                    claimed.insert(e.slot.0);
+                }
                 Displaced::Replaced(old) => {
-                    ix.set_used(old.slot, false);
-                    ix.set_used(e.slot, true);
+                    claimed.remove(&old.slot.0);
+                    claimed.insert(e.slot.0);
                     losers.push(old);
                 }
                 Displaced::Superseded(e) => losers.push(e),
             }
         }
-        ix.rebuild_free(slot_count);
-        (ix, losers)
+        let mut used = Vec::new();
+        used.try_reserve_exact(claimed.len()).map_err(|_| oom(claimed.len()))?;
+        used.extend(claimed);
+        used.sort_unstable();
+        ix.free = FreeRanges::all_but(slot_count, &used);
+        Ok((ix, losers))
     }
 
     /// Marks a slot allocated without an entry (e.g. quarantined until invalidated).
     pub fn reserve(&mut self, slot: SlotIndex) {
-        if !self.is_used(slot) {
-            self.set_used(slot, true);
-            self.free.retain(|&s| s != slot);
+        if slot.0 < self.free.slot_count && !self.is_used(slot) {
+            self.free.take(slot.0);
         }
     }
 
-    /// Rough heap bytes per indexed entry (map buckets, keys, allocator bitmap and free list).
+    /// Rough heap bytes: map buckets, keys, and the free ranges.
     pub fn approx_bytes(&self) -> usize {
-        let per_bucket = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
         let keys: usize = self.map.keys().map(|k| k.len()).sum();
-        self.map.capacity() * per_bucket + keys + self.used.len() * 8 + self.free.capacity() * 8
+        self.map.capacity() * BUCKET_BYTES + keys + self.free.approx_bytes() + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
     }
 }
 
@@ -170,9 +298,10 @@ mod tests {
     fn allocate_lowest_first_and_release() {
         let mut ix = Index::new(3);
         let s = |i| Some(SlotIndex(i));
-        assert_eq!((ix.allocate(), ix.allocate(), ix.allocate(), ix.allocate()), (s(0), s(1), s(2), None));
+        assert_eq!((ix.allocate().ok(), ix.allocate().ok(), ix.allocate().ok()), (s(0), s(1), s(2)));
+        assert!(matches!(ix.allocate(), Err(Error::SlotsFull { slot_count: 3 })));
         ix.release(SlotIndex(1));
-        assert_eq!(ix.allocate(), s(1));
+        assert_eq!(ix.allocate().ok(), s(1));
     }
 
     #[test]
@@ -190,7 +319,7 @@ mod tests {
     fn rebuild_settles_duplicates_and_frees_the_rest() {
         let input: Vec<(&[u8], Entry)> =
             vec![(b"a", e(0, 1)), (b"b", e(1, 2)), (b"a", e(2, 3)), (b"c", e(1, 9)), (b"d", e(4, 1)), (b"b", e(5, 1))];
-        let (ix, losers) = Index::rebuild(6, input);
+        let (ix, losers) = Index::rebuild(6, input).unwrap();
         assert_eq!(ix.get(b"a"), Some(e(2, 3)));
         assert_eq!(ix.get(b"b"), Some(e(1, 2)));
         assert_eq!(ix.get(b"c"), None, "slot 1 was claimed first by b");
@@ -200,5 +329,76 @@ mod tests {
         let used = |i| ix.is_used(SlotIndex(i));
         assert!(used(1) && used(2) && used(4));
         assert!(!used(0) && !used(3) && !used(5));
+    }
+
+    /// The device: 2^46 bytes of 8 KiB slots. The old index allocated 8 bytes per
+    /// slot of capacity here (a 51 GB free list and a 1 GB bitmap) and aborted the process.
+    #[test]
+    fn memory_follows_entries_not_slot_count() {
+        let slot_count = (1u64 << 46) / 8192;
+        let mut ix = Index::new(slot_count);
+        assert_eq!(ix.free_slots() as u64, slot_count);
+        assert!(ix.approx_bytes() < 4096, "an empty index of {slot_count} slots: {} bytes", ix.approx_bytes());
+        for i in 0..1000u64 {
+            let slot = ix.allocate().unwrap();
+            assert_eq!(slot, SlotIndex(i));
+            ix.install(format!("key-{i}").as_bytes(), e(i, i + 1));
+        }
+        // Every other slot freed: the worst case, one range per freed slot.
+        for i in (0..1000u64).step_by(2) {
+            ix.remove(format!("key-{i}").as_bytes());
+            ix.release(SlotIndex(i));
+        }
+        assert_eq!(ix.free_slots() as u64, slot_count - 500);
+        // The map keeps the room it grew to for 1000 entries; nothing scales with slot_count.
+        assert!(ix.approx_bytes() < 1000 * 200, "{} bytes for 500 entries", ix.approx_bytes());
+        assert!(ix.is_used(SlotIndex(1)) && !ix.is_used(SlotIndex(2)) && !ix.is_used(SlotIndex(slot_count - 1)));
+        assert!(!ix.is_used(SlotIndex(slot_count)), "past the end");
+        let entries: Vec<(Vec<u8>, Entry)> = ix.iter().map(|(k, e)| (k.to_vec(), *e)).collect();
+        let (re, losers) = Index::rebuild(slot_count, entries.iter().map(|(k, e)| (&k[..], *e))).unwrap();
+        assert!(losers.is_empty());
+        assert_eq!((re.len(), re.free_slots()), (500, ix.free_slots()));
+        assert!(re.approx_bytes() < 500 * 200, "{} bytes for 500 rebuilt entries", re.approx_bytes());
+    }
+
+    /// The ranges against a plain set of used slots, over random allocate/release/reserve.
+    #[test]
+    fn free_ranges_match_a_model() {
+        let n = 200u64;
+        let mut ix = Index::new(n);
+        let mut used = std::collections::BTreeSet::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..20_000 {
+            match rand() % 4 {
+                0 | 1 => {
+                    let want = (0..n).find(|s| !used.contains(s));
+                    assert_eq!(ix.allocate().ok().map(|s| s.0), want, "step {step}: lowest free first");
+                    used.extend(want);
+                }
+                2 => {
+                    if let Some(&s) = used.iter().nth((rand() % (used.len() as u64 + 1)) as usize) {
+                        ix.release(SlotIndex(s));
+                        used.remove(&s);
+                    }
+                }
+                _ => {
+                    let s = rand() % n;
+                    ix.reserve(SlotIndex(s));
+                    used.insert(s);
+                }
+            }
+            assert_eq!(ix.free_slots() as u64, n - used.len() as u64, "step {step}");
+            if step % 97 == 0 {
+                assert!((0..n).all(|s| ix.is_used(SlotIndex(s)) == used.contains(&s)), "step {step}");
+                let runs = ix.free.ranges.iter().collect::<Vec<_>>();
+                assert!(runs.windows(2).all(|w| w[0].1 < w[1].0), "step {step}: ranges merged and ordered: {runs:?}");
+            }
+        }
     }
 }

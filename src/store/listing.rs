@@ -227,7 +227,7 @@ mod tests {
 
     fn index_of(keys: &[Vec<u8>]) -> Index {
         let entries = keys.iter().enumerate().map(|(i, k)| (&k[..], entry(i as u64, i as u64 * 3)));
-        let (ix, losers) = Index::rebuild(keys.len() as u64 + 16, entries);
+        let (ix, losers) = Index::rebuild(keys.len() as u64 + 16, entries).unwrap();
         assert!(losers.is_empty());
         ix
     }
@@ -326,6 +326,7 @@ mod tests {
                 capacity_bytes: 64 << 20,
                 geometry: GeometryRequest { slot_bytes: 16 << 10, ..Default::default() },
                 overwrite: false,
+                ..Default::default()
             }),
             ..Default::default()
         };

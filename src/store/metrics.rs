@@ -13,7 +13,8 @@
 //! - `puts`, `deletes`: values stored, keys removed (successful calls and items).
 //! - `bytes_read`, `bytes_written`: value bytes returned by hits, stored by puts.
 //! - `corrupt`, `io_errors`: data calls and items that answered Corrupt or Io.
-//! - `evictions`: what the eviction policy reports through [`Store::record_evictions`].
+//! - `evictions`: entries the eviction policy took out of the index (`evict.rs`
+//!   reports each batch through [`Store::record_evictions`]).
 //! - Latency: `get` and `put` time single calls (every counted get; puts that
 //!   stored or failed with an I/O error); `get_many` and `put_many` time whole
 //!   batched calls, one sample a call, so a batch's items are not mixed with
@@ -424,6 +425,7 @@ mod tests {
                 capacity_bytes: 16 << 20,
                 geometry: GeometryRequest { slot_bytes: 64 << 10, ..Default::default() },
                 overwrite: false,
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -465,6 +467,22 @@ mod tests {
         assert_eq!(s.metrics(), MetricsSnapshot::default());
     }
 
+    /// Entries evicted to make room count as evictions, as many as the eviction policy reports.
+    #[test]
+    fn evictions_are_counted() {
+        let s = store("metrics-evictions");
+        s.set_eviction(crate::store::Eviction { policy: crate::store::EvictionPolicy::Lru, low_watermark_permille: 0 })
+            .unwrap();
+        let slots = s.geometry().slot_count();
+        for i in 0..slots + 5 {
+            s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        }
+        let (evicted, _) = s.eviction_counts();
+        assert!(evicted >= 5, "{evicted} evicted");
+        assert_eq!(s.metrics().evictions, evicted);
+        assert_eq!(s.metrics().puts, slots + 5);
+    }
+
     /// Corrupt values and I/O errors are counted where the data path detects them.
     #[test]
     fn corrupt_and_io_errors_are_counted() {
@@ -502,6 +520,7 @@ mod tests {
                 capacity_bytes: 64 << 20,
                 geometry: GeometryRequest { slot_bytes: 64 << 10, ..Default::default() },
                 overwrite: false,
+                ..Default::default()
             }),
             buffered: true,
             ..Default::default()

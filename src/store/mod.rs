@@ -17,6 +17,7 @@
 mod batch;
 mod checkpoint;
 mod data;
+mod evict;
 mod first_start;
 mod headers;
 pub mod index;
@@ -35,6 +36,7 @@ use crate::sync::lock;
 use index::Index;
 
 pub use checkpoint::CheckpointInfo;
+pub use evict::{Evicted, Eviction, EvictionPolicy, MAX_EVICTED_QUEUED};
 pub use headers::HeaderRead;
 pub use listing::{KeyCursor, KeyInfo};
 pub use metrics::{Latency, MetricsSnapshot};
@@ -59,6 +61,10 @@ struct State {
     /// Slots holding superseded copies found by recovery, to invalidate
     /// before the first write so a later delete cannot resurrect them.
     pending_invalidation: Vec<SlotIndex>,
+    /// Evicted keys the server has not drained yet.
+    evicted: evict::EvictedQueue,
+    /// What a put does when no slot is free (none by default).
+    eviction: Eviction,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call
@@ -175,6 +181,8 @@ impl State {
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod evict_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

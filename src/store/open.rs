@@ -11,6 +11,7 @@ use crate::error::{Error, Holds, Result};
 use crate::format::superblock::{SuperblockError, MAGIC};
 use crate::format::{Container, Generation, Geometry, GeometryRequest, Superblock};
 use super::index::Index;
+use super::Eviction;
 
 /// What opening does to the device.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,6 +38,10 @@ pub struct FormatOptions {
     pub capacity_bytes: u64,
     /// Format over a rawblock superblock or other data.
     pub overwrite: bool,
+    /// Allocate the whole file at format (fallocate), not only the metadata
+    /// region, so no write can later fail for want of space on its filesystem.
+    /// Nothing to do on a block device.
+    pub preallocate: bool,
 }
 
 /// How to open (and possibly format) a device.
@@ -64,21 +69,32 @@ impl Store {
         let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
-        let (sb, superblock_source, phase) = match &opts.mode {
-            OpenMode::Create(f) => (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Fresh),
-            OpenMode::OpenOrCreate(f) => match read_superblock(&dev) {
-                Err(e) if super::first_start::holds_no_rawblock(&dev, &e) => {
-                    (format(&mut dev, f)?, SuperblockSource::Primary, Phase::Fresh)
-                }
-                found => found.map(|(sb, source)| (sb, source, Phase::AwaitingRecovery))?,
-            },
-            _ => {
-                let (sb, source) = read_superblock(&dev)?;
-                (sb, source, Phase::AwaitingRecovery)
+        let fresh = |dev: &mut Device, f: &FormatOptions| match format(dev, f, &opts.engine) {
+            Ok((sb, engine)) => Ok((sb, SuperblockSource::Primary, Phase::Fresh, engine)),
+            Err(e) => {
+                // Nothing may be left that later looks like a device or hides the failure.
+                dev.undo_format();
+                Err(e)
             }
         };
+        let existing = |dev: &Device, (sb, source): (Superblock, SuperblockSource)| -> Result<_> {
+            if dev.is_writable() {
+                // A device formatted before the metadata region was allocated at format
+                // gets it now. Best effort: running out of space shows at the checkpoint.
+                let _ = dev.reserve(0, sb.geometry.meta_bytes());
+            }
+            let engine = Engine::new(&opts.engine, dev, sb.geometry.header_bytes() as usize)?;
+            Ok((sb, source, Phase::AwaitingRecovery, engine))
+        };
+        let (sb, superblock_source, phase, engine) = match &opts.mode {
+            OpenMode::Create(f) => fresh(&mut dev, f)?,
+            OpenMode::OpenOrCreate(f) => match read_superblock(&dev) {
+                Err(e) if super::first_start::holds_no_rawblock(&dev, &e) => fresh(&mut dev, f)?,
+                found => existing(&dev, found?)?,
+            },
+            _ => existing(&dev, read_superblock(&dev)?)?,
+        };
         let g = sb.geometry;
-        let engine = Engine::new(&opts.engine, &dev, g.header_bytes() as usize)?;
         Ok(Store {
             engine,
             faults: FaultTable::default(),
@@ -87,6 +103,8 @@ impl Store {
                 phase,
                 last_generation: Generation(0),
                 pending_invalidation: Vec::new(),
+                evicted: Default::default(),
+                eviction: Eviction::default(),
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             io_totals: Mutex::new(BatchStats::default()),
@@ -231,13 +249,29 @@ fn check_blank(dev: &Device) -> Result<()> {
     Err(Error::Exists { path: dev.path().to_path_buf(), holds })
 }
 
-fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
+/// Formats the device. The geometry is checked and the engine started (threads, buffers)
+/// before anything is written, so a refusal of either leaves the device as it was.
+fn format(dev: &mut Device, opts: &FormatOptions, engine: &EngineConfig) -> Result<(Superblock, Engine)> {
     let capacity = format_capacity(dev, opts.capacity_bytes)?;
     if !opts.overwrite {
         check_blank(dev)?;
     }
     let geometry = Geometry::plan(&opts.geometry, capacity, dev.logical_block())?;
     dev.extend_to(geometry.device_bytes())?;
+    // The metadata region is allocated before anything is written: a sparse file on a
+    // filesystem that fills up later must still take checkpoints. Running out of space
+    // here fails the format before the superblock exists.
+    let (what, span) = match opts.preallocate {
+        true => ("the whole device", geometry.device_bytes()),
+        false => ("the metadata region", geometry.meta_bytes()),
+    };
+    dev.allocate(0, span)
+        .map_err(|e| Error::io(format!("allocating {what} ({span} bytes) of {}", dev.path().display()), e))?;
+    // The engine (threads, the io_uring arena) before anything is written, so a refusal
+    // leaves no format behind; after the allocation, because io_uring holds the file open
+    // after close (a registered file), which would keep a failed allocation's blocks
+    // from being freed when the file is removed.
+    let engine = Engine::new(engine, dev, geometry.header_bytes() as usize)?;
     let sb = Superblock { device_id: random_device_id()?, geometry };
     // Old checkpoints go first, then the new superblock: a crash in between leaves
     // the old format with no checkpoint, never a new superblock over old entries.
@@ -251,6 +285,14 @@ fn format(dev: &mut Device, opts: &FormatOptions) -> Result<Superblock> {
         dev.write_at(&buf, copy).map_err(|e| Error::io("writing the superblock's copy", e))?;
     }
     dev.write_at(&buf, 0).map_err(|e| Error::io("writing the superblock", e))?;
-    dev.sync().map_err(|e| Error::io("syncing the new format", e))?;
-    Ok(sb)
+    if let Err(e) = dev.sync() {
+        // A superblock that may not be durable is taken back (best effort), copy included.
+        let zeros = AlignedBuf::zeroed(buf.len());
+        let _ = dev.write_at(&zeros, 0);
+        if let Some(copy) = geometry.superblock_copy_offset() {
+            let _ = dev.write_at(&zeros, copy);
+        }
+        return Err(Error::io("syncing the new format", e));
+    }
+    Ok((sb, engine))
 }

@@ -1,6 +1,7 @@
 //! Rebuilding the index after a restart: from the newest checkpoint, every
 //! entry validated against its slot header, or from a scan of every header.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::index::{Entry, Index};
@@ -19,7 +20,8 @@ pub enum RecoverMode {
     Auto,
     /// The checkpoint only; none verifying leaves the index empty.
     Checkpoint,
-    /// Every slot header, ignoring checkpoints.
+    /// Every slot header, ignoring checkpoints; a key found more than once keeps its
+    /// highest generation whose value verifies.
     Scan,
 }
 
@@ -133,6 +135,8 @@ impl Store {
         let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
         st.last_generation = st.last_generation.max(newest);
         st.index = index;
+        let policy = st.eviction.policy;
+        st.index.set_eviction(policy);
         st.pending_invalidation.clear();
         if !self.is_read_only() {
             for slot in invalidate {
@@ -155,7 +159,7 @@ impl Store {
     ) -> Result<(Index, Vec<SlotIndex>)> {
         let scan = matches!((opts.mode, loaded), (RecoverMode::Scan, _) | (RecoverMode::Auto, None));
         if scan {
-            return Ok(self.rebuild_from_scan(report));
+            return self.rebuild_from_scan(report);
         }
         let Some(ck) = loaded else {
             return Ok((Index::new(self.sb.geometry.slot_count()), Vec::new()));
@@ -164,13 +168,13 @@ impl Store {
         report.from = RecoveredFrom::Checkpoint;
         report.checkpoint_sequence = ck.header.sequence;
         report.checkpoint_entries = entries.len() as u64;
-        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report);
+        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report)?;
         let orphans = if opts.scrub_free { self.find_orphans(&index, report) } else { Vec::new() };
         Ok((index, orphans))
     }
 
     /// Every checkpoint entry checked against its slot header; entries that do not match are dropped.
-    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Index {
+    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Result<Index> {
         let g = self.sb.geometry;
         // Entries that cannot be right on this device are stale without a read.
         let plausible: Vec<usize> = (0..entries.len())
@@ -208,11 +212,11 @@ impl Store {
             let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
             kept.push((e.key, entry));
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), kept);
+        let (index, losers) = Index::rebuild(g.slot_count(), kept)?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
-        index
+        Ok(index)
     }
 
     /// Reads the header of each plausible entry's slot and judges it against the entry.
@@ -248,7 +252,7 @@ impl Store {
     }
 
     /// Rebuilds from every header; returns the index and the slots of superseded duplicates.
-    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> (Index, Vec<SlotIndex>) {
+    fn rebuild_from_scan(&self, report: &mut RecoverReport) -> Result<(Index, Vec<SlotIndex>)> {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Scan;
         let slots: Vec<SlotIndex> = g.all_slots().collect();
@@ -283,9 +287,45 @@ impl Store {
                 }
             }
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), valid);
+        let (mut index, mut losers) = Index::rebuild(g.slot_count(), valid.iter().copied())?;
+        let torn = self.torn_newer_copies(&scanned, &index, &losers);
+        if !torn.is_empty() {
+            // Rare (a replace torn by a crash): settle again without the torn copies.
+            let sound: Vec<(&[u8], Entry)> = valid.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
+            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
+            losers.extend(torn);
+        }
         report.dropped_stale += losers.len() as u64;
-        (index, losers.iter().map(|e| e.slot).collect())
+        Ok((index, losers.iter().map(|e| e.slot).collect()))
+    }
+
+    /// A scan settles a key found in several slots by the highest generation, but a crash
+    /// can leave the newest copy with a valid header over a torn payload (a replace cut
+    /// short). Taking it would answer RB_E_CORRUPT and invalidate the good older copy: the
+    /// key's acknowledged value destroyed by a put that never completed. So the copies of
+    /// each duplicated key are read whole, newest first, and those newer than the newest
+    /// that verifies are returned, to lose to it. One record read per duplicated key while
+    /// its newest copy verifies; keys found once are not read. A copy that cannot be read
+    /// counts as not verifying; when none verifies, the generation order stands.
+    fn torn_newer_copies(&self, scanned: &[Scanned], index: &Index, losers: &[Entry]) -> Vec<Entry> {
+        // `scanned` holds every slot in order, and every loser came from a valid header.
+        let key_of = |slot: SlotIndex| match &scanned[slot.0 as usize] {
+            Scanned::Valid(key, _) => &key[..],
+            _ => unreachable!("a scan loser without a valid header"),
+        };
+        let mut copies: HashMap<&[u8], Vec<Entry>> = HashMap::new();
+        for e in losers {
+            copies.entry(key_of(e.slot)).or_default().push(*e);
+        }
+        let mut torn = Vec::new();
+        for (key, mut copies) in copies {
+            copies.extend(index.get(key));
+            copies.sort_by_key(|e| std::cmp::Reverse(e.generation));
+            if let Some(good) = copies.iter().position(|e| matches!(self.record_verifies(key, e), Ok(true))) {
+                torn.extend_from_slice(&copies[..good]);
+            }
+        }
+        torn
     }
 
     /// Reads the header of every slot `index` leaves free; returns those holding a valid header.

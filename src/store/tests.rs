@@ -19,7 +19,7 @@ pub(crate) fn tmp(name: &str) -> PathBuf {
 }
 
 fn format_opts(capacity: u64, geometry: GeometryRequest, overwrite: bool) -> OpenOptions {
-    OpenOptions { mode: OpenMode::Create(FormatOptions { capacity_bytes: capacity, geometry, overwrite }), ..Default::default() }
+    OpenOptions { mode: OpenMode::Create(FormatOptions { capacity_bytes: capacity, geometry, overwrite, ..Default::default() }), ..Default::default() }
 }
 
 fn create_opts(capacity: u64) -> OpenOptions {

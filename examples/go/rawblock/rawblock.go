@@ -138,6 +138,130 @@ func (d *Device) Recover() (Report, error) {
 		uint64(r.checkpoint_sequence), uint64(r.header_reads), uint32(r.engine)}, nil
 }
 
+// cItems holds an rb_item array and copies of its keys and values in C memory: cgo forbids
+// handing C a Go pointer to memory that itself holds Go pointers, so batches copy (Go 1.21's
+// runtime.Pinner would allow pointing into Go memory directly).
+type cItems struct {
+	items []C.rb_item
+	base  *C.rb_item
+	bufs  []unsafe.Pointer
+}
+
+func newItems(keys [][]byte) *cItems {
+	n := len(keys)
+	if n == 0 {
+		return &cItems{}
+	}
+	base := (*C.rb_item)(C.calloc(C.size_t(n), C.size_t(unsafe.Sizeof(C.rb_item{}))))
+	c := &cItems{items: unsafe.Slice(base, n), base: base}
+	for i, k := range keys {
+		c.items[i].struct_size = C.size_t(unsafe.Sizeof(C.rb_item{}))
+		c.items[i].key = c.copy(k)
+		c.items[i].key_len = C.size_t(len(k))
+	}
+	return c
+}
+
+func (c *cItems) copy(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	p := C.CBytes(b)
+	c.bufs = append(c.bufs, p)
+	return p
+}
+
+func (c *cItems) alloc(n int) unsafe.Pointer {
+	p := C.malloc(C.size_t(n + 1))
+	c.bufs = append(c.bufs, p)
+	return p
+}
+
+func (c *cItems) free() {
+	for _, p := range c.bufs {
+		C.free(p)
+	}
+	if c.base != nil {
+		C.free(unsafe.Pointer(c.base))
+	}
+}
+
+// errs is each item's outcome; an item's message is its status's description (the
+// thread's last-error message belongs to the call, not to one item).
+func (c *cItems) errs() []error {
+	out := make([]error, len(c.items))
+	for i := range c.items {
+		if s := c.items[i].status; s != C.RB_OK {
+			out[i] = &Error{Status: int(s), Message: C.GoString(C.rb_status_str(s))}
+		}
+	}
+	return out
+}
+
+// PutMany stores every (keys[i], values[i]) in one call; errs[i] is item i's outcome (nil when stored).
+func (d *Device) PutMany(keys, values [][]byte) ([]error, error) {
+	if len(keys) != len(values) {
+		return nil, fmt.Errorf("rawblock: %d keys but %d values", len(keys), len(values))
+	}
+	c := newItems(keys)
+	defer c.free()
+	for i, v := range values {
+		c.items[i].value = c.copy(v)
+		c.items[i].value_len = C.size_t(len(v))
+	}
+	if err := check(C.rb_put_many(d.dev, c.base, C.size_t(len(keys)))); err != nil {
+		return nil, err
+	}
+	return c.errs(), nil
+}
+
+// GetMany returns every key's verified value in one call; values[i] is nil when errs[i] is not.
+func (d *Device) GetMany(keys [][]byte) ([][]byte, []error, error) {
+	c := newItems(keys)
+	defer c.free()
+	// The first call reads nothing: every present key answers with its length.
+	if err := check(C.rb_get_many(d.dev, c.base, C.size_t(len(keys)))); err != nil {
+		return nil, nil, err
+	}
+	for i := range c.items {
+		n := int(c.items[i].len)
+		c.items[i].value = c.alloc(n)
+		c.items[i].value_len = C.size_t(n)
+	}
+	if err := check(C.rb_get_many(d.dev, c.base, C.size_t(len(keys)))); err != nil {
+		return nil, nil, err
+	}
+	values := make([][]byte, len(keys))
+	errs := c.errs()
+	for i := range c.items {
+		if errs[i] == nil {
+			values[i] = C.GoBytes(c.items[i].value, C.int(c.items[i].len))
+		}
+	}
+	return values, errs, nil
+}
+
+// DeleteMany deletes every key in one call; errs[i] is item i's outcome.
+func (d *Device) DeleteMany(keys [][]byte) ([]error, error) {
+	c := newItems(keys)
+	defer c.free()
+	if err := check(C.rb_delete_many(d.dev, c.base, C.size_t(len(keys)))); err != nil {
+		return nil, err
+	}
+	return c.errs(), nil
+}
+
+// CountPresentPrefix is how many of keys, in order, are present before the first absent one.
+func (d *Device) CountPresentPrefix(keys [][]byte) (int, error) {
+	c := newItems(keys)
+	defer c.free()
+	var n C.size_t
+	if err := check(C.rb_count_present_prefix(d.dev, c.base, C.size_t(len(keys)), &n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
 func (d *Device) info() (C.rb_device_info, error) {
 	var i C.rb_device_info
 	i.struct_size = C.size_t(unsafe.Sizeof(i))

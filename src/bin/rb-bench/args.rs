@@ -125,7 +125,7 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
 }
 
 fn check(a: &Args) -> Result<(), String> {
-    if a.data && (a.batch == 0 || !(a.data_gib > 0.0)) {
+    if a.data && (a.batch == 0 || a.data_gib.is_nan() || a.data_gib <= 0.0) {
         return Err("--batch and --data-gib must be positive".into());
     }
     if !a.prepare && !a.measure && !a.data {

@@ -119,6 +119,9 @@ fn format_fixture(args: &Args, engine: EngineConfig) -> Result<Store, String> {
         capacity_bytes: if is_block { 0 } else { (args.cache_space_gb * (1u64 << 30) as f64) as u64 },
         geometry: GeometryRequest { slot_bytes: args.slot_bytes, header_bytes: args.header_bytes, ..Default::default() },
         overwrite: args.overwrite_ok,
+        // Allocated up front: puts then measure writes, not the filesystem's block allocation
+        // (fio's writes, later, land in blocks that are allocated by then).
+        preallocate: !is_block,
     };
     let opts = OpenOptions { mode: OpenMode::Create(format), engine, buffered: args.buffered, ..Default::default() };
     Store::open(&args.device, &opts).map_err(|e| crate::hints::prepare(e, &args.device, !args.buffered))

@@ -90,6 +90,7 @@ fn format_device(args: &Args) -> Result<Store, String> {
         capacity_bytes: if is_block { 0 } else { capacity },
         geometry: GeometryRequest { slot_bytes: args.slot_bytes, header_bytes: args.header_bytes, ..Default::default() },
         overwrite: args.overwrite_ok,
+        ..Default::default()
     };
     let opts = OpenOptions {
         mode: OpenMode::Create(format),

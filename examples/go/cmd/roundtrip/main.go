@@ -87,8 +87,56 @@ func run(path string) error {
 	if m.Hits != n-1 || m.Misses != 1 || m.Get.Count != n {
 		return fmt.Errorf("metrics: %+v", m)
 	}
-	fmt.Printf("Go round trip: %d entries recovered from checkpoint %d, listed and verified; get p50 %d ns, p99 %d ns\n",
+	if err := batches(dev, path+".batch"); err != nil {
+		return err
+	}
+	fmt.Printf("Go round trip: %d entries recovered from checkpoint %d, listed and verified; get p50 %d ns, p99 %d ns; batched calls verified\n",
 		r.Indexed, r.CheckpointSequence, m.Get.P50, m.Get.P99)
+	return nil
+}
+
+// batches checks PutMany, GetMany, CountPresentPrefix and DeleteMany on a fresh device.
+func batches(_ *rawblock.Device, path string) error {
+	dev, err := rawblock.Open(path, rawblock.Options{Create: true, Overwrite: true, CapacityBytes: 64 << 20, SlotBytes: 256 << 10})
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	defer dev.Close()
+	var keys, values [][]byte
+	for i := 0; i < 10; i++ {
+		keys = append(keys, []byte(fmt.Sprintf("go-batch-%d", i)))
+		values = append(values, value(i+1))
+	}
+	errs, err := dev.PutMany(keys, values)
+	if err != nil {
+		return err
+	}
+	for i, e := range errs {
+		if e != nil {
+			return fmt.Errorf("PutMany item %d: %v", i, e)
+		}
+	}
+	got, errs, err := dev.GetMany(append(keys, []byte("absent")))
+	if err != nil {
+		return err
+	}
+	for i := range keys {
+		if errs[i] != nil || !bytes.Equal(got[i], values[i]) {
+			return fmt.Errorf("GetMany item %d: %v", i, errs[i])
+		}
+	}
+	var rbErr *rawblock.Error
+	if !errors.As(errs[len(keys)], &rbErr) || rbErr.Status != rawblock.StatusNotFound {
+		return fmt.Errorf("GetMany of an absent key: %v, want not found", errs[len(keys)])
+	}
+	if n, err := dev.CountPresentPrefix([][]byte{keys[0], keys[1], []byte("absent"), keys[2]}); err != nil || n != 2 {
+		return fmt.Errorf("CountPresentPrefix = %d, %v; want 2", n, err)
+	}
+	errs, err = dev.DeleteMany([][]byte{keys[0], keys[0]})
+	if err != nil || errs[0] != nil || !errors.As(errs[1], &rbErr) || rbErr.Status != rawblock.StatusNotFound {
+		return fmt.Errorf("DeleteMany of a key twice: %v %v, want nil then not found", errs, err)
+	}
 	return nil
 }
 
