@@ -369,32 +369,28 @@ mod tests {
             std::thread::yield_now();
         }
         let before = writes.load(AtomicOrdering::Relaxed);
-        let mut rounds = 0;
         let configs = [1, 7, 50, WINDOW_KEYS_MIN].into_iter().flat_map(|w| [1, 16, 333].map(|p| (w, p)));
         // Every configuration once, then on until the writers have done 500 rounds meanwhile.
-        for (window, page) in configs.cycle() {
+        for (rounds, (window, page)) in configs.cycle().enumerate() {
             if rounds >= 12 && writes.load(AtomicOrdering::Relaxed) - before >= 500 {
                 break;
             }
-            {
-                let mut cur = cursor(window);
-                let mut seen = BTreeSet::new();
-                let mut last = Vec::new();
-                loop {
-                    let p = s.list_keys(&mut cur, page, 1 << 20).unwrap();
-                    if p.is_empty() {
-                        break;
-                    }
-                    for k in p {
-                        assert!(k.key > last, "the iteration went backwards");
-                        last = k.key.clone();
-                        assert!(seen.insert(k.key), "a key was returned twice");
-                    }
+            let mut cur = cursor(window);
+            let mut seen = BTreeSet::new();
+            let mut last = Vec::new();
+            loop {
+                let p = s.list_keys(&mut cur, page, 1 << 20).unwrap();
+                if p.is_empty() {
+                    break;
                 }
-                for k in &stable {
-                    assert!(seen.contains(k), "window {window} page {page}: {:?} never returned", String::from_utf8_lossy(k));
+                for k in p {
+                    assert!(k.key > last, "the iteration went backwards");
+                    last = k.key.clone();
+                    assert!(seen.insert(k.key), "a key was returned twice");
                 }
-                rounds += 1;
+            }
+            for k in &stable {
+                assert!(seen.contains(k), "window {window} page {page}: {:?} never returned", String::from_utf8_lossy(k));
             }
         }
         stop.store(true, AtomicOrdering::Relaxed);
