@@ -23,7 +23,7 @@
 //! iteration takes about 8 scans whatever the page size, and a cursor holds at
 //! most one window (twice that while a scan runs). Serving a page holds the
 //! lock for one lookup a key. Measured on a loaded 2-core machine, 1M keys of
-//! 40 bytes: 50-150 ms a scan, 1.6-1.8 s the whole iteration in pages of 1024
+//! 40 bytes: 50-150 ms a scan, 1.5-1.8 s the whole iteration in pages of 1024
 //! or 4096 keys (a scan per page, without the window: 17-65 s).
 
 use super::index::Index;

@@ -529,7 +529,7 @@ mod tests {
         for i in 0..64u32 {
             s.put(&i.to_le_bytes(), &[7; 4096]).unwrap();
         }
-        for threads in [1usize, 2, 4, 8] {
+        for threads in [1usize, 2, 4, 8, 16] {
             let run = |metered: bool| {
                 let t = Instant::now();
                 let n = 200_000 / threads;
