@@ -47,9 +47,16 @@
 // the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 #define RB_OPEN_SYNC_WRITES 16
 
-// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
-// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+// With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
+// the whole file (fallocate), not only the metadata region, so no later write can fail with
+// RB_E_NO_SPACE for lack of room on its filesystem.
 #define RB_OPEN_PREALLOCATE 32
+
+// Open a rawblock device, or format one that holds none (a new or empty file, or zeros with
+// no superblock copy) with the options' geometry; never formats over data (RB_E_EXISTS) or a
+// damaged format (RB_E_FORMAT). rb_device_info.formatted says which happened. Excludes
+// RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
+#define RB_OPEN_CREATE_IF_EMPTY 64
 
 // The checkpoint when one verifies, otherwise a scan of every slot header.
 #define RB_RECOVER_AUTO 0
@@ -128,6 +135,10 @@
 
 // An open device. Safe to use from several threads at once; close it once, after every other call returned.
 typedef struct rb_device rb_device;
+
+// An iteration over the indexed keys (rb_list_keys), from rb_key_cursor_new until
+// rb_key_cursor_free. Not tied to a handle; use it with one thread at a time.
+typedef struct rb_key_cursor rb_key_cursor;
 
 // Status returned by every function: RB_OK (0) or a positive RB_E_* code.
 // rb_last_error_message() says more about the last failure on this thread.
@@ -270,6 +281,9 @@ typedef struct rb_device_info {
   char engine_note[RB_ENGINE_NOTE_BYTES];
   // RB_SUPERBLOCK_PRIMARY or RB_SUPERBLOCK_COPY. Added after engine_note.
   uint32_t superblock_source;
+  // 1 when this handle formatted the device at open (RB_OPEN_CREATE, or
+  // RB_OPEN_CREATE_IF_EMPTY finding no rawblock format). Added after superblock_source.
+  uint32_t formatted;
 } rb_device_info;
 
 // One item of a batched call (rb_get_many, rb_put_many, rb_delete_many, rb_contains_many,
@@ -289,6 +303,66 @@ typedef struct rb_item {
   rb_status status;
   uint32_t reserved;
 } rb_item;
+
+// One indexed key (rb_list_keys). Set struct_size in out[0]: elements lie struct_size bytes apart.
+typedef struct rb_key_info {
+  size_t struct_size;
+  // Out: the key is keys_buf[key_offset .. key_offset + key_len).
+  size_t key_offset;
+  // Out: the key's length. With RB_E_BUFFER_TOO_SMALL (out[0] only): the keys_cap needed.
+  size_t key_len;
+  // Out: the value's length.
+  uint64_t value_len;
+  // Out: the value's generation (increasing with every put on the device).
+  uint64_t generation;
+} rb_key_info;
+
+// Latency percentiles of one kind of call, in nanoseconds (all 0 before the first call).
+// A percentile is the upper end of the histogram bucket holding that rank: at most 1/64
+// (1.6%) above the true value, never above max_ns. Part of rb_metrics; never extended.
+typedef struct rb_latency {
+  // Calls timed.
+  uint64_t count;
+  uint64_t p50_ns;
+  uint64_t p99_ns;
+  uint64_t p999_ns;
+  uint64_t max_ns;
+} rb_latency;
+
+// A handle's data-path counters since open or rb_reset_metrics (rb_get_metrics).
+// Calls refused before reaching the index (bad arguments, RB_E_STATE) count nowhere.
+typedef struct rb_metrics {
+  size_t struct_size;
+  // rb_get calls and rb_get_many items that reached the index: hits + misses + failed reads
+  // (RB_E_CORRUPT, RB_E_IO, RB_E_BUFFER_TOO_SMALL, RB_E_BUSY).
+  uint64_t gets;
+  // Gets that returned a value.
+  uint64_t hits;
+  // Gets of keys not indexed (RB_E_NOT_FOUND).
+  uint64_t misses;
+  // Values stored (rb_put calls and rb_put_many items answering RB_OK).
+  uint64_t puts;
+  // Keys removed (rb_delete calls and rb_delete_many items answering RB_OK).
+  uint64_t deletes;
+  // Entries evicted to make room for puts (rb_set_eviction; 0 without an eviction policy).
+  uint64_t evictions;
+  // Value bytes returned by hits.
+  uint64_t bytes_read;
+  // Value bytes stored by puts.
+  uint64_t bytes_written;
+  // Gets that answered RB_E_CORRUPT: stored bytes failed verification.
+  uint64_t corrupt;
+  // Data calls and items that answered RB_E_IO.
+  uint64_t io_errors;
+  // Single rb_get calls (every call counted in gets).
+  struct rb_latency get_latency;
+  // Single rb_put calls that stored the value or failed with RB_E_IO.
+  struct rb_latency put_latency;
+  // Whole rb_get_many calls (one sample a call, whatever its item count).
+  struct rb_latency get_many_latency;
+  // Whole rb_put_many calls (one sample a call).
+  struct rb_latency put_many_latency;
+} rb_metrics;
 
 
 
@@ -371,7 +445,8 @@ rb_status rb_options_init(struct rb_options *opts);
 // `opts` is NULL or points to a writable rb_recover_options.
 rb_status rb_recover_options_init(struct rb_recover_options *opts);
 
-// Opens (with RB_OPEN_CREATE: formats) the block device or file at `path`.
+// Opens (with RB_OPEN_CREATE: formats) the block device or file at `path`; with
+// RB_OPEN_CREATE_IF_EMPTY, opens it or formats it when it holds no rawblock format.
 // `opts` NULL means the defaults. On success `*out` is a handle for rb_close.
 // An existing device answers RB_E_STATE to reads and writes until rb_recover.
 //
@@ -433,7 +508,10 @@ rb_status rb_checkpoint(struct rb_device *dev);
 // Rebuilds the index of an opened device: from the newest checkpoint that verifies, each
 // entry checked against its slot header (stale ones dropped, unreadable ones counted apart),
 // or from a scan of every slot header. Writes nothing. On a writable handle it runs once,
-// before any write. `opts` NULL means RB_RECOVER_AUTO; `out` may be NULL.
+// before any write. On a handle that formatted the device at open and has not written
+// since, it reads nothing and returns RB_OK with an empty report (RB_RECOVERED_NOTHING),
+// so first start and restart run the same calls. `opts` NULL means RB_RECOVER_AUTO;
+// `out` may be NULL.
 //
 // # Safety
 // `dev` is a live handle; `opts` is NULL or valid; `out` is NULL or has `out->struct_size` writable bytes.
@@ -566,6 +644,63 @@ rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
 // # Safety
 // `dev` is a live handle.
 rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
+
+// Starts an iteration over the indexed keys: from the first key when `after_len` is 0, else
+// from the first key strictly greater than `after` (its bytes are copied). Keys come in
+// ascending bytewise (memcmp) order. Free the cursor with rb_key_cursor_free.
+//
+// # Safety
+// `after` has `after_len` readable bytes (NULL when 0); `out` is writable.
+rb_status rb_key_cursor_new(const void *after, size_t after_len, struct rb_key_cursor **out);
+
+// Frees a cursor (NULL is a no-op).
+//
+// # Safety
+// `cursor` is NULL or from rb_key_cursor_new, not yet freed, with no call in progress on it.
+rb_status rb_key_cursor_free(struct rb_key_cursor *cursor);
+
+// The next page of the cursor's iteration: up to `cap` entries in out[0..*n), keys packed
+// into keys_buf (each at out[i].key_offset, key_len bytes; no terminator), ascending.
+// `*n` 0 with RB_OK: the iteration is over. A page ends early when keys_buf is full;
+// keys_cap >= rb_device_info.max_key_bytes always holds the next key, else
+// RB_E_BUFFER_TOO_SMALL sets out[0].key_len to the size needed and leaves the cursor.
+//
+// Consistency under concurrent writes: no key is returned twice in one iteration; a key
+// indexed from the iteration's first call to its last (its value replaced or not) is
+// returned exactly once, with the length and generation it had when its page was read; a
+// key put or deleted during the iteration may or may not be returned.
+//
+// Cost: the cursor keeps a window of the next max(cap, 65536, indexed / 8) keys (at most
+// 32 MiB of them). A call that runs out of window scans the whole index under its lock
+// (O(indexed keys)) to fill the next one, so an iteration scans about 8 times at most;
+// other calls hold the lock for one lookup a key. Needs a recovered handle (RB_E_STATE
+// before rb_recover).
+//
+// # Safety
+// `dev` is a live handle; `cursor` is a live cursor used by no other thread meanwhile;
+// `out` has `cap` writable elements of out[0].struct_size bytes; `keys_buf` has `keys_cap`
+// writable bytes; `n` is writable.
+rb_status rb_list_keys(struct rb_device *dev,
+                       struct rb_key_cursor *cursor,
+                       struct rb_key_info *out,
+                       size_t cap,
+                       void *keys_buf,
+                       size_t keys_cap,
+                       size_t *n);
+
+// The handle's counters and latency percentiles since open or rb_reset_metrics
+// (rb_metrics says what each counts). Fields may be a few calls apart when other
+// threads are calling meanwhile.
+//
+// # Safety
+// `dev` is a live handle; `out` has `out->struct_size` writable bytes.
+rb_status rb_get_metrics(struct rb_device *dev, struct rb_metrics *out);
+
+// Zeroes the handle's metrics. Calls running meanwhile may be counted before or after.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_reset_metrics(struct rb_device *dev);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -13,6 +13,7 @@
 #define RB_OPEN_BUFFERED 8
 #define RB_OPEN_SYNC_WRITES 16
 #define RB_OPEN_PREALLOCATE 32
+#define RB_OPEN_CREATE_IF_EMPTY 64
 #define RB_RECOVER_AUTO 0
 #define RB_RECOVER_CHECKPOINT 1
 #define RB_RECOVER_SCAN 2
@@ -38,6 +39,7 @@
 #define RB_ENGINE_NOTE_BYTES 256
 #define RB_ABI_VERSION 1
 typedef struct rb_device rb_device;
+typedef struct rb_key_cursor rb_key_cursor;
 typedef int32_t rb_status;
 typedef struct rb_options {
   size_t struct_size;
@@ -119,6 +121,7 @@ typedef struct rb_device_info {
   uint64_t indexed;
   char engine_note[RB_ENGINE_NOTE_BYTES];
   uint32_t superblock_source;
+  uint32_t formatted;
 } rb_device_info;
 typedef struct rb_item {
   size_t struct_size;
@@ -130,6 +133,37 @@ typedef struct rb_item {
   rb_status status;
   uint32_t reserved;
 } rb_item;
+typedef struct rb_key_info {
+  size_t struct_size;
+  size_t key_offset;
+  size_t key_len;
+  uint64_t value_len;
+  uint64_t generation;
+} rb_key_info;
+typedef struct rb_latency {
+  uint64_t count;
+  uint64_t p50_ns;
+  uint64_t p99_ns;
+  uint64_t p999_ns;
+  uint64_t max_ns;
+} rb_latency;
+typedef struct rb_metrics {
+  size_t struct_size;
+  uint64_t gets;
+  uint64_t hits;
+  uint64_t misses;
+  uint64_t puts;
+  uint64_t deletes;
+  uint64_t evictions;
+  uint64_t bytes_read;
+  uint64_t bytes_written;
+  uint64_t corrupt;
+  uint64_t io_errors;
+  struct rb_latency get_latency;
+  struct rb_latency put_latency;
+  struct rb_latency get_many_latency;
+  struct rb_latency put_many_latency;
+} rb_metrics;
 #define RB_OK 0
 #define RB_E_INVALID_ARGUMENT 1
 #define RB_E_IO 2
@@ -198,6 +232,17 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
 rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
 rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
 rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
+rb_status rb_key_cursor_new(const void *after, size_t after_len, struct rb_key_cursor **out);
+rb_status rb_key_cursor_free(struct rb_key_cursor *cursor);
+rb_status rb_list_keys(struct rb_device *dev,
+                       struct rb_key_cursor *cursor,
+                       struct rb_key_info *out,
+                       size_t cap,
+                       void *keys_buf,
+                       size_t keys_cap,
+                       size_t *n);
+rb_status rb_get_metrics(struct rb_device *dev, struct rb_metrics *out);
+rb_status rb_reset_metrics(struct rb_device *dev);
 #ifdef __cplusplus
 }
 #endif

@@ -35,10 +35,50 @@ struct Options {
         raw.capacity_bytes = capacity_bytes;
         return *this;
     }
+    // Opens a rawblock device, or formats one holding none (never over data).
+    Options& create_if_empty(uint64_t capacity_bytes) {
+        raw.flags |= RB_OPEN_CREATE_IF_EMPTY;
+        raw.capacity_bytes = capacity_bytes;
+        return *this;
+    }
     Options& read_only() { raw.flags |= RB_OPEN_READ_ONLY; return *this; }
     Options& engine(uint32_t e) { raw.engine = e; return *this; }
     Options& slot_bytes(uint64_t b) { raw.slot_bytes = b; return *this; }
     Options& queue_depth(uint32_t q) { raw.queue_depth = q; return *this; }
+};
+
+struct KeyInfo {
+    std::string key;
+    uint64_t value_len = 0;
+    uint64_t generation = 0;
+};
+
+class Device;
+
+// An iteration over a device's indexed keys in bytewise order (rb_list_keys): a key
+// indexed throughout comes exactly once, none twice. Movable; frees on destruction.
+class KeyCursor {
+public:
+    explicit KeyCursor(std::string_view after = {}) {
+        check(rb_key_cursor_new(after.data(), after.size(), &cur_), "rb_key_cursor_new");
+    }
+    KeyCursor(KeyCursor&& o) noexcept : cur_(std::exchange(o.cur_, nullptr)) {}
+    KeyCursor& operator=(KeyCursor&& o) noexcept {
+        if (this != &o) {
+            rb_key_cursor_free(cur_);
+            cur_ = std::exchange(o.cur_, nullptr);
+        }
+        return *this;
+    }
+    KeyCursor(const KeyCursor&) = delete;
+    KeyCursor& operator=(const KeyCursor&) = delete;
+    ~KeyCursor() { rb_key_cursor_free(cur_); }
+
+    // The next page of up to page_keys keys; empty when the iteration is over.
+    inline std::vector<KeyInfo> next(Device& dev, size_t page_keys = 4096);
+
+private:
+    rb_key_cursor* cur_ = nullptr;
 };
 
 // Thread-safe like the handle it owns; movable, not copyable; closes on destruction.
@@ -130,6 +170,28 @@ public:
         check(rb_recover(dev_, &o, &r), "rb_recover");
         return r;
     }
+    rb_device_info info() {
+        rb_device_info i{};
+        i.struct_size = sizeof i;
+        check(rb_get_info(dev_, &i), "rb_get_info");
+        return i;
+    }
+    // Whether this handle formatted the device when it opened.
+    bool formatted() { return info().formatted != 0; }
+    // Calls f(const KeyInfo&) for every indexed key, in bytewise order.
+    template <class F>
+    void for_each_key(F&& f, size_t page_keys = 4096) {
+        KeyCursor cursor;
+        for (auto page = cursor.next(*this, page_keys); !page.empty(); page = cursor.next(*this, page_keys))
+            for (const KeyInfo& k : page) f(k);
+    }
+    rb_metrics metrics() {
+        rb_metrics m{};
+        m.struct_size = sizeof m;
+        check(rb_get_metrics(dev_, &m), "rb_get_metrics");
+        return m;
+    }
+    void reset_metrics() { check(rb_reset_metrics(dev_), "rb_reset_metrics"); }
     rb_device* raw() noexcept { return dev_; }
 
 private:
@@ -155,5 +217,17 @@ private:
 
     rb_device* dev_ = nullptr;
 };
+
+inline std::vector<KeyInfo> KeyCursor::next(Device& dev, size_t page_keys) {
+    std::vector<rb_key_info> out(page_keys == 0 ? 1 : page_keys);
+    out[0].struct_size = sizeof(rb_key_info);
+    std::vector<char> keys(dev.info().max_key_bytes + 64 * 1024);
+    size_t n = 0;
+    check(rb_list_keys(dev.raw(), cur_, out.data(), out.size(), keys.data(), keys.size(), &n), "rb_list_keys");
+    std::vector<KeyInfo> page(n);
+    for (size_t i = 0; i < n; i++)
+        page[i] = KeyInfo{std::string(keys.data() + out[i].key_offset, out[i].key_len), out[i].value_len, out[i].generation};
+    return page;
+}
 
 }  // namespace rawblock

@@ -1,4 +1,5 @@
-// Formats, puts, checkpoints, closes, reopens, recovers and verifies every value.
+// Formats, puts, checkpoints, closes, reopens, recovers and verifies every value; lists the
+// keys to rebuild an index, and reads the metrics.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -10,8 +11,15 @@ int main(int argc, char** argv) {
     const int n = 100;
     auto value_of = [](int i) { return std::string(static_cast<size_t>(i * 37 % 5000), static_cast<char>('a' + i % 26)); };
     try {
+        std::remove(path.c_str());
         {
-            rawblock::Device dev(path, rawblock::Options().create(64 << 20, true).slot_bytes(256 << 10));
+            // The first start: open-or-create formats, and recover answers an empty report.
+            rawblock::Device dev(path, rawblock::Options().create_if_empty(64 << 20).slot_bytes(256 << 10));
+            rb_recover_report fresh = dev.recover();
+            if (!dev.formatted() || fresh.source != RB_RECOVERED_NOTHING || fresh.indexed != 0) {
+                std::fprintf(stderr, "open-or-create did not format a missing file\n");
+                return 1;
+            }
             for (int i = 0; i < n; i++) dev.put("cpp-key-" + std::to_string(i), value_of(i));
             dev.erase("cpp-key-0");
             dev.checkpoint();
@@ -21,6 +29,18 @@ int main(int argc, char** argv) {
         if (r.indexed != n - 1 || r.dropped_stale != 0) {
             std::fprintf(stderr, "recovered %llu entries (%llu stale), want %d\n", (unsigned long long)r.indexed,
                          (unsigned long long)r.dropped_stale, n - 1);
+            return 1;
+        }
+        size_t listed = 0;
+        std::string last;
+        bool ascending = true;
+        dev.for_each_key([&](const rawblock::KeyInfo& k) {
+            ascending &= listed == 0 || last < k.key;
+            last = k.key;
+            listed++;
+        }, 16);
+        if (listed != size_t(n - 1) || !ascending) {
+            std::fprintf(stderr, "listed %zu keys (ascending %d), want %d\n", listed, ascending, n - 1);
             return 1;
         }
         for (int i = 1; i < n; i++) {
@@ -36,6 +56,11 @@ int main(int argc, char** argv) {
             return 1;
         } catch (const rawblock::Error& e) {
             if (e.status() != RB_E_NOT_FOUND) throw;
+        }
+        rb_metrics m = dev.metrics();
+        if (m.hits != uint64_t(n - 1) || m.misses != 1 || m.get_latency.count != uint64_t(n)) {
+            std::fprintf(stderr, "metrics: %llu hits, %llu misses\n", (unsigned long long)m.hits, (unsigned long long)m.misses);
+            return 1;
         }
         // Batched calls on a fresh device: puts, gets into exact buffers, the prefix, deletes.
         {
@@ -70,8 +95,10 @@ int main(int argc, char** argv) {
             }
         }
         std::remove((path + ".batch").c_str());
-        std::printf("C++ round trip: %llu entries recovered from checkpoint %llu and verified; batched calls verified\n",
-                    (unsigned long long)r.indexed, (unsigned long long)r.checkpoint_sequence);
+        std::printf("C++ round trip: %llu entries recovered from checkpoint %llu, listed and verified; "
+                    "get p50 %llu ns, p99 %llu ns; batched calls verified\n",
+                    (unsigned long long)r.indexed, (unsigned long long)r.checkpoint_sequence,
+                    (unsigned long long)m.get_latency.p50_ns, (unsigned long long)m.get_latency.p99_ns);
     } catch (const rawblock::Error& e) {
         std::fprintf(stderr, "%s (status %d)\n", e.what(), e.status());
         return 1;

@@ -7,6 +7,12 @@
     with rawblock.Device.open("cache.img") as dev:
         report = dev.recover()
         assert dev.get(b"key") == b"value"
+        for k in dev.list_keys():   # rebuild your own index: key, value_len, generation
+            ...
+
+One code path for a first start and a restart: Device.open_or_create() formats a
+device that holds no rawblock format (never one holding data) and opens one that
+does; recover() then answers an empty report on the fresh one.
 
 A Device may be used from several threads at once (the library locks
 internally; ctypes releases the GIL during each call). close() may be called
@@ -22,14 +28,14 @@ import os
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from . import _lib
 
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -106,7 +112,7 @@ class Fault(IntEnum):
 # Device() / recover() keyword -> the C name of the flag bit it sets.
 _OPEN_FLAG_NAMES = {"create": "RB_OPEN_CREATE", "overwrite": "RB_OPEN_OVERWRITE_OK", "read_only": "RB_OPEN_READ_ONLY",
                     "buffered": "RB_OPEN_BUFFERED", "sync_writes": "RB_OPEN_SYNC_WRITES",
-                    "preallocate": "RB_OPEN_PREALLOCATE"}
+                    "preallocate": "RB_OPEN_PREALLOCATE", "create_if_empty": "RB_OPEN_CREATE_IF_EMPTY"}
 _RECOVER_FLAG_NAMES = {"keep_unreadable": "RB_RECOVER_KEEP_UNREADABLE", "scrub_free": "RB_RECOVER_SCRUB_FREE"}
 _OPEN_FLAGS = {kw: getattr(_lib, c) for kw, c in _OPEN_FLAG_NAMES.items()}
 _RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
@@ -242,6 +248,52 @@ class DeviceInfo:
     engine_note: str
     """Why Engine.AUTO did not pick io_uring; "" when it did or an engine was named."""
     superblock_source: SuperblockSource
+    formatted: bool
+    """This handle formatted the device when it opened (create, or open_or_create finding none)."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One indexed key, as Device.list_keys() yields it."""
+    key: bytes
+    value_len: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Nanoseconds; a percentile is at most 1/64 above the true value, never above max_ns."""
+    count: int
+    p50_ns: int
+    p99_ns: int
+    p999_ns: int
+    max_ns: int
+
+    @classmethod
+    def _from(cls, l: _lib.Latency) -> "Latency":
+        return cls(l.count, l.p50_ns, l.p99_ns, l.p999_ns, l.max_ns)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """A handle's data-path counters since open or reset_metrics (see rb_metrics in the header).
+
+    gets = hits + misses + failed reads; puts and deletes count successes; get and put time
+    single calls, get_many and put_many whole batched calls."""
+    gets: int
+    hits: int
+    misses: int
+    puts: int
+    deletes: int
+    evictions: int
+    bytes_read: int
+    bytes_written: int
+    corrupt: int
+    io_errors: int
+    get: Latency
+    put: Latency
+    get_many: Latency
+    put_many: Latency
 
 
 def _buf(data: bytes) -> tuple[ctypes.c_char_p, int]:
@@ -412,6 +464,7 @@ class Device:
     def __init__(self, path: "str | bytes | os.PathLike", *, create: Optional[bool] = None,
                  overwrite: Optional[bool] = None, read_only: Optional[bool] = None, buffered: Optional[bool] = None,
                  sync_writes: Optional[bool] = None, preallocate: Optional[bool] = None,
+                 create_if_empty: Optional[bool] = None,
                  engine: Optional[Engine] = None,
                  posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
                  capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
@@ -421,7 +474,8 @@ class Device:
         _check(_L.rb_options_init(ctypes.byref(opts)))
         flags = opts.flags
         for kw, on in (("create", create), ("overwrite", overwrite), ("read_only", read_only),
-                       ("buffered", buffered), ("sync_writes", sync_writes), ("preallocate", preallocate)):
+                       ("buffered", buffered), ("sync_writes", sync_writes), ("preallocate", preallocate),
+                       ("create_if_empty", create_if_empty)):
             flags = _set_flag(flags, _OPEN_FLAGS[kw], on)
         _override(opts, flags=flags, engine=engine, posix_threads=posix_threads, queue_depth=queue_depth,
                   capacity_bytes=capacity_bytes, slot_bytes=slot_bytes, header_bytes=header_bytes,
@@ -440,6 +494,14 @@ class Device:
     def open(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
         """Opens a formatted device; call recover() before reading or writing."""
         return cls(path, **kw)
+
+    @classmethod
+    def open_or_create(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
+        """Opens a rawblock device, or formats one holding none (a new or empty file, or zeros) with
+        the geometry given (capacity_bytes for a file); never formats over data (RawblockError
+        EXISTS). Either way, call recover() next: on a device it just formatted that returns an
+        empty report. info().formatted says which happened."""
+        return cls(path, create_if_empty=True, **kw)
 
     def close(self) -> None:
         """Closes the handle (idempotent, from any thread). Does not checkpoint.
@@ -655,7 +717,56 @@ class Device:
         return DeviceInfo(bytes(i.device_id), i.block_size, i.header_bytes, i.slot_bytes, i.slot_count, i.meta_bytes,
                           i.data_base, i.max_key_bytes, i.max_payload, Engine(i.engine), i.queue_depth,
                           bool(i.read_only), bool(i.direct_io), i.indexed,
-                          i.engine_note.decode("utf-8", "replace"), SuperblockSource(i.superblock_source))
+                          i.engine_note.decode("utf-8", "replace"), SuperblockSource(i.superblock_source),
+                          bool(i.formatted))
+
+    def list_keys(self, after: Optional[bytes] = None, page_keys: int = 4096) -> Iterator[KeyInfo]:
+        """Every indexed key (with its value length and generation) in ascending bytewise order,
+        fetched `page_keys` at a time; from the first key, or the first strictly after `after`.
+
+        Under concurrent writes: no key comes twice; a key indexed for the whole iteration comes
+        exactly once; keys put or deleted meanwhile may or may not come. Needs recover() first."""
+        page_keys = _c_int(page_keys, ctypes.c_size_t, "page_keys")
+        if page_keys == 0:
+            raise ValueError("page_keys must be at least 1")
+        k, kl = _buf(after or b"")
+        cursor = ctypes.c_void_p()
+        _check(_L.rb_key_cursor_new(k, kl, ctypes.byref(cursor)))
+        try:
+            out = (_lib.KeyInfo * page_keys)()
+            out[0].struct_size = ctypes.sizeof(_lib.KeyInfo)
+            keys = ctypes.create_string_buffer(max(self.info().max_key_bytes, 64 * 1024))
+            n = ctypes.c_size_t(0)
+            while True:
+                with self._guard as h:
+                    s = _L.rb_list_keys(h, cursor, out, page_keys, keys, len(keys), ctypes.byref(n))
+                if s == Status.BUFFER_TOO_SMALL:  # only if max_key_bytes changed under us; grow and retry
+                    keys = ctypes.create_string_buffer(out[0].key_len)
+                    continue
+                _check(s)
+                if n.value == 0:
+                    return
+                raw = keys.raw
+                for e in out[: n.value]:
+                    yield KeyInfo(raw[e.key_offset: e.key_offset + e.key_len], e.value_len, e.generation)
+        finally:
+            _L.rb_key_cursor_free(cursor)
+
+    def metrics(self, reset: bool = False) -> Metrics:
+        """The handle's data-path counters and latency percentiles; with reset=True, zeroes them after reading."""
+        m = _lib.Metrics()
+        m.struct_size = ctypes.sizeof(m)
+        with self._guard as h:
+            _check(_L.rb_get_metrics(h, ctypes.byref(m)))
+            if reset:
+                _check(_L.rb_reset_metrics(h))
+        return Metrics(m.gets, m.hits, m.misses, m.puts, m.deletes, m.evictions, m.bytes_read, m.bytes_written,
+                       m.corrupt, m.io_errors, Latency._from(m.get_latency), Latency._from(m.put_latency),
+                       Latency._from(m.get_many_latency), Latency._from(m.put_many_latency))
+
+    def reset_metrics(self) -> None:
+        with self._guard as h:
+            _check(_L.rb_reset_metrics(h))
 
     def io_stats(self, reset: bool = False) -> IoStats:
         s = _lib.IoStats()

@@ -22,6 +22,7 @@ RB_OPEN_READ_ONLY = 4
 RB_OPEN_BUFFERED = 8
 RB_OPEN_SYNC_WRITES = 16
 RB_OPEN_PREALLOCATE = 32
+RB_OPEN_CREATE_IF_EMPTY = 64
 
 RB_RECOVER_AUTO = 0
 RB_RECOVER_CHECKPOINT = 1
@@ -165,6 +166,7 @@ class DeviceInfo(ctypes.Structure):
         ("indexed", ctypes.c_uint64),
         ("engine_note", ctypes.c_char * RB_ENGINE_NOTE_BYTES),
         ("superblock_source", ctypes.c_uint32),
+        ("formatted", ctypes.c_uint32),
     ]
 
 
@@ -181,6 +183,46 @@ class Item(ctypes.Structure):
     ]
 
 
+class KeyInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("key_offset", ctypes.c_size_t),
+        ("key_len", ctypes.c_size_t),
+        ("value_len", ctypes.c_uint64),
+        ("generation", ctypes.c_uint64),
+    ]
+
+
+class Latency(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("p50_ns", ctypes.c_uint64),
+        ("p99_ns", ctypes.c_uint64),
+        ("p999_ns", ctypes.c_uint64),
+        ("max_ns", ctypes.c_uint64),
+    ]
+
+
+class Metrics(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("gets", ctypes.c_uint64),
+        ("hits", ctypes.c_uint64),
+        ("misses", ctypes.c_uint64),
+        ("puts", ctypes.c_uint64),
+        ("deletes", ctypes.c_uint64),
+        ("evictions", ctypes.c_uint64),
+        ("bytes_read", ctypes.c_uint64),
+        ("bytes_written", ctypes.c_uint64),
+        ("corrupt", ctypes.c_uint64),
+        ("io_errors", ctypes.c_uint64),
+        ("get_latency", Latency),
+        ("put_latency", Latency),
+        ("get_many_latency", Latency),
+        ("put_many_latency", Latency),
+    ]
+
+
 # C name of each struct -> its ctypes class.
 STRUCTS = {
     "rb_options": Options,
@@ -190,6 +232,9 @@ STRUCTS = {
     "rb_slot_header": SlotHeader,
     "rb_device_info": DeviceInfo,
     "rb_item": Item,
+    "rb_key_info": KeyInfo,
+    "rb_latency": Latency,
+    "rb_metrics": Metrics,
 }
 
 
@@ -228,6 +273,12 @@ SIGNATURES = {
     "rb_register_memory": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_uint32)]),
     "rb_unregister_memory": (_status, [_dev, ctypes.c_uint32]),
     "rb_set_eviction": (_status, [_dev, ctypes.c_uint32, ctypes.c_uint32]),
+    # Key cursors (struct rb_key_cursor *) are c_void_p, like handles.
+    "rb_key_cursor_new": (_status, [ctypes.c_void_p, _size, _P(ctypes.c_void_p)]),
+    "rb_key_cursor_free": (_status, [ctypes.c_void_p]),
+    "rb_list_keys": (_status, [_dev, ctypes.c_void_p, _P(KeyInfo), _size, ctypes.c_void_p, _size, _P(_size)]),
+    "rb_get_metrics": (_status, [_dev, _P(Metrics)]),
+    "rb_reset_metrics": (_status, [_dev]),
 }
 
 

@@ -47,8 +47,8 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_
 fn hint(e: &Error) -> &'static str {
     match e {
         Error::NeedsRecovery => "; call rb_recover first",
-        Error::NotRawblock { .. } => "; open with RB_OPEN_CREATE to format it",
-        Error::Exists { .. } => "; pass RB_OPEN_OVERWRITE_OK to format it anyway",
+        Error::NotRawblock { .. } => "; open with RB_OPEN_CREATE or RB_OPEN_CREATE_IF_EMPTY to format it",
+        Error::Exists { .. } => "; RB_OPEN_CREATE with RB_OPEN_OVERWRITE_OK formats it anyway",
         Error::DirectIoRefused { .. } => " (the filesystem may not support O_DIRECT; RB_OPEN_BUFFERED turns it off)",
         Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. } => "; use RB_ENGINE_IO_URING or RB_ENGINE_AUTO",
         Error::SlotsFull { .. } => "; rb_delete keys to make room",

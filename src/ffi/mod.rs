@@ -24,6 +24,8 @@ use crate::store::{
 
 mod abi;
 mod batch;
+mod listing;
+mod metrics;
 pub use abi::RB_ABI_VERSION;
 
 static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -97,28 +99,40 @@ pub unsafe extern "C" fn rb_recover_options_init(opts: *mut rb_recover_options) 
 
 fn open_mode(o: &rb_options) -> Result<OpenMode, Error> {
     let flag = |f: u32| o.flags & f != 0;
-    match (flag(RB_OPEN_CREATE), flag(RB_OPEN_READ_ONLY)) {
-        (true, true) => Err(invalid("RB_OPEN_CREATE and RB_OPEN_READ_ONLY exclude each other")),
-        (false, true) => Ok(OpenMode::ReadOnly),
-        (false, false) => Ok(OpenMode::ReadWrite),
-        (true, false) => Ok(OpenMode::Create(FormatOptions {
-            geometry: GeometryRequest {
-                block_size: o.block_size,
-                header_bytes: o.header_bytes,
-                slot_bytes: o.slot_bytes,
-                meta_bytes: o.meta_bytes,
-                max_key_bytes: o.max_key_bytes,
-            },
-            capacity_bytes: o.capacity_bytes,
-            overwrite: flag(RB_OPEN_OVERWRITE_OK),
-            preallocate: flag(RB_OPEN_PREALLOCATE),
-        })),
+    let format = || FormatOptions {
+        geometry: GeometryRequest {
+            block_size: o.block_size,
+            header_bytes: o.header_bytes,
+            slot_bytes: o.slot_bytes,
+            meta_bytes: o.meta_bytes,
+            max_key_bytes: o.max_key_bytes,
+        },
+        capacity_bytes: o.capacity_bytes,
+        overwrite: flag(RB_OPEN_OVERWRITE_OK),
+        preallocate: flag(RB_OPEN_PREALLOCATE),
+    };
+    match (flag(RB_OPEN_CREATE), flag(RB_OPEN_CREATE_IF_EMPTY), flag(RB_OPEN_READ_ONLY)) {
+        (true, true, _) => Err(invalid("RB_OPEN_CREATE and RB_OPEN_CREATE_IF_EMPTY exclude each other")),
+        (true, _, true) => Err(invalid("RB_OPEN_CREATE and RB_OPEN_READ_ONLY exclude each other")),
+        (_, true, true) => Err(invalid("RB_OPEN_CREATE_IF_EMPTY and RB_OPEN_READ_ONLY exclude each other")),
+        (_, true, _) if flag(RB_OPEN_OVERWRITE_OK) => Err(invalid(
+            "RB_OPEN_CREATE_IF_EMPTY never formats over data; RB_OPEN_OVERWRITE_OK goes with RB_OPEN_CREATE only",
+        )),
+        (false, true, false) => Ok(OpenMode::OpenOrCreate(format())),
+        (false, false, true) => Ok(OpenMode::ReadOnly),
+        (false, false, false) => Ok(OpenMode::ReadWrite),
+        (true, false, false) => Ok(OpenMode::Create(format())),
     }
 }
 
 fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
-    const KNOWN: u32 =
-        RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK | RB_OPEN_READ_ONLY | RB_OPEN_BUFFERED | RB_OPEN_SYNC_WRITES | RB_OPEN_PREALLOCATE;
+    const KNOWN: u32 = RB_OPEN_CREATE
+        | RB_OPEN_OVERWRITE_OK
+        | RB_OPEN_READ_ONLY
+        | RB_OPEN_BUFFERED
+        | RB_OPEN_SYNC_WRITES
+        | RB_OPEN_PREALLOCATE
+        | RB_OPEN_CREATE_IF_EMPTY;
     if o.flags & !KNOWN != 0 {
         return Err(invalid(format!("unknown open flags {:#x}", o.flags & !KNOWN)));
     }
@@ -137,7 +151,8 @@ fn open_options(o: &rb_options) -> Result<OpenOptions, Error> {
     })
 }
 
-/// Opens (with RB_OPEN_CREATE: formats) the block device or file at `path`.
+/// Opens (with RB_OPEN_CREATE: formats) the block device or file at `path`; with
+/// RB_OPEN_CREATE_IF_EMPTY, opens it or formats it when it holds no rawblock format.
 /// `opts` NULL means the defaults. On success `*out` is a handle for rb_close.
 /// An existing device answers RB_E_STATE to reads and writes until rb_recover.
 ///
@@ -344,7 +359,10 @@ fn report(r: &RecoverReport, queue_depth: usize) -> rb_recover_report {
 /// Rebuilds the index of an opened device: from the newest checkpoint that verifies, each
 /// entry checked against its slot header (stale ones dropped, unreadable ones counted apart),
 /// or from a scan of every slot header. Writes nothing. On a writable handle it runs once,
-/// before any write. `opts` NULL means RB_RECOVER_AUTO; `out` may be NULL.
+/// before any write. On a handle that formatted the device at open and has not written
+/// since, it reads nothing and returns RB_OK with an empty report (RB_RECOVERED_NOTHING),
+/// so first start and restart run the same calls. `opts` NULL means RB_RECOVER_AUTO;
+/// `out` may be NULL.
 ///
 /// # Safety
 /// `dev` is a live handle; `opts` is NULL or valid; `out` is NULL or has `out->struct_size` writable bytes.
@@ -503,6 +521,7 @@ pub unsafe extern "C" fn rb_get_info(dev: *mut rb_device, out: *mut rb_device_in
                 SuperblockSource::Primary => RB_SUPERBLOCK_PRIMARY,
                 SuperblockSource::Copy => RB_SUPERBLOCK_COPY,
             },
+            formatted: s.formatted() as u32,
         };
         // SAFETY: out has struct_size writable bytes.
         unsafe { write_out(out, info) }

@@ -65,9 +65,15 @@ pub const RB_OPEN_BUFFERED: u32 = 8;
 /// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
 /// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
-/// With RB_OPEN_CREATE on a regular file: allocate the whole file (fallocate), not only the
-/// metadata region, so no later write can fail with RB_E_NO_SPACE for lack of room on its filesystem.
+/// With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
+/// the whole file (fallocate), not only the metadata region, so no later write can fail with
+/// RB_E_NO_SPACE for lack of room on its filesystem.
 pub const RB_OPEN_PREALLOCATE: u32 = 32;
+/// Open a rawblock device, or format one that holds none (a new or empty file, or zeros with
+/// no superblock copy) with the options' geometry; never formats over data (RB_E_EXISTS) or a
+/// damaged format (RB_E_FORMAT). rb_device_info.formatted says which happened. Excludes
+/// RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
+pub const RB_OPEN_CREATE_IF_EMPTY: u32 = 64;
 
 /// The checkpoint when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;
@@ -330,6 +336,9 @@ pub struct rb_device_info {
     pub engine_note: [c_char; RB_ENGINE_NOTE_BYTES],
     /// RB_SUPERBLOCK_PRIMARY or RB_SUPERBLOCK_COPY. Added after engine_note.
     pub superblock_source: u32,
+    /// 1 when this handle formatted the device at open (RB_OPEN_CREATE, or
+    /// RB_OPEN_CREATE_IF_EMPTY finding no rawblock format). Added after superblock_source.
+    pub formatted: u32,
 }
 
 impl Default for rb_device_info {
@@ -353,6 +362,107 @@ impl Default for rb_device_info {
             indexed: 0,
             engine_note: [0; RB_ENGINE_NOTE_BYTES],
             superblock_source: RB_SUPERBLOCK_PRIMARY,
+            formatted: 0,
+        }
+    }
+}
+
+/// An iteration over the indexed keys (rb_list_keys), from rb_key_cursor_new until
+/// rb_key_cursor_free. Not tied to a handle; use it with one thread at a time.
+pub struct rb_key_cursor {
+    pub(super) cursor: crate::store::KeyCursor,
+}
+
+/// One indexed key (rb_list_keys). Set struct_size in out[0]: elements lie struct_size bytes apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rb_key_info {
+    pub struct_size: usize,
+    /// Out: the key is keys_buf[key_offset .. key_offset + key_len).
+    pub key_offset: usize,
+    /// Out: the key's length. With RB_E_BUFFER_TOO_SMALL (out[0] only): the keys_cap needed.
+    pub key_len: usize,
+    /// Out: the value's length.
+    pub value_len: u64,
+    /// Out: the value's generation (increasing with every put on the device).
+    pub generation: u64,
+}
+
+impl Default for rb_key_info {
+    fn default() -> Self {
+        rb_key_info { struct_size: std::mem::size_of::<Self>(), key_offset: 0, key_len: 0, value_len: 0, generation: 0 }
+    }
+}
+
+/// Latency percentiles of one kind of call, in nanoseconds (all 0 before the first call).
+/// A percentile is the upper end of the histogram bucket holding that rank: at most 1/64
+/// (1.6%) above the true value, never above max_ns. Part of rb_metrics; never extended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_latency {
+    /// Calls timed.
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+/// A handle's data-path counters since open or rb_reset_metrics (rb_get_metrics).
+/// Calls refused before reaching the index (bad arguments, RB_E_STATE) count nowhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rb_metrics {
+    pub struct_size: usize,
+    /// rb_get calls and rb_get_many items that reached the index: hits + misses + failed reads
+    /// (RB_E_CORRUPT, RB_E_IO, RB_E_BUFFER_TOO_SMALL, RB_E_BUSY).
+    pub gets: u64,
+    /// Gets that returned a value.
+    pub hits: u64,
+    /// Gets of keys not indexed (RB_E_NOT_FOUND).
+    pub misses: u64,
+    /// Values stored (rb_put calls and rb_put_many items answering RB_OK).
+    pub puts: u64,
+    /// Keys removed (rb_delete calls and rb_delete_many items answering RB_OK).
+    pub deletes: u64,
+    /// Entries evicted to make room for puts (rb_set_eviction; 0 without an eviction policy).
+    pub evictions: u64,
+    /// Value bytes returned by hits.
+    pub bytes_read: u64,
+    /// Value bytes stored by puts.
+    pub bytes_written: u64,
+    /// Gets that answered RB_E_CORRUPT: stored bytes failed verification.
+    pub corrupt: u64,
+    /// Data calls and items that answered RB_E_IO.
+    pub io_errors: u64,
+    /// Single rb_get calls (every call counted in gets).
+    pub get_latency: rb_latency,
+    /// Single rb_put calls that stored the value or failed with RB_E_IO.
+    pub put_latency: rb_latency,
+    /// Whole rb_get_many calls (one sample a call, whatever its item count).
+    pub get_many_latency: rb_latency,
+    /// Whole rb_put_many calls (one sample a call).
+    pub put_many_latency: rb_latency,
+}
+
+impl Default for rb_metrics {
+    fn default() -> Self {
+        rb_metrics {
+            struct_size: std::mem::size_of::<Self>(),
+            gets: 0,
+            hits: 0,
+            misses: 0,
+            puts: 0,
+            deletes: 0,
+            evictions: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            corrupt: 0,
+            io_errors: 0,
+            get_latency: rb_latency::default(),
+            put_latency: rb_latency::default(),
+            get_many_latency: rb_latency::default(),
+            put_many_latency: rb_latency::default(),
         }
     }
 }
@@ -367,7 +477,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item);
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item, rb_key_info, rb_metrics);
 
 impl Versioned for rb_device_info {
     const NAME: &'static str = "rb_device_info";

@@ -42,7 +42,7 @@ impl Store {
     /// Gets every key into its destination; `outs[i]` receives the value of `keys[i]`.
     /// The outer error is the handle's (e.g. not recovered); each item has its own outcome:
     /// the value's length, or NotFound, BufferTooSmall, Corrupt, Io.
-    pub fn get_many(&self, keys: &[&[u8]], outs: &mut [&mut [u8]]) -> Result<Vec<Result<usize>>> {
+    pub(super) fn get_many_unmetered(&self, keys: &[&[u8]], outs: &mut [&mut [u8]]) -> Result<Vec<Result<usize>>> {
         if keys.len() != outs.len() {
             return Err(Error::InvalidArgument("one destination per key".into()));
         }
@@ -59,14 +59,14 @@ impl Store {
             results.push(match crate::sync::into_inner(st) {
                 GetState::Done(r) => r,
                 // The entry changed under a concurrent write: the single get settles it.
-                GetState::Pending | GetState::Planned(..) | GetState::Changed => self.get(keys[i], outs[i]),
+                GetState::Pending | GetState::Planned(..) | GetState::Changed => self.get_unmetered(keys[i], outs[i]),
             });
         }
         Ok(results)
     }
 
     /// Stores every `(key, value)`; item i's outcome is `results[i]`.
-    pub fn put_many(&self, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<()>>> {
+    pub(super) fn put_many_unmetered(&self, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<()>>> {
         let generations = {
             let mut st = self.writable()?;
             items.iter().map(|_| st.next_generation()).collect::<Vec<_>>()
@@ -101,7 +101,7 @@ impl Store {
     }
 
     /// Deletes every key; each is invalidated on the device before this returns.
-    pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<Result<()>>> {
+    pub(super) fn delete_many_unmetered(&self, keys: &[&[u8]]) -> Result<Vec<Result<()>>> {
         let mut results: Vec<Result<()>> = Vec::with_capacity(keys.len());
         let mut removed = Vec::new();
         {

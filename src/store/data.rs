@@ -1,4 +1,5 @@
-//! The data path: put, get, delete, and the record buffers they reuse.
+//! The data path: put, get, delete, and the record buffers they reuse
+//! (`metrics.rs` wraps each in its counters).
 
 use std::sync::Mutex;
 
@@ -47,7 +48,7 @@ type Mismatch = &'static str;
 impl Store {
     /// Stores `value` under `key` in a newly allocated slot; a previous value of the key is
     /// invalidated on the device before this returns.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(super) fn put_unmetered(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_key(key)?;
         let g = self.sb.geometry;
         if value.len() as u64 > g.max_payload() {
@@ -128,7 +129,7 @@ impl Store {
 
     /// Copies the value of `key` into `out` and returns its length. The header and payload
     /// are verified first: a mismatch is [`Error::Corrupt`], never wrong bytes.
-    pub fn get(&self, key: &[u8], out: &mut [u8]) -> Result<usize> {
+    pub(super) fn get_unmetered(&self, key: &[u8], out: &mut [u8]) -> Result<usize> {
         self.check_key(key)?;
         // A concurrent replace or delete can reuse the slot between lookup and read;
         // that shows as a changed index entry, and the lookup is retried.
@@ -229,7 +230,7 @@ impl Store {
     }
 
     /// Removes `key`; its header is invalidated on the device before this returns.
-    pub fn delete(&self, key: &[u8]) -> Result<()> {
+    pub(super) fn delete_unmetered(&self, key: &[u8]) -> Result<()> {
         self.check_key(key)?;
         let e = self.writable()?.index.remove(key).ok_or(Error::NotFound)?;
         self.invalidate_or_queue(e.slot)

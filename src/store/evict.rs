@@ -179,6 +179,7 @@ impl Store {
 
     /// Zeroes the victims' headers (as deletes do), frees their slots, queues their keys.
     fn evict(&self, victims: Victims) {
+        self.record_evictions(victims.evicted.len() as u64);
         let results = self.invalidate_many(&victims.slots);
         let mut st = lock(&self.state);
         // A slot whose zeroing failed stays allocated and pending (invalidate_many queued it).

@@ -1,12 +1,15 @@
 //! What the bytes mean: the slot store and its jobs, one module each.
 //!
 //! - [`open`](OpenOptions): opening a device, or formatting one;
+//! - `first_start`: open-or-create, and recovery of a handle that just formatted;
 //! - `data`: put, get, delete and the record buffers they reuse;
 //! - `batch`: the same for many keys in one call, through the engine;
 //! - `headers`: batched header reads through the handle's engine;
 //! - `checkpoint`: writing and loading the index in the two containers;
 //! - `recovery`: rebuilding the index after a restart;
-//! - [`index`]: the in-memory map and slot allocation.
+//! - [`index`]: the in-memory map and slot allocation;
+//! - `listing`: the indexed keys a page at a time, in key order;
+//! - `metrics`: the data calls' counters and latency histograms.
 //!
 //! Locks, always taken in this order: `checkpoints`, then `state`; `records`
 //! and `io_totals` are leaves (nothing else is taken while they are held).
@@ -15,8 +18,11 @@ mod batch;
 mod checkpoint;
 mod data;
 mod evict;
+mod first_start;
 mod headers;
 pub mod index;
+mod listing;
+mod metrics;
 mod open;
 mod recovery;
 
@@ -32,6 +38,8 @@ use index::Index;
 pub use checkpoint::CheckpointInfo;
 pub use evict::{Evicted, Eviction, EvictionPolicy, MAX_EVICTED_QUEUED};
 pub use headers::HeaderRead;
+pub use listing::{KeyCursor, KeyInfo};
+pub use metrics::{Latency, MetricsSnapshot};
 pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
 pub use recovery::{RecoverMode, RecoverOptions, RecoverReport, RecoveredFrom};
 
@@ -40,6 +48,9 @@ enum Phase {
     /// Opened an existing device: the index is empty until recovery runs,
     /// so writes are refused (they could overwrite slots a checkpoint names).
     AwaitingRecovery,
+    /// Formatted by this handle and not written since: recovery has nothing to rebuild and
+    /// answers an empty report. Served like `Ready`; the first write makes it `Ready`.
+    Fresh,
     Ready,
 }
 
@@ -68,6 +79,9 @@ pub struct Store {
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,
+    /// This handle formatted the device when it opened.
+    formatted: bool,
+    metrics: metrics::Metrics,
 }
 
 impl Store {
@@ -134,6 +148,9 @@ impl Store {
                 return Err(e);
             }
             st = self.ready()?;
+        }
+        if st.phase == Phase::Fresh {
+            st.phase = Phase::Ready;
         }
         Ok(st)
     }

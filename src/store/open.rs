@@ -23,6 +23,11 @@ pub enum OpenMode {
     ReadWrite,
     /// Formats the device (creating a regular file that does not exist).
     Create(FormatOptions),
+    /// An existing rawblock device as [`ReadWrite`](OpenMode::ReadWrite); one holding none
+    /// (a new or empty file, or a device whose first block is zeros with no superblock copy)
+    /// is formatted as [`Create`](OpenMode::Create) would, over zeros only: `overwrite` must
+    /// be false. [`Store::formatted`] says which happened.
+    OpenOrCreate(FormatOptions),
 }
 
 /// How to format a device.
@@ -58,30 +63,36 @@ impl Store {
         let access = match opts.mode {
             OpenMode::ReadOnly => Access::ReadOnly,
             OpenMode::ReadWrite => Access::ReadWrite,
-            OpenMode::Create(_) => Access::Create,
+            OpenMode::Create(_) | OpenMode::OpenOrCreate(_) => Access::Create,
         };
+        super::first_start::check_mode(&opts.mode)?;
         let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
-        let (sb, superblock_source, phase, engine) = match &opts.mode {
-            OpenMode::Create(f) => match format(&mut dev, f, &opts.engine) {
-                Ok((sb, engine)) => (sb, SuperblockSource::Primary, Phase::Ready, engine),
-                Err(e) => {
-                    // Nothing may be left that later looks like a device or hides the failure.
-                    dev.undo_format();
-                    return Err(e);
-                }
-            },
-            _ => {
-                let (sb, source) = read_superblock(&dev)?;
-                if dev.is_writable() {
-                    // A device formatted before the metadata region was allocated at format
-                    // gets it now. Best effort: running out of space shows at the checkpoint.
-                    let _ = dev.reserve(0, sb.geometry.meta_bytes());
-                }
-                let engine = Engine::new(&opts.engine, &dev, sb.geometry.header_bytes() as usize)?;
-                (sb, source, Phase::AwaitingRecovery, engine)
+        let fresh = |dev: &mut Device, f: &FormatOptions| match format(dev, f, &opts.engine) {
+            Ok((sb, engine)) => Ok((sb, SuperblockSource::Primary, Phase::Fresh, engine)),
+            Err(e) => {
+                // Nothing may be left that later looks like a device or hides the failure.
+                dev.undo_format();
+                Err(e)
             }
+        };
+        let existing = |dev: &Device, (sb, source): (Superblock, SuperblockSource)| -> Result<_> {
+            if dev.is_writable() {
+                // A device formatted before the metadata region was allocated at format
+                // gets it now. Best effort: running out of space shows at the checkpoint.
+                let _ = dev.reserve(0, sb.geometry.meta_bytes());
+            }
+            let engine = Engine::new(&opts.engine, dev, sb.geometry.header_bytes() as usize)?;
+            Ok((sb, source, Phase::AwaitingRecovery, engine))
+        };
+        let (sb, superblock_source, phase, engine) = match &opts.mode {
+            OpenMode::Create(f) => fresh(&mut dev, f)?,
+            OpenMode::OpenOrCreate(f) => match read_superblock(&dev) {
+                Err(e) if super::first_start::holds_no_rawblock(&dev, &e) => fresh(&mut dev, f)?,
+                found => existing(&dev, found?)?,
+            },
+            _ => existing(&dev, read_superblock(&dev)?)?,
         };
         let g = sb.geometry;
         Ok(Store {
@@ -99,6 +110,8 @@ impl Store {
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,
+            formatted: phase == Phase::Fresh,
+            metrics: Default::default(),
             dev,
             sb,
         })

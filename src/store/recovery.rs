@@ -120,6 +120,9 @@ impl Store {
         // The crate's lock order: checkpoints, then state.
         let mut cursor_slot = lock(&self.checkpoints);
         let mut st = lock(&self.state);
+        if st.phase == Phase::Fresh {
+            return Ok(self.fresh_report(start));
+        }
         if st.phase == Phase::Ready && !self.is_read_only() {
             return Err(Error::AlreadyRecovered);
         }

@@ -37,11 +37,12 @@ func check(s C.rb_status) error {
 	return &Error{Status: int(s), Message: C.GoString(C.rb_last_error_message())}
 }
 
-// Options for Open; zero values mean the library's defaults.
+// Options for Open; zero values mean the library's defaults. CreateIfEmpty opens a
+// rawblock device or formats one holding none (never over data).
 type Options struct {
-	Create, Overwrite, ReadOnly bool
-	CapacityBytes, SlotBytes    uint64
-	Engine, QueueDepth          uint32
+	Create, Overwrite, ReadOnly, CreateIfEmpty bool
+	CapacityBytes, SlotBytes                   uint64
+	Engine, QueueDepth                         uint32
 }
 
 // Device is an open rawblock device.
@@ -59,6 +60,9 @@ func Open(path string, o Options) (*Device, error) {
 	}
 	if o.ReadOnly {
 		opts.flags |= C.RB_OPEN_READ_ONLY
+	}
+	if o.CreateIfEmpty {
+		opts.flags |= C.RB_OPEN_CREATE_IF_EMPTY
 	}
 	opts.capacity_bytes = C.uint64_t(o.CapacityBytes)
 	opts.slot_bytes = C.uint64_t(o.SlotBytes)
@@ -257,3 +261,90 @@ func (d *Device) CountPresentPrefix(keys [][]byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+func (d *Device) info() (C.rb_device_info, error) {
+	var i C.rb_device_info
+	i.struct_size = C.size_t(unsafe.Sizeof(i))
+	return i, check(C.rb_get_info(d.dev, &i))
+}
+
+// Formatted says whether this handle formatted the device when it opened.
+func (d *Device) Formatted() (bool, error) {
+	i, err := d.info()
+	return i.formatted != 0, err
+}
+
+// KeyInfo is one indexed key.
+type KeyInfo struct {
+	Key                  []byte
+	ValueLen, Generation uint64
+}
+
+// ListKeys calls fn for every indexed key after `after` (nil: from the first) in bytewise
+// order, fetching pageKeys at a time, until fn returns an error (which ListKeys returns).
+// Under concurrent writes a key indexed throughout comes exactly once and none comes twice.
+func (d *Device) ListKeys(after []byte, pageKeys int, fn func(KeyInfo) error) error {
+	if pageKeys < 1 {
+		pageKeys = 4096
+	}
+	i, err := d.info()
+	if err != nil {
+		return err
+	}
+	var cur *C.rb_key_cursor
+	if err := check(C.rb_key_cursor_new(ptr(after), C.size_t(len(after)), &cur)); err != nil {
+		return err
+	}
+	defer C.rb_key_cursor_free(cur)
+	// C memory: cgo forbids handing C Go memory that holds Go pointers, and keeps this simple.
+	out := (*C.rb_key_info)(C.calloc(C.size_t(pageKeys), C.size_t(unsafe.Sizeof(C.rb_key_info{}))))
+	keysCap := C.size_t(i.max_key_bytes) + 256<<10
+	keys := C.malloc(keysCap)
+	defer C.free(unsafe.Pointer(out))
+	defer C.free(keys)
+	entries := unsafe.Slice(out, pageKeys)
+	entries[0].struct_size = C.size_t(unsafe.Sizeof(entries[0]))
+	for {
+		var n C.size_t
+		if err := check(C.rb_list_keys(d.dev, cur, out, C.size_t(pageKeys), keys, keysCap, &n)); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		for _, e := range entries[:n] {
+			k := C.GoBytes(unsafe.Add(keys, e.key_offset), C.int(e.key_len))
+			if err := fn(KeyInfo{k, uint64(e.value_len), uint64(e.generation)}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Latency percentiles in nanoseconds (each at most 1/64 above the true value).
+type Latency struct{ Count, P50, P99, P999, Max uint64 }
+
+// Metrics are a handle's data-path counters since open or ResetMetrics.
+type Metrics struct {
+	Gets, Hits, Misses, Puts, Deletes, Evictions, BytesRead, BytesWritten, Corrupt, IOErrors uint64
+	Get, Put, GetMany, PutMany                                                               Latency
+}
+
+func latency(l C.rb_latency) Latency {
+	return Latency{uint64(l.count), uint64(l.p50_ns), uint64(l.p99_ns), uint64(l.p999_ns), uint64(l.max_ns)}
+}
+
+// Metrics reads the handle's counters and latency percentiles.
+func (d *Device) Metrics() (Metrics, error) {
+	var m C.rb_metrics
+	m.struct_size = C.size_t(unsafe.Sizeof(m))
+	if err := check(C.rb_get_metrics(d.dev, &m)); err != nil {
+		return Metrics{}, err
+	}
+	return Metrics{uint64(m.gets), uint64(m.hits), uint64(m.misses), uint64(m.puts), uint64(m.deletes),
+		uint64(m.evictions), uint64(m.bytes_read), uint64(m.bytes_written), uint64(m.corrupt), uint64(m.io_errors),
+		latency(m.get_latency), latency(m.put_latency), latency(m.get_many_latency), latency(m.put_many_latency)}, nil
+}
+
+// ResetMetrics zeroes the handle's metrics.
+func (d *Device) ResetMetrics() error { return check(C.rb_reset_metrics(d.dev)) }

@@ -4,13 +4,16 @@
 //!
 //! Every get is verified by the library (header and payload CRC); the destinations
 //! and sources are 4096-aligned and padded, so the zero-copy path runs.
+//!
+//! The last line is the handle's metrics over the whole workload: counters, and
+//! p50/p99/p99.9 of single gets and puts and of whole batched calls.
 
 use std::time::Instant;
 
 use rawblock::aligned::AlignedBuf;
 use rawblock::engine::{EngineChoice, EngineConfig};
 use rawblock::format::{Geometry, GeometryRequest};
-use rawblock::store::{FormatOptions, OpenMode};
+use rawblock::store::{FormatOptions, Latency, MetricsSnapshot, OpenMode};
 use rawblock::{OpenOptions, Store};
 
 use crate::args::Args;
@@ -87,11 +90,13 @@ pub fn run(args: &Args) -> Result<bool, String> {
     for p in phases.iter_mut() {
         p.qd = if p.batch > 1 { qd } else { 1 };
     }
+    let metrics = store.metrics();
     drop(store);
     for p in &phases {
         let fio = args.compare_fio.then(|| fio_rate(args, &g, p, keys));
         print_line(p, value, fio);
     }
+    println!("{}", metrics_line(&metrics));
     Ok(true)
 }
 
@@ -241,5 +246,51 @@ fn print_line(p: &Phase, value: usize, fio: Option<Result<f64, String>>) {
     );
     if let Some(Err(e)) = fio {
         println!("data: fio for op={}: {e}", p.op);
+    }
+}
+
+/// One line of the handle's metrics: counters, then latency percentiles in microseconds.
+fn metrics_line(m: &MetricsSnapshot) -> String {
+    let us = |ns: u64| ns as f64 / 1e3;
+    let lat = |name: &str, l: &Latency| {
+        format!(
+            " {name}_n={} {name}_p50_us={:.1} {name}_p99_us={:.1} {name}_p999_us={:.1}",
+            l.count,
+            us(l.p50_ns),
+            us(l.p99_ns),
+            us(l.p999_ns)
+        )
+    };
+    format!(
+        "data: metrics gets={} hits={} misses={} puts={} deletes={} bytes_read={} bytes_written={} corrupt={} io_errors={}{}{}{}{}",
+        m.gets,
+        m.hits,
+        m.misses,
+        m.puts,
+        m.deletes,
+        m.bytes_read,
+        m.bytes_written,
+        m.corrupt,
+        m.io_errors,
+        lat("get", &m.get),
+        lat("put", &m.put),
+        lat("get_many", &m.get_many),
+        lat("put_many", &m.put_many)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_line_names_every_counter_and_percentile() {
+        let l = Latency { count: 3, p50_ns: 1500, p99_ns: 20_000, p999_ns: 20_000, max_ns: 20_000 };
+        let m = MetricsSnapshot { gets: 7, hits: 6, get: l, put_many: l, ..Default::default() };
+        let line = metrics_line(&m);
+        assert!(line.starts_with("data: metrics gets=7 hits=6 misses=0 "), "{line}");
+        for want in ["get_n=3 get_p50_us=1.5 get_p99_us=20.0 get_p999_us=20.0", "put_p50_us=0.0", "put_many_p99_us=20.0"] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
     }
 }
