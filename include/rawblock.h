@@ -645,6 +645,23 @@ rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
 // `dev` is a live handle.
 rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
 
+// Drains the keys the eviction policy removed, oldest first: up to `cap` entries in
+// out[0..*n) (key_offset/key_len into keys_buf, value_len, generation), as many as fit in
+// `keys_cap` bytes of keys; the rest stay queued for the next call. `*n` 0: none waiting.
+// RB_E_BUFFER_TOO_SMALL when not even the oldest key fits: out[0].key_len says how many
+// bytes it needs (max_key_bytes always suffices). At most 2^20 keys wait; when more are
+// evicted undrained, the oldest are dropped (rb_get_metrics counts every eviction).
+//
+// # Safety
+// `dev` is a live handle; `out` has `cap` writable elements of out[0].struct_size bytes;
+// `keys_buf` has `keys_cap` writable bytes; `n` is writable.
+rb_status rb_take_evicted(struct rb_device *dev,
+                          struct rb_key_info *out,
+                          size_t cap,
+                          void *keys_buf,
+                          size_t keys_cap,
+                          size_t *n);
+
 // Starts an iteration over the indexed keys: from the first key when `after_len` is 0, else
 // from the first key strictly greater than `after` (its bytes are copied). Keys come in
 // ascending bytewise (memcmp) order. Free the cursor with rb_key_cursor_free.

@@ -232,6 +232,12 @@ rb_status rb_count_present_prefix(struct rb_device *dev,
 rb_status rb_register_memory(struct rb_device *dev, void *addr, size_t len, uint32_t *region);
 rb_status rb_unregister_memory(struct rb_device *dev, uint32_t region);
 rb_status rb_set_eviction(struct rb_device *dev, uint32_t policy, uint32_t low_watermark_permille);
+rb_status rb_take_evicted(struct rb_device *dev,
+                          struct rb_key_info *out,
+                          size_t cap,
+                          void *keys_buf,
+                          size_t keys_cap,
+                          size_t *n);
 rb_status rb_key_cursor_new(const void *after, size_t after_len, struct rb_key_cursor **out);
 rb_status rb_key_cursor_free(struct rb_key_cursor *cursor);
 rb_status rb_list_keys(struct rb_device *dev,

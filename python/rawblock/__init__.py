@@ -752,6 +752,21 @@ class Device:
         finally:
             _L.rb_key_cursor_free(cursor)
 
+    def take_evicted(self, max_keys: int = 4096) -> list[KeyInfo]:
+        """The keys the eviction policy removed since the last call, oldest first (at most
+        `max_keys`; the rest stay queued for the next call)."""
+        max_keys = _c_int(max_keys, ctypes.c_size_t, "max_keys")
+        if max_keys == 0:
+            return []
+        out = (_lib.KeyInfo * max_keys)()
+        out[0].struct_size = ctypes.sizeof(_lib.KeyInfo)
+        keys = ctypes.create_string_buffer(max(self.info().max_key_bytes, 64 * 1024))
+        n = ctypes.c_size_t(0)
+        with self._guard as h:
+            _check(_L.rb_take_evicted(h, out, max_keys, keys, len(keys), ctypes.byref(n)))
+        raw = keys.raw
+        return [KeyInfo(raw[e.key_offset: e.key_offset + e.key_len], e.value_len, e.generation) for e in out[: n.value]]
+
     def metrics(self, reset: bool = False) -> Metrics:
         """The handle's data-path counters and latency percentiles; with reset=True, zeroes them after reading."""
         m = _lib.Metrics()

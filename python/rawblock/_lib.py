@@ -273,6 +273,7 @@ SIGNATURES = {
     "rb_register_memory": (_status, [_dev, ctypes.c_void_p, _size, _P(ctypes.c_uint32)]),
     "rb_unregister_memory": (_status, [_dev, ctypes.c_uint32]),
     "rb_set_eviction": (_status, [_dev, ctypes.c_uint32, ctypes.c_uint32]),
+    "rb_take_evicted": (_status, [_dev, _P(KeyInfo), _size, ctypes.c_void_p, _size, _P(_size)]),
     # Key cursors (struct rb_key_cursor *) are c_void_p, like handles.
     "rb_key_cursor_new": (_status, [ctypes.c_void_p, _size, _P(ctypes.c_void_p)]),
     "rb_key_cursor_free": (_status, [ctypes.c_void_p]),

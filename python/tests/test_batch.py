@@ -74,3 +74,22 @@ def test_registered_memory_round_trip(path):
         region.unregister()  # idempotent
         with pytest.raises(ValueError):
             dev.register_memory(bytearray(0))
+
+
+def test_eviction_lru_reports_the_evicted_keys(path):
+    with Device.create(path, overwrite=True, capacity_bytes=8 << 20, slot_bytes=64 << 10) as dev:
+        slots = dev.info().slot_count
+        for i in range(slots):
+            dev.put(b"k%04d" % i, b"v")
+        with pytest.raises(rawblock.NoSpace):
+            dev.put(b"extra", b"x")
+        dev.set_eviction(rawblock.Eviction.LRU)
+        dev.get(b"k0000")  # now the most recently used
+        dev.put(b"extra", b"x")
+        gone = dev.take_evicted()
+        assert [k.key for k in gone] == [b"k0001"]
+        assert b"k0001" not in dev and b"k0000" in dev
+        assert dev.take_evicted() == []
+        assert dev.metrics().evictions == 1
+        with pytest.raises(rawblock.RawblockError):
+            dev.set_eviction(rawblock.Eviction.FIFO, low_watermark_permille=1001)

@@ -284,3 +284,68 @@ pub unsafe extern "C" fn rb_set_eviction(dev: *mut rb_device, policy: u32, low_w
         unsafe { device(dev)? }.set_eviction(crate::store::Eviction { policy, low_watermark_permille })
     })
 }
+
+/// Drains the keys the eviction policy removed, oldest first: up to `cap` entries in
+/// out[0..*n) (key_offset/key_len into keys_buf, value_len, generation), as many as fit in
+/// `keys_cap` bytes of keys; the rest stay queued for the next call. `*n` 0: none waiting.
+/// RB_E_BUFFER_TOO_SMALL when not even the oldest key fits: out[0].key_len says how many
+/// bytes it needs (max_key_bytes always suffices). At most 2^20 keys wait; when more are
+/// evicted undrained, the oldest are dropped (rb_get_metrics counts every eviction).
+///
+/// # Safety
+/// `dev` is a live handle; `out` has `cap` writable elements of out[0].struct_size bytes;
+/// `keys_buf` has `keys_cap` writable bytes; `n` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rb_take_evicted(
+    dev: *mut rb_device,
+    out: *mut rb_key_info,
+    cap: usize,
+    keys_buf: *mut c_void,
+    keys_cap: usize,
+    n: *mut usize,
+) -> rb_status {
+    guard("rb_take_evicted", || {
+        if n.is_null() {
+            return Err(invalid("n is NULL"));
+        }
+        // SAFETY: n is non-NULL and writable.
+        unsafe { n.write(0) };
+        if cap == 0 {
+            return Ok(());
+        }
+        if keys_buf.is_null() && keys_cap > 0 || keys_cap > isize::MAX as usize {
+            return Err(invalid(format!("keys_buf is NULL or keys_cap {keys_cap} is absurd")));
+        }
+        // SAFETY: out is checked for NULL; out[0] begins with the caller's struct_size.
+        let stride = unsafe { out_size(out) }?;
+        if cap.checked_mul(stride).is_none_or(|b| b > isize::MAX as usize) {
+            return Err(invalid(format!("{cap} entries of {stride} bytes overflow memory")));
+        }
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        let at = |i: usize| -> *mut rb_key_info {
+            // SAFETY: i < cap and the caller provides cap * stride bytes.
+            unsafe { out.cast::<u8>().add(i * stride) }.cast()
+        };
+        let taken = match s.take_evicted_fitting(cap, keys_cap) {
+            Err(Error::BufferTooSmall { needed }) => {
+                // SAFETY: element 0 is writable (cap >= 1); key_len lies within rb_key_info.
+                unsafe { std::ptr::addr_of_mut!((*at(0)).key_len).write_unaligned(needed as usize) };
+                return Err(Error::BufferTooSmall { needed });
+            }
+            other => other?,
+        };
+        let mut offset = 0;
+        for (i, e) in taken.iter().enumerate() {
+            // SAFETY: the keys taken total at most keys_cap bytes.
+            unsafe { std::ptr::copy_nonoverlapping(e.key.as_ptr(), keys_buf.cast::<u8>().add(offset), e.key.len()) };
+            let info = rb_key_info { struct_size: stride, key_offset: offset, key_len: e.key.len(), value_len: e.value_len, generation: e.generation.0 };
+            // SAFETY: element i is writable and holds at least rb_key_info's size.
+            unsafe { super::boundary::write_sized(at(i), info, stride) };
+            offset += e.key.len();
+        }
+        // SAFETY: n is non-NULL and writable.
+        unsafe { n.write(taken.len()) };
+        Ok(())
+    })
+}

@@ -144,6 +144,23 @@ impl EvictedQueue {
         let n = max.min(self.queue.len());
         self.queue.drain(..n).collect()
     }
+
+    /// Up to `max` keys, oldest first, whose key bytes total at most `max_bytes`. When not
+    /// even the first fits, `Err(its length)`.
+    pub fn take_fitting(&mut self, max: usize, max_bytes: usize) -> std::result::Result<Vec<Evicted>, usize> {
+        let (mut n, mut bytes) = (0, 0);
+        for e in self.queue.iter().take(max) {
+            if bytes + e.key.len() > max_bytes {
+                break;
+            }
+            bytes += e.key.len();
+            n += 1;
+        }
+        match (n, self.queue.front()) {
+            (0, Some(first)) if max > 0 => Err(first.key.len()),
+            _ => Ok(self.queue.drain(..n).collect()),
+        }
+    }
 }
 
 /// What one eviction batch took out of the index: the slots to zero, and who was there.
@@ -191,6 +208,12 @@ impl Store {
     /// Up to `max` evicted keys, oldest first, removed from the queue.
     pub fn take_evicted(&self, max: usize) -> Vec<Evicted> {
         lock(&self.state).evicted.take(max)
+    }
+
+    /// [`take_evicted`](Self::take_evicted) into a key buffer of `max_bytes`: the keys that fit,
+    /// the rest stay queued. [`Error::BufferTooSmall`] when not even the oldest fits.
+    pub fn take_evicted_fitting(&self, max: usize, max_bytes: usize) -> Result<Vec<Evicted>> {
+        lock(&self.state).evicted.take_fitting(max, max_bytes).map_err(|needed| Error::BufferTooSmall { needed: needed as u64 })
     }
 
     /// Entries evicted since open, and how many of their keys were dropped undrained.
