@@ -192,6 +192,28 @@ public:
         return m;
     }
     void reset_metrics() { check(rb_reset_metrics(dev_), "rb_reset_metrics"); }
+    // Eviction when no slot is free: RB_EVICT_NONE (default), RB_EVICT_LRU, RB_EVICT_FIFO.
+    void set_eviction(uint32_t policy, uint32_t low_watermark_permille = 0) {
+        check(rb_set_eviction(dev_, policy, low_watermark_permille), "rb_set_eviction");
+    }
+    // The keys evicted since the last call, oldest first (up to max_keys; the rest stay queued).
+    std::vector<std::string> take_evicted(size_t max_keys = 1024) {
+        std::vector<rb_key_info> out(max_keys == 0 ? 1 : max_keys);
+        out[0].struct_size = sizeof(rb_key_info);
+        std::vector<char> keys(64 * 1024);
+        size_t n = 0;
+        check(rb_take_evicted(dev_, out.data(), max_keys, keys.data(), keys.size(), &n), "rb_take_evicted");
+        std::vector<std::string> got;
+        for (size_t i = 0; i < n; i++) got.emplace_back(keys.data() + out[i].key_offset, out[i].key_len);
+        return got;
+    }
+    // Registers memory (a pinned pool) for fixed-buffer batched I/O; returns the region id.
+    uint32_t register_memory(void* addr, size_t len) {
+        uint32_t region = 0;
+        check(rb_register_memory(dev_, addr, len, &region), "rb_register_memory");
+        return region;
+    }
+    void unregister_memory(uint32_t region) { check(rb_unregister_memory(dev_, region), "rb_unregister_memory"); }
     rb_device* raw() noexcept { return dev_; }
 
 private:

@@ -93,6 +93,17 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "erase_many: the second delete of a key must be not found\n");
                 return 1;
             }
+            // Eviction on a full device: the least recently used key goes and is reported.
+            b.set_eviction(RB_EVICT_LRU);
+            for (int i = 0; i < 100000; i++) {
+                std::string k = "fill-" + std::to_string(i);
+                b.put(k, "v");
+                if (!b.take_evicted().empty()) break;
+            }
+            if (b.metrics().evictions == 0) {
+                std::fprintf(stderr, "filling the device evicted nothing\n");
+                return 1;
+            }
         }
         std::remove((path + ".batch").c_str());
         std::printf("C++ round trip: %llu entries recovered from checkpoint %llu, listed and verified; "

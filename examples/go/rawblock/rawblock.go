@@ -348,3 +348,38 @@ func (d *Device) Metrics() (Metrics, error) {
 
 // ResetMetrics zeroes the handle's metrics.
 func (d *Device) ResetMetrics() error { return check(C.rb_reset_metrics(d.dev)) }
+
+// Eviction policies for SetEviction.
+const (
+	EvictNone = uint32(C.RB_EVICT_NONE)
+	EvictLRU  = uint32(C.RB_EVICT_LRU)
+	EvictFIFO = uint32(C.RB_EVICT_FIFO)
+)
+
+// SetEviction sets what a put does when no slot is free (EvictNone: RB_E_NO_SPACE).
+func (d *Device) SetEviction(policy, lowWatermarkPermille uint32) error {
+	return check(C.rb_set_eviction(d.dev, C.uint32_t(policy), C.uint32_t(lowWatermarkPermille)))
+}
+
+// TakeEvicted returns the keys evicted since the last call, oldest first (at most maxKeys).
+func (d *Device) TakeEvicted(maxKeys int) ([][]byte, error) {
+	if maxKeys <= 0 {
+		return nil, nil
+	}
+	out := (*C.rb_key_info)(C.calloc(C.size_t(maxKeys), C.size_t(unsafe.Sizeof(C.rb_key_info{}))))
+	defer C.free(unsafe.Pointer(out))
+	infos := unsafe.Slice(out, maxKeys)
+	infos[0].struct_size = C.size_t(unsafe.Sizeof(C.rb_key_info{}))
+	const keysCap = 64 * 1024
+	keys := C.malloc(keysCap)
+	defer C.free(keys)
+	var n C.size_t
+	if err := check(C.rb_take_evicted(d.dev, out, C.size_t(maxKeys), keys, keysCap, &n)); err != nil {
+		return nil, err
+	}
+	got := make([][]byte, int(n))
+	for i := range got {
+		got[i] = C.GoBytes(unsafe.Add(keys, int(infos[i].key_offset)), C.int(infos[i].key_len))
+	}
+	return got, nil
+}

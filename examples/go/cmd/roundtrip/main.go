@@ -137,6 +137,24 @@ func batches(_ *rawblock.Device, path string) error {
 	if err != nil || errs[0] != nil || !errors.As(errs[1], &rbErr) || rbErr.Status != rawblock.StatusNotFound {
 		return fmt.Errorf("DeleteMany of a key twice: %v %v, want nil then not found", errs, err)
 	}
+	// Eviction on a full device: the least recently used key goes and is reported.
+	if err := dev.SetEviction(rawblock.EvictLRU, 0); err != nil {
+		return err
+	}
+	evicted := 0
+	for i := 0; i < 100000 && evicted == 0; i++ {
+		if err := dev.Put([]byte(fmt.Sprintf("fill-%d", i)), []byte("v")); err != nil {
+			return err
+		}
+		gone, err := dev.TakeEvicted(16)
+		if err != nil {
+			return err
+		}
+		evicted = len(gone)
+	}
+	if evicted == 0 {
+		return fmt.Errorf("filling the device evicted nothing")
+	}
 	return nil
 }
 
