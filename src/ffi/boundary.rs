@@ -22,9 +22,31 @@ pub(super) fn message_ptr() -> *const c_char {
     LAST_ERROR.with(|m| m.borrow().as_ptr())
 }
 
+thread_local! {
+    /// Where the last panic on this thread happened, for RB_E_PANIC's message.
+    static PANIC_AT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// The library prints nothing on the host's stderr, panics included: its panic hook (the
+/// cdylib carries its own std, so this hook sees only the library's panics) keeps the
+/// location for the message instead. Not in unit tests, whose failures must print.
+fn quiet_panics() {
+    #[cfg(not(test))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            panic::set_hook(Box::new(|info| {
+                let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+            }))
+        });
+    }
+}
+
 /// Runs the body of an exported function named `name`: a panic becomes
 /// RB_E_PANIC, an error its status, and either sets the thread's message.
 pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_status {
+    quiet_panics();
     match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => RB_OK,
         Ok(Err(e)) => {
@@ -37,7 +59,8 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            set_message(&format!("{name}: internal panic: {what}"));
+            let at = PANIC_AT.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            set_message(&format!("{name}: internal panic: {what}{at}"));
             Status::Panic as rb_status
         }
     }

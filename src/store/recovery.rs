@@ -1,7 +1,7 @@
 //! Rebuilding the index after a restart: from the newest checkpoint, every
 //! entry validated against its slot header, or from a scan of every header.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::index::{Entry, Index};
@@ -95,6 +95,14 @@ impl RecoverReport {
         }
     }
 }
+
+/// Slots a scan reads per engine batch: bounds its memory (about 64 bytes a slot) whatever
+/// the device's size, and is far above any queue depth, so the window stays full.
+#[cfg(not(test))]
+const SCAN_CHUNK: u64 = 1 << 20;
+/// Small in unit tests, so every scan there crosses chunk boundaries.
+#[cfg(test)]
+const SCAN_CHUNK: u64 = 7;
 
 /// What one checkpoint entry's header says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,7 +263,31 @@ impl Store {
     fn rebuild_from_scan(&self, report: &mut RecoverReport) -> Result<(Index, Vec<SlotIndex>)> {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Scan;
-        let slots: Vec<SlotIndex> = g.all_slots().collect();
+        // Chunk by chunk, keeping only the valid headers: memory follows the entries, not the
+        // device's slot count.
+        let mut valid: Vec<(Box<[u8]>, Entry)> = Vec::new();
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(g.slot_count()) as usize);
+        for first in (0..g.slot_count()).step_by(SCAN_CHUNK as usize) {
+            chunk.clear();
+            chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
+            self.scan_chunk(&chunk, &mut valid, report);
+        }
+        let refs: Vec<(&[u8], Entry)> = valid.iter().map(|(k, e)| (&k[..], *e)).collect();
+        let (mut index, mut losers) = Index::rebuild(g.slot_count(), refs.iter().copied())?;
+        let torn = self.torn_newer_copies(&refs, &index, &losers);
+        if !torn.is_empty() {
+            // Rare (a replace torn by a crash): settle again without the torn copies.
+            let sound: Vec<(&[u8], Entry)> = refs.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
+            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
+            losers.extend(torn);
+        }
+        report.dropped_stale += losers.len() as u64;
+        Ok((index, losers.iter().map(|e| e.slot).collect()))
+    }
+
+    /// Reads one chunk's headers; valid ones join `valid`, the rest are counted.
+    fn scan_chunk(&self, slots: &[SlotIndex], valid: &mut Vec<(Box<[u8]>, Entry)>, report: &mut RecoverReport) {
+        let g = self.sb.geometry;
         let mut scanned: Vec<Scanned> = (0..slots.len()).map(|_| Scanned::Empty).collect();
         let id = self.sb.device_id;
         let decode = |_: usize, slot: SlotIndex, r: ReadResult<'_>| -> Scanned {
@@ -271,32 +303,21 @@ impl Store {
                 },
             }
         };
-        report.io = self.read_slot_headers(&slots, &mut scanned, &decode);
-        report.header_reads = slots.len() as u64;
-        let mut valid = Vec::new();
-        for s in &scanned {
+        report.io.merge(&self.read_slot_headers(slots, &mut scanned, &decode));
+        report.header_reads += slots.len() as u64;
+        for s in scanned {
             match s {
-                Scanned::Valid(key, e) if e.payload_len <= g.max_payload() => valid.push((&key[..], *e)),
+                Scanned::Valid(key, e) if e.payload_len <= g.max_payload() => valid.push((key, e)),
                 Scanned::Valid(..) | Scanned::Stale => report.dropped_stale += 1,
                 Scanned::Empty => report.empty_slots += 1,
                 Scanned::Unreadable(errno) => {
                     report.dropped_unreadable += 1;
                     if report.first_errno == 0 {
-                        report.first_errno = *errno;
+                        report.first_errno = errno;
                     }
                 }
             }
         }
-        let (mut index, mut losers) = Index::rebuild(g.slot_count(), valid.iter().copied())?;
-        let torn = self.torn_newer_copies(&scanned, &index, &losers);
-        if !torn.is_empty() {
-            // Rare (a replace torn by a crash): settle again without the torn copies.
-            let sound: Vec<(&[u8], Entry)> = valid.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
-            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
-            losers.extend(torn);
-        }
-        report.dropped_stale += losers.len() as u64;
-        Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
 
     /// A scan settles a key found in several slots by the highest generation, but a crash
@@ -307,15 +328,19 @@ impl Store {
     /// that verifies are returned, to lose to it. One record read per duplicated key while
     /// its newest copy verifies; keys found once are not read. A copy that cannot be read
     /// counts as not verifying; when none verifies, the generation order stands.
-    fn torn_newer_copies(&self, scanned: &[Scanned], index: &Index, losers: &[Entry]) -> Vec<Entry> {
-        // `scanned` holds every slot in order, and every loser came from a valid header.
-        let key_of = |slot: SlotIndex| match &scanned[slot.0 as usize] {
-            Scanned::Valid(key, _) => &key[..],
-            _ => unreachable!("a scan loser without a valid header"),
-        };
+    fn torn_newer_copies(&self, valid: &[(&[u8], Entry)], index: &Index, losers: &[Entry]) -> Vec<Entry> {
+        if losers.is_empty() {
+            return Vec::new();
+        }
+        // Every loser came from a valid header: find its key by slot.
+        let loser_slots: HashSet<SlotIndex> = losers.iter().map(|e| e.slot).collect();
+        let key_of: HashMap<SlotIndex, &[u8]> =
+            valid.iter().filter(|(_, e)| loser_slots.contains(&e.slot)).map(|(k, e)| (e.slot, *k)).collect();
         let mut copies: HashMap<&[u8], Vec<Entry>> = HashMap::new();
         for e in losers {
-            copies.entry(key_of(e.slot)).or_default().push(*e);
+            if let Some(key) = key_of.get(&e.slot) {
+                copies.entry(key).or_default().push(*e);
+            }
         }
         let mut torn = Vec::new();
         for (key, mut copies) in copies {
@@ -329,16 +354,22 @@ impl Store {
     }
 
     /// Reads the header of every slot `index` leaves free; returns those holding a valid header.
+    /// Chunk by chunk, so memory follows the chunk and the orphans, not the free slots.
     fn find_orphans(&self, index: &Index, report: &mut RecoverReport) -> Vec<SlotIndex> {
-        let free: Vec<SlotIndex> = self.sb.geometry.all_slots().filter(|&s| !index.is_used(s)).collect();
-        let mut valid = vec![false; free.len()];
+        let g = self.sb.geometry;
         let id = self.sb.device_id;
         let decode = |_: usize, slot: SlotIndex, r: ReadResult<'_>| {
             matches!(r, Ok(block) if matches!(SlotHeader::classify(block, &id, slot), SlotState::Valid(_)))
         };
-        report.io.merge(&self.read_slot_headers(&free, &mut valid, &decode));
-        report.header_reads += free.len() as u64;
-        let orphans: Vec<SlotIndex> = free.iter().zip(&valid).filter(|(_, &v)| v).map(|(&s, _)| s).collect();
+        let mut orphans = Vec::new();
+        for first in (0..g.slot_count()).step_by(SCAN_CHUNK as usize) {
+            let free: Vec<SlotIndex> =
+                (first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex).filter(|&s| !index.is_used(s)).collect();
+            let mut valid = vec![false; free.len()];
+            report.io.merge(&self.read_slot_headers(&free, &mut valid, &decode));
+            report.header_reads += free.len() as u64;
+            orphans.extend(free.iter().zip(&valid).filter(|(_, &v)| v).map(|(&s, _)| s));
+        }
         report.orphans = orphans.len() as u64;
         orphans
     }
