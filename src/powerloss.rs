@@ -106,15 +106,20 @@ struct Config {
     ops: usize,
     /// RB_OPEN_SYNC_WRITES (O_DSYNC).
     sync_writes: bool,
+    /// LRU eviction, with more keys than slots: puts evict.
+    evict: bool,
 }
 
 /// Small slots (4 KiB of payload, many records) and large ones (multi-sector payloads, up to
 /// 504 sectors of 512 bytes), each with and without O_DSYNC. Few slots, so they are reused.
-const CONFIGS: [Config; 4] = [
-    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 6, ops: 40, sync_writes: false },
-    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 6, ops: 40, sync_writes: true },
-    Config { slot_bytes: 256 << 10, capacity: 8 * (256 << 10), keys: 4, ops: 24, sync_writes: false },
-    Config { slot_bytes: 256 << 10, capacity: 8 * (256 << 10), keys: 4, ops: 24, sync_writes: true },
+const CONFIGS: [Config; 6] = [
+    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 6, ops: 40, sync_writes: false, evict: false },
+    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 6, ops: 40, sync_writes: true, evict: false },
+    Config { slot_bytes: 256 << 10, capacity: 8 * (256 << 10), keys: 4, ops: 24, sync_writes: false, evict: false },
+    // More keys than slots, LRU eviction: puts evict (zeroing the victims' headers as deletes do).
+    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 12, ops: 40, sync_writes: true, evict: true },
+    Config { slot_bytes: 8 << 10, capacity: 14 * (8 << 10), keys: 12, ops: 40, sync_writes: false, evict: true },
+    Config { slot_bytes: 256 << 10, capacity: 8 * (256 << 10), keys: 4, ops: 24, sync_writes: true, evict: false },
 ];
 
 /// What a read of a key gave.
@@ -129,9 +134,10 @@ enum Seen {
 #[derive(Clone, Debug)]
 enum Op {
     /// `cut`: the record write was made to fail part-way (`cleanup_fails`: and the zeroing after it).
-    Put { key: usize, vid: usize, ok: bool, cut: bool },
+    /// `evicted`: the keys the put's eviction batch removed (before its own write).
+    Put { key: usize, vid: usize, ok: bool, cut: bool, evicted: Vec<usize> },
     /// One rb_put_many of distinct keys: (key, value id, acknowledged) per item.
-    PutMany { items: Vec<(usize, usize, bool)> },
+    PutMany { items: Vec<(usize, usize, bool)>, evicted: Vec<usize> },
     Delete { key: usize },
     /// A write call with nothing of its own to write: runs the invalidations recovery queued.
     Poke,
@@ -183,6 +189,8 @@ struct Tally {
     follow_ups: usize,
     restarts: usize,
     failed_puts: usize,
+    /// Keys evicted by puts (runs with LRU eviction).
+    evicted: usize,
     gets: usize,
     values: usize,
     absent: usize,
@@ -219,6 +227,7 @@ impl Tally {
         self.follow_ups += o.follow_ups;
         self.restarts += o.restarts;
         self.failed_puts += o.failed_puts;
+        self.evicted += o.evicted;
         self.gets += o.gets;
         self.values += o.values;
         self.absent += o.absent;
@@ -262,6 +271,13 @@ fn scratch_dir() -> PathBuf {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/powerloss"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+fn set_eviction(store: &Store, cfg: Config) {
+    if cfg.evict {
+        let lru = crate::store::Eviction { policy: crate::store::EvictionPolicy::Lru, low_watermark_permille: 0 };
+        store.set_eviction(lru).expect("eviction");
+    }
 }
 
 fn open_opts(mode: OpenMode, engine: EngineChoice, sync_writes: bool) -> OpenOptions {
@@ -374,8 +390,9 @@ impl Recording {
         };
         // A put that failed may still have installed its value (only zeroing the old copy
         // failed): the live state is what the store answers.
+        let evicted = self.drain_evicted();
         self.live[key] = read_key(&self.run, self.store(), key);
-        self.step(Op::Put { key, vid, ok, cut: failing }, start);
+        self.step(Op::Put { key, vid, ok, cut: failing, evicted }, start);
     }
 
     /// Puts new values of `n` distinct keys in one batch (through the engine's data path).
@@ -409,10 +426,21 @@ impl Recording {
             };
             done.push((k, vid, ok));
         }
+        let evicted = self.drain_evicted();
         for &(k, _, _) in &done {
             self.live[k] = read_key(&self.run, self.store(), k);
         }
-        self.step(Op::PutMany { items: done }, start);
+        self.step(Op::PutMany { items: done, evicted }, start);
+    }
+
+    /// The keys the store evicted since the last call (now absent, unless put again since).
+    fn drain_evicted(&mut self) -> Vec<usize> {
+        let gone = self.store().take_evicted(usize::MAX);
+        let keys: Vec<usize> = gone.iter().filter_map(|e| self.run.keys.iter().position(|k| k[..] == *e.key)).collect();
+        for &k in &keys {
+            self.live[k] = read_key(&self.run, self.store(), k);
+        }
+        keys
     }
 
     fn delete(&mut self, key: usize) {
@@ -440,6 +468,7 @@ impl Recording {
         drop(self.store.take()); // its lock goes with it
         let mut store = Store::open(&self.path, &open_opts(OpenMode::ReadWrite, EngineChoice::Posix, cfg.sync_writes)).expect("reopen");
         store.set_write_log(self.rec.clone());
+        set_eviction(&store, cfg);
         let store = &*self.store.insert(store);
         // Plain AUTO leaves forgotten headers that a later scan may bring back (a known
         // limit, RECOVERY.md); the simulator restarts with SCAN or AUTO + SCRUB_FREE.
@@ -491,6 +520,7 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
     let base = std::fs::read(&path).unwrap();
     let rec = Arc::new(Recorder::default());
     store.set_write_log(rec.clone());
+    set_eviction(&store, cfg);
     let run = Run {
         number,
         seed,
@@ -529,6 +559,14 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
         run.trace();
     }
     tally.runs += 1;
+    tally.evicted += run
+        .steps
+        .iter()
+        .map(|s| match &s.op {
+            Op::Put { evicted, .. } | Op::PutMany { evicted, .. } => evicted.len(),
+            _ => 0,
+        })
+        .sum::<usize>();
     tally.sync_runs += cfg.sync_writes as usize;
     tally.events += run.events.len();
     run
@@ -544,8 +582,9 @@ fn expect_after_restart(run: &Run, k: usize, live: &[Seen], from_checkpoint: boo
         let (at, snapshot) = ckpt.expect("recovered from a checkpoint the workload never took");
         let since = &run.steps[at + 1..];
         let acked_since = |s: &Step| match &s.op {
-            Op::Put { key, ok: true, .. } | Op::Delete { key } => *key == k,
-            Op::PutMany { items } => items.iter().any(|&(key, _, ok)| ok && key == k),
+            Op::Put { key, ok, evicted, .. } => (*ok && *key == k) || evicted.contains(&k),
+            Op::Delete { key } => *key == k,
+            Op::PutMany { items, evicted } => evicted.contains(&k) || items.iter().any(|&(key, _, ok)| ok && key == k),
             _ => false,
         };
         if since.iter().any(acked_since) {
@@ -609,6 +648,23 @@ struct KeyModel {
     touched: bool,
     /// A slot that ever held a header of the key was written after the last sync.
     unsynced_slot_write: bool,
+    /// An eviction of the key's old copy was in flight with a put of it: absent is possible.
+    may_be_absent: bool,
+}
+
+/// Keys an eviction batch removed, before the put that triggered it: done, they are
+/// deleted; in flight, their deletion is.
+fn evict(keys: &mut [KeyModel], evicted: &[usize], done: bool) {
+    for &k in evicted {
+        let km = &mut keys[k];
+        km.touched = true;
+        if done {
+            km.acked = Some(Seen::Absent);
+            km.failed.clear();
+        } else {
+            km.in_flight = Some(InFlight::Delete);
+        }
+    }
 }
 
 struct Model {
@@ -648,12 +704,14 @@ impl Run {
                 break;
             }
             match &s.op {
-                Op::Put { key, vid, ok, cut } => {
+                Op::Put { key, vid, ok, cut, evicted } => {
+                    evict(&mut keys, evicted, done);
                     let km = &mut keys[*key];
                     km.ever.push(*vid);
                     km.touched = true;
                     if !done {
                         km.in_flight = Some(InFlight::Put(*vid));
+                        km.may_be_absent |= evicted.contains(key);
                     } else if *ok {
                         km.acked = Some(Seen::Value(*vid));
                         km.failed.clear();
@@ -661,13 +719,15 @@ impl Run {
                         km.failed.push(*vid);
                     }
                 }
-                Op::PutMany { items } => {
+                Op::PutMany { items, evicted } => {
+                    evict(&mut keys, evicted, done);
                     for &(key, vid, ok) in items {
                         let km = &mut keys[key];
                         km.ever.push(vid);
                         km.touched = true;
                         if !done {
                             km.in_flight = Some(InFlight::Put(vid));
+                            km.may_be_absent |= evicted.contains(&key);
                         } else if ok {
                             km.acked = Some(Seen::Value(vid));
                             km.failed.clear();
@@ -965,7 +1025,7 @@ fn judge(run: &Run, m: &Model, k: usize, seen: Seen, scanned: bool, intact_copy:
             Ok(Judged::Value)
         }
         Seen::Absent => {
-            if run.cfg.sync_writes && scanned && acked_value && km.in_flight != Some(InFlight::Delete) {
+            if run.cfg.sync_writes && scanned && acked_value && km.in_flight != Some(InFlight::Delete) && !km.may_be_absent {
                 return Err("SYNC_WRITES: a scan lost an acknowledged put");
             }
             Ok(Judged::Absent)
@@ -1089,8 +1149,8 @@ fn powerloss_sweep_keeps_every_recovery_guarantee() {
     let start = Instant::now();
     let t = simulate(seed, images, 2);
     println!(
-        "powerloss: POWERLOSS_SEED={seed:#x}: {} runs ({} with SYNC_WRITES), {} recorded events, {} failed puts injected, {} clean restarts",
-        t.runs, t.sync_runs, t.events, t.failed_puts, t.restarts
+        "powerloss: POWERLOSS_SEED={seed:#x}: {} runs ({} with SYNC_WRITES), {} recorded events, {} failed puts injected, {} keys evicted, {} clean restarts",
+        t.runs, t.sync_runs, t.events, t.failed_puts, t.evicted, t.restarts
     );
     println!(
         "powerloss: {} crash images from {} crash points (unsynced writes: {} dropped, {} whole, {} torn)",
