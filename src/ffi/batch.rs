@@ -313,37 +313,15 @@ pub unsafe extern "C" fn rb_take_evicted(
         if cap == 0 {
             return Ok(());
         }
-        if keys_buf.is_null() && keys_cap > 0 || keys_cap > isize::MAX as usize {
-            return Err(invalid(format!("keys_buf is NULL or keys_cap {keys_cap} is absurd")));
-        }
-        // SAFETY: out is checked for NULL; out[0] begins with the caller's struct_size.
-        let stride = unsafe { out_size(out) }?;
-        if cap.checked_mul(stride).is_none_or(|b| b > isize::MAX as usize) {
-            return Err(invalid(format!("{cap} entries of {stride} bytes overflow memory")));
-        }
+        // SAFETY: per the contract above.
+        let dest = unsafe { super::listing::KeyPage::new(out, cap, keys_buf, keys_cap) }?;
         // SAFETY: a live handle.
         let s = unsafe { device(dev)? };
-        let at = |i: usize| -> *mut rb_key_info {
-            // SAFETY: i < cap and the caller provides cap * stride bytes.
-            unsafe { out.cast::<u8>().add(i * stride) }.cast()
-        };
         let taken = match s.take_evicted_fitting(cap, keys_cap) {
-            Err(Error::BufferTooSmall { needed }) => {
-                // SAFETY: element 0 is writable (cap >= 1); key_len lies within rb_key_info.
-                unsafe { std::ptr::addr_of_mut!((*at(0)).key_len).write_unaligned(needed as usize) };
-                return Err(Error::BufferTooSmall { needed });
-            }
+            Err(Error::BufferTooSmall { needed }) => return Err(dest.too_small(needed)),
             other => other?,
         };
-        let mut offset = 0;
-        for (i, e) in taken.iter().enumerate() {
-            // SAFETY: the keys taken total at most keys_cap bytes.
-            unsafe { std::ptr::copy_nonoverlapping(e.key.as_ptr(), keys_buf.cast::<u8>().add(offset), e.key.len()) };
-            let info = rb_key_info { struct_size: stride, key_offset: offset, key_len: e.key.len(), value_len: e.value_len, generation: e.generation.0 };
-            // SAFETY: element i is writable and holds at least rb_key_info's size.
-            unsafe { super::boundary::write_sized(at(i), info, stride) };
-            offset += e.key.len();
-        }
+        dest.fill(taken.iter().map(|e| (&e.key[..], e.value_len, e.generation.0)));
         // SAFETY: n is non-NULL and writable.
         unsafe { n.write(taken.len()) };
         Ok(())

@@ -87,6 +87,37 @@ pub unsafe extern "C" fn rb_list_keys(
         if cap == 0 {
             return Err(invalid("cap is 0: a page holds at least one key"));
         }
+        // SAFETY: per the contract above.
+        let dest = unsafe { KeyPage::new(out, cap, keys_buf, keys_cap) }?;
+        // SAFETY: a live handle, and a live cursor no other thread uses.
+        let (s, cursor) = unsafe { (device(dev)?, &mut (*cursor).cursor) };
+        let page = match s.list_keys(cursor, cap, keys_cap) {
+            Err(Error::BufferTooSmall { needed }) => return Err(dest.too_small(needed)),
+            other => other?,
+        };
+        dest.fill(page.iter().map(|k| (&k.key[..], k.value_len, k.generation.0)));
+        // SAFETY: n is non-NULL and writable.
+        unsafe { n.write(page.len()) };
+        Ok(())
+    })
+}
+
+/// Where a page of keys goes: the caller's rb_key_info array (elements `stride` bytes apart)
+/// and the buffer the keys are packed into (rb_list_keys, rb_take_evicted).
+pub(super) struct KeyPage {
+    out: *mut rb_key_info,
+    stride: usize,
+    keys_buf: *mut u8,
+}
+
+impl KeyPage {
+    /// Checks the caller's arrays: `cap` >= 1 elements at `out` of out[0].struct_size bytes,
+    /// `keys_cap` bytes at `keys_buf`.
+    ///
+    /// # Safety
+    /// `out` is NULL or points to `cap` writable elements of out[0].struct_size bytes;
+    /// `keys_buf` to `keys_cap` writable bytes.
+    pub(super) unsafe fn new(out: *mut rb_key_info, cap: usize, keys_buf: *mut c_void, keys_cap: usize) -> Result<KeyPage, Error> {
         if keys_buf.is_null() && keys_cap > 0 || keys_cap > isize::MAX as usize {
             return Err(invalid(format!("keys_buf is NULL or keys_cap {keys_cap} is absurd")));
         }
@@ -95,37 +126,32 @@ pub unsafe extern "C" fn rb_list_keys(
         if cap.checked_mul(stride).is_none_or(|b| b > isize::MAX as usize) {
             return Err(invalid(format!("{cap} entries of {stride} bytes overflow memory")));
         }
-        // SAFETY: a live handle, and a live cursor no other thread uses.
-        let (s, cursor) = unsafe { (device(dev)?, &mut (*cursor).cursor) };
-        let at = |i: usize| -> *mut rb_key_info {
-            // SAFETY: i < cap and the caller provides cap * stride bytes.
-            unsafe { out.cast::<u8>().add(i * stride) }.cast()
-        };
-        let page = match s.list_keys(cursor, cap, keys_cap) {
-            Err(Error::BufferTooSmall { needed }) => {
-                // SAFETY: element 0 is writable (cap >= 1); key_len lies within rb_key_info's ABI 1 size.
-                unsafe { std::ptr::addr_of_mut!((*at(0)).key_len).write_unaligned(needed as usize) };
-                return Err(Error::BufferTooSmall { needed });
-            }
-            other => other?,
-        };
+        Ok(KeyPage { out, stride, keys_buf: keys_buf.cast() })
+    }
+
+    fn at(&self, i: usize) -> *mut rb_key_info {
+        // SAFETY: callers pass i < cap, and the caller provided cap * stride bytes.
+        unsafe { self.out.cast::<u8>().add(i * self.stride) }.cast()
+    }
+
+    /// RB_E_BUFFER_TOO_SMALL for a key of `needed` bytes: out[0].key_len says so.
+    pub(super) fn too_small(&self, needed: u64) -> Error {
+        // SAFETY: element 0 is writable (cap >= 1); key_len lies within rb_key_info's ABI 1 size.
+        unsafe { std::ptr::addr_of_mut!((*self.at(0)).key_len).write_unaligned(needed as usize) };
+        Error::BufferTooSmall { needed }
+    }
+
+    /// Writes (key, value_len, generation) entries, keys packed from the buffer's start.
+    /// The caller took at most cap entries whose keys total at most keys_cap bytes.
+    pub(super) fn fill<'k>(&self, entries: impl Iterator<Item = (&'k [u8], u64, u64)>) {
         let mut offset = 0;
-        for (i, k) in page.iter().enumerate() {
-            // SAFETY: the page's keys total at most keys_cap bytes (list_keys keeps to it).
-            unsafe { std::ptr::copy_nonoverlapping(k.key.as_ptr(), keys_buf.cast::<u8>().add(offset), k.key.len()) };
-            let info = rb_key_info {
-                struct_size: stride,
-                key_offset: offset,
-                key_len: k.key.len(),
-                value_len: k.value_len,
-                generation: k.generation.0,
-            };
+        for (i, (key, value_len, generation)) in entries.enumerate() {
+            // SAFETY: the keys fit in keys_cap bytes (the caller's promise above).
+            unsafe { std::ptr::copy_nonoverlapping(key.as_ptr(), self.keys_buf.add(offset), key.len()) };
+            let info = rb_key_info { struct_size: self.stride, key_offset: offset, key_len: key.len(), value_len, generation };
             // SAFETY: element i is writable and holds at least rb_key_info's size (MIN_SIZE).
-            unsafe { super::boundary::write_sized(at(i), info, stride) };
-            offset += k.key.len();
+            unsafe { super::boundary::write_sized(self.at(i), info, self.stride) };
+            offset += key.len();
         }
-        // SAFETY: n is non-NULL and writable.
-        unsafe { n.write(page.len()) };
-        Ok(())
-    })
+    }
 }

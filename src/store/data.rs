@@ -196,20 +196,8 @@ impl Store {
     /// The payload of `rec` when its header and payload CRC match `e`.
     fn verify<'a>(&self, rec: &'a [u8], key: &[u8], e: &Entry) -> std::result::Result<&'a [u8], Mismatch> {
         let hb = self.sb.geometry.header_bytes() as usize;
-        let h = match SlotHeader::classify(&rec[..hb], &self.sb.device_id, e.slot) {
-            SlotState::Valid(h) => h,
-            SlotState::Empty => return Err("the slot header is gone"),
-            SlotState::Corrupt => return Err("the slot header fails its CRC"),
-            SlotState::Foreign => return Err("the slot header belongs to another device or slot"),
-        };
-        if h.key != key || h.generation != e.generation || h.payload_len != e.payload_len || h.payload_crc != e.payload_crc {
-            return Err("the slot header names another value");
-        }
         let payload = &rec[hb..hb + e.payload_len as usize];
-        if crc32(payload) != h.payload_crc {
-            return Err("the payload fails its CRC32");
-        }
-        Ok(payload)
+        self.check_record(&rec[..hb], payload, key, e).map(|()| payload)
     }
 
     pub fn contains(&self, key: &[u8]) -> Result<bool> {

@@ -12,9 +12,8 @@
 
 use std::time::Instant;
 
-use super::{OpenMode, RecoverReport, RecoveredFrom, Store};
+use super::{OpenMode, RecoverReport, Store};
 use crate::device::Device;
-use crate::engine::BatchStats;
 use crate::error::{Error, Result};
 
 impl Store {
@@ -27,24 +26,9 @@ impl Store {
     /// What `recover` answers on a handle that formatted and has not written since:
     /// nothing recovered, nothing read.
     pub(super) fn fresh_report(&self, start: Instant) -> RecoverReport {
-        RecoverReport {
-            from: RecoveredFrom::Nothing,
-            engine: self.engine.kind(),
-            checkpoint_sequence: 0,
-            checkpoint_entries: 0,
-            indexed: 0,
-            dropped_stale: 0,
-            dropped_unreadable: 0,
-            kept_unverified: 0,
-            empty_slots: 0,
-            orphans: 0,
-            header_reads: 0,
-            elapsed_ns: start.elapsed().as_nanos() as u64,
-            checkpoint_load_ns: 0,
-            validate_ns: 0,
-            io: BatchStats::default(),
-            first_errno: 0,
-        }
+        let mut report = RecoverReport::new(self.engine.kind(), 0);
+        report.elapsed_ns = start.elapsed().as_nanos() as u64;
+        report
     }
 }
 
@@ -70,6 +54,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::store::RecoveredFrom;
     use crate::error::Holds;
     use crate::format::GeometryRequest;
     use crate::store::{FormatOptions, OpenOptions, RecoverOptions};

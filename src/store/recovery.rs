@@ -74,7 +74,8 @@ pub struct RecoverReport {
 }
 
 impl RecoverReport {
-    fn new(engine: EngineKind, checkpoint_load_ns: u64) -> RecoverReport {
+    /// Nothing recovered yet: the source `Nothing`, every count zero.
+    pub(super) fn new(engine: EngineKind, checkpoint_load_ns: u64) -> RecoverReport {
         RecoverReport {
             from: RecoveredFrom::Nothing,
             engine,
