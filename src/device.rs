@@ -101,73 +101,23 @@ pub enum Allocated {
 
 impl Device {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Device> {
-        let shown = path.display();
         let write = mode.access != Access::ReadOnly;
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound && mode.access == Access::Create => None,
-            Err(e) => return Err(Error::io(format!("cannot open {shown}"), e)),
+            Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
-        let kind = match &meta {
-            Some(m) if m.file_type().is_block_device() => DeviceKind::BlockDevice,
-            Some(m) if m.is_file() => DeviceKind::RegularFile,
-            None => DeviceKind::RegularFile,
-            Some(m) if m.is_dir() => {
-                return Err(Error::InvalidArgument(format!("{shown} is a directory, not a block device or file")))
-            }
-            Some(_) => {
-                return Err(Error::InvalidArgument(format!("{shown} is neither a block device nor a regular file")))
-            }
-        };
+        let kind = kind_of(path, meta.as_ref())?;
         // A writer claims a block device before anything else is done with it.
         let claim = match kind {
             DeviceKind::BlockDevice if write => Some(claim_block_device(path)?),
             _ => None,
         };
-        let mut flags = libc::O_CLOEXEC;
-        if !mode.buffered {
-            flags |= libc::O_DIRECT;
-        }
-        if mode.sync_writes {
-            flags |= libc::O_DSYNC;
-        }
-        let open_error = |e: io::Error| {
-            if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
-                Error::DirectIoRefused { path: path.to_path_buf(), source: e }
-            } else {
-                Error::io(format!("cannot open {shown}"), e)
-            }
-        };
-        let mut options = OpenOptions::new();
-        options.read(true).write(write).custom_flags(flags);
-        // Whether the file was created here (not merely found): a failed format removes only that.
-        let (file, created) = match meta {
-            None => match options.clone().create_new(true).open(path) {
-                Ok(f) => (f, true),
-                // Made meanwhile, or a dangling symlink (whose target O_CREAT makes, not ours to remove).
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    (options.clone().create(true).open(path).map_err(open_error)?, false)
-                }
-                Err(e) => return Err(open_error(e)),
-            },
-            Some(_) => (options.open(path).map_err(open_error)?, false),
-        };
+        let (file, created) = open_file(path, mode, meta.is_some())?;
         let (capacity, logical_block) = match kind {
             DeviceKind::BlockDevice => block_device_geometry(file.as_raw_fd())
-                .map_err(|e| Error::io(format!("cannot read the size of block device {shown}"), e))?,
-            DeviceKind::RegularFile => {
-                let m = file.metadata().map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
-                if write {
-                    if let Some(loop_dev) = loops_backed_by(m.dev(), m.ino()).first() {
-                        return Err(Error::Busy(format!(
-                            "{shown} is the backing file of the loop device {loop_dev}; a writer on the file beside \
-                             one on the loop device would destroy what either writes (open {loop_dev} instead, \
-                             or detach it first)"
-                        )));
-                    }
-                }
-                (m.len(), 512)
-            }
+                .map_err(|e| Error::io(format!("cannot read the size of block device {}", path.display()), e))?,
+            DeviceKind::RegularFile => (regular_file_size(path, &file, write)?, 512),
         };
         Ok(Device {
             file,
@@ -463,6 +413,65 @@ impl Device {
         };
         io::Error::new(e.kind(), HostSpace { filesystem, source: e })
     }
+}
+
+/// What a path names: a block device or a regular file (one about to be created counts as one).
+fn kind_of(path: &Path, meta: Option<&std::fs::Metadata>) -> Result<DeviceKind> {
+    let shown = path.display();
+    match meta {
+        Some(m) if m.file_type().is_block_device() => Ok(DeviceKind::BlockDevice),
+        Some(m) if m.is_file() => Ok(DeviceKind::RegularFile),
+        None => Ok(DeviceKind::RegularFile),
+        Some(m) if m.is_dir() => Err(Error::InvalidArgument(format!("{shown} is a directory, not a block device or file"))),
+        Some(_) => Err(Error::InvalidArgument(format!("{shown} is neither a block device nor a regular file"))),
+    }
+}
+
+/// Opens the I/O descriptor (O_DIRECT unless buffered, O_DSYNC with sync writes); creates a
+/// missing file for a format. Also says whether it created the file (a failed format removes
+/// only that).
+fn open_file(path: &Path, mode: OpenMode, exists: bool) -> Result<(File, bool)> {
+    let mut flags = libc::O_CLOEXEC;
+    if !mode.buffered {
+        flags |= libc::O_DIRECT;
+    }
+    if mode.sync_writes {
+        flags |= libc::O_DSYNC;
+    }
+    let open_error = |e: io::Error| {
+        if e.raw_os_error() == Some(libc::EINVAL) && !mode.buffered {
+            Error::DirectIoRefused { path: path.to_path_buf(), source: e }
+        } else {
+            Error::io(format!("cannot open {}", path.display()), e)
+        }
+    };
+    let mut options = OpenOptions::new();
+    options.read(true).write(mode.access != Access::ReadOnly).custom_flags(flags);
+    if exists {
+        return Ok((options.open(path).map_err(open_error)?, false));
+    }
+    match options.clone().create_new(true).open(path) {
+        Ok(f) => Ok((f, true)),
+        // Made meanwhile, or a dangling symlink (whose target O_CREAT makes, not ours to remove).
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((options.create(true).open(path).map_err(open_error)?, false)),
+        Err(e) => Err(open_error(e)),
+    }
+}
+
+/// A regular file's size; a file that backs an attached loop device is refused for writing.
+fn regular_file_size(path: &Path, file: &File, write: bool) -> Result<u64> {
+    let shown = path.display();
+    let m = file.metadata().map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
+    if write {
+        if let Some(loop_dev) = loops_backed_by(m.dev(), m.ino()).first() {
+            return Err(Error::Busy(format!(
+                "{shown} is the backing file of the loop device {loop_dev}; a writer on the file beside \
+                 one on the loop device would destroy what either writes (open {loop_dev} instead, \
+                 or detach it first)"
+            )));
+        }
+    }
+    Ok(m.len())
 }
 
 /// The errno an I/O error carries, or EIO when it carries none (e.g. a short read).
