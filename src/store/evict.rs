@@ -195,12 +195,19 @@ impl Store {
     }
 
     /// Zeroes the victims' headers (as deletes do), frees their slots, queues their keys.
+    ///
+    /// Synchronous writes, not an engine batch: an eviction runs inside a put, which may itself
+    /// be an item of a batch holding one of the engine's rings or its worker pool.
     fn evict(&self, victims: Victims) {
         self.record_evictions(victims.evicted.len() as u64);
-        let results = self.invalidate_many(&victims.slots);
+        for &slot in &victims.slots {
+            if self.invalidate(slot).is_err() {
+                // The slot stays allocated and pending: the next write retries the zeroing.
+                lock(&self.state).pending_invalidation.push(slot);
+            }
+        }
         let mut st = lock(&self.state);
-        // A slot whose zeroing failed stays allocated and pending (invalidate_many queued it).
-        for (e, _) in victims.evicted.into_iter().zip(results) {
+        for e in victims.evicted {
             st.evicted.push(Evicted { key: e.key, value_len: e.value_len, generation: e.generation });
         }
     }

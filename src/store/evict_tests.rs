@@ -116,3 +116,29 @@ fn after_a_restart_lru_order_starts_from_generation_order() {
     s.put(b"after-restart", b"v").unwrap();
     assert_eq!(evicted_keys(&s), vec![key(0)], "the oldest generation goes first");
 }
+
+/// Eviction inside batched puts on every engine: an eviction runs within a batch item, so it
+/// must not wait for the engine's rings or worker pool that the batch itself holds.
+#[test]
+fn batched_puts_evict_on_every_engine_without_waiting_on_themselves() {
+    for (choice, threads) in [(EngineChoice::Posix, 1), (EngineChoice::Posix, 4), (EngineChoice::IoUring, 1)] {
+        let p = tmp("ev-engines");
+        let format = FormatOptions {
+            capacity_bytes: 8 << 20,
+            geometry: GeometryRequest { slot_bytes: 64 * 1024, ..Default::default() },
+            overwrite: true,
+            ..Default::default()
+        };
+        let opts = OpenOptions { mode: OpenMode::Create(format), engine: EngineConfig::new(choice, threads, 8), ..Default::default() };
+        let s = Store::open(&p, &opts).unwrap();
+        s.set_eviction(Eviction { policy: EvictionPolicy::Fifo, low_watermark_permille: 100 }).unwrap();
+        let n = s.geometry().slot_count() as usize;
+        let items: Vec<(Vec<u8>, Vec<u8>)> = (0..3 * n).map(|i| (key(i as u64), vec![i as u8; 3000])).collect();
+        for chunk in items.chunks(16) {
+            let refs: Vec<(&[u8], &[u8])> = chunk.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            assert!(s.put_many(&refs).unwrap().iter().all(|r| r.is_ok()), "{choice:?} x{threads}");
+        }
+        let gone = s.take_evicted(usize::MAX).len();
+        assert_eq!(s.len() + gone, 3 * n, "{choice:?}: every key is indexed or was reported evicted");
+    }
+}
