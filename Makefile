@@ -73,7 +73,7 @@ py-test: build $(VENV_DEPS)
 
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build
-	RB_TEST_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	RB_CRASH_KILL_SCALE=4 RB_TEST_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  RB_TEST_OUT=target/c-tests-asan CC="$(CC)" bash c-tests/run.sh
 
 # valgrind memcheck over every C test (about 35 s; the loop-device half of engines runs only in c-test).

@@ -215,7 +215,19 @@ static int test_sigkill_while_puts_evict(void) {
             rb_status s = rb_get(dev, key, strlen(key), buf, sizeof buf, &len);
             int ok = (s == RB_OK && len == strlen(key) && memcmp(buf, key, len) == 0) || s == RB_E_NOT_FOUND;
             if (!ok || (state[n] == 'E' && s != RB_E_NOT_FOUND)) {
-                if (failures++ < 5) printf("FAIL round %d: %s: %s (state %c)\n", round, key, rb_status_str(s), state[n] ? state[n] : '-');
+                if (failures++ < 5) {
+                    printf("FAIL round %d: %s: %s (state %c); its headers on the device:", round, key, rb_status_str(s),
+                           state[n] ? state[n] : '-');
+                    rb_device_info info = {.struct_size = sizeof info};
+                    rb_get_info(dev, &info);
+                    for (uint64_t slot = 0; slot < info.slot_count; slot++) {
+                        rb_slot_header h = {.struct_size = sizeof h};
+                        if (rb_read_headers_batched(dev, &slot, 1, &h) == RB_OK && h.status == RB_HEADER_VALID &&
+                            h.key_len == strlen(key) && memcmp(h.key, key, h.key_len) == 0)
+                            printf(" slot %llu generation %llu;", (unsigned long long)slot, (unsigned long long)h.generation);
+                    }
+                    printf("\n");
+                }
             }
             /* An acknowledged put that was not reported evicted may still have been evicted by
              * a later put whose drain the kill cut off: absence proves nothing; presence of

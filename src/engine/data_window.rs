@@ -109,6 +109,16 @@ pub(crate) fn drive<Q: OpQueue>(q: &mut Q, ctx: DataCtx<'_>, job: &dyn DataJob, 
     }
 }
 
+/// What a completion means for its op: done in full, or an errno (a short transfer is EIO).
+/// A failed op is retried on its own, synchronously, when its item ends.
+fn outcome(op: &IoOp, res: i32) -> OpResult {
+    if res >= 0 && res as usize == op.total_len() {
+        Ok(())
+    } else {
+        Err(if res < 0 { -res } else { libc::EIO })
+    }
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY))
 }
@@ -129,6 +139,8 @@ impl Window<'_> {
                     let slot = &mut self.slots[s];
                     slot.ops = self.job.prepare(item, &mut slot.scratch);
                     slot.item = Some(item);
+                    // Nothing of the slot's previous item may count for this one.
+                    slot.results = [None; MAX_OPS_PER_ITEM];
                     if slot.ops.is_empty() {
                         self.finish(s, stats);
                         continue;
@@ -156,23 +168,14 @@ impl Window<'_> {
         let (s, k) = untag(user_data);
         self.in_flight -= 1;
         let op = self.slots[s].ops.get(k);
-        let injected = match op.kind {
-            IoKind::Read => self.ctx.faults.batched_read(op.slot),
-            IoKind::Write => None,
-        };
-        let res = injected.map_or(res, |errno| -errno);
+        let res = self.with_faults(&op, res);
         if (res == -libc::EAGAIN || res == -libc::EINTR) && stats.retries < self.retry_budget {
             stats.retries += 1;
             q.push_op(user_data, &op);
             self.queued += 1;
             return;
         }
-        let outcome = if res >= 0 && res as usize == op.total_len() {
-            Ok(())
-        } else {
-            // A short transfer or an error: the op is retried on its own when the item ends.
-            Err(if res < 0 { -res } else { libc::EIO })
-        };
+        let outcome = outcome(&op, res);
         let slot = &mut self.slots[s];
         slot.results[k] = Some(outcome);
         slot.pending -= 1;
@@ -198,21 +201,48 @@ impl Window<'_> {
         self.free.push(s);
     }
 
-    /// After a refused submit: let what the kernel took complete, then serve every
-    /// unfinished item synchronously. The queue is never reused.
+    /// A completion's result with an injected fault applied (reads only).
+    fn with_faults(&self, op: &IoOp, res: i32) -> i32 {
+        let injected = match op.kind {
+            IoKind::Read => self.ctx.faults.batched_read(op.slot),
+            IoKind::Write => None,
+        };
+        injected.map_or(res, |errno| -errno)
+    }
+
+    /// After a refused submit: wait until the kernel has completed every I/O it took, then
+    /// serve every unfinished item synchronously. The queue is never reused.
+    ///
+    /// An I/O the kernel took reads into or writes from its item's memory (the caller's,
+    /// or a window slot's scratch) until it completes, so nothing is finished or freed
+    /// before: this waits as long as that takes. Queued I/Os a later submit takes join
+    /// those in flight; ones it never takes are done synchronously like the rest.
     fn abandon<Q: OpQueue>(&mut self, q: &mut Q, completions: &mut Vec<(u64, i32)>, stats: &mut BatchStats) {
-        // Reads in flight write into their items' memory: wait for them before finishing.
-        for _ in 0..1000 {
-            if self.in_flight == 0 {
-                break;
+        let mut refusals = 0u32;
+        while self.in_flight > 0 {
+            match q.submit_and_wait(1) {
+                Ok(n) => {
+                    let n = n.min(self.queued);
+                    self.queued -= n;
+                    self.in_flight += n;
+                }
+                Err(_) => {
+                    refusals += 1;
+                    if refusals > 16 {
+                        // The ring refuses to wait: poll for completions rather than return.
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
             }
-            let _ = q.submit_and_wait(1);
             q.reap(completions);
             for (user_data, res) in completions.drain(..) {
                 let (s, k) = untag(user_data);
                 self.in_flight -= 1;
+                let op = self.slots[s].ops.get(k);
+                let res = self.with_faults(&op, res);
                 let slot = &mut self.slots[s];
-                slot.results[k] = Some(if res >= 0 { Ok(()) } else { Err(-res) });
+                slot.results[k] = Some(outcome(&op, res));
+                slot.pending = slot.pending.saturating_sub(1);
             }
         }
         // Every item that is not finished: its failed or never-issued I/Os go per op.
@@ -252,6 +282,9 @@ mod tests {
         in_flight: VecDeque<(u64, IoOp)>,
         max_in_flight: usize,
         fail_offsets: Vec<u64>,
+        /// The n-th submit is refused as a whole (nothing taken).
+        refuse_submit: Option<usize>,
+        submits: usize,
     }
 
     impl OpQueue for FakeQueue<'_> {
@@ -259,6 +292,10 @@ mod tests {
             self.queued.push((user_data, *op));
         }
         fn submit_and_wait(&mut self, _wait: usize) -> io::Result<usize> {
+            self.submits += 1;
+            if self.refuse_submit == Some(self.submits) {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
             let n = self.queued.len();
             for (i, q) in self.queued.drain(..).enumerate() {
                 if i % 2 == 0 {
@@ -327,7 +364,15 @@ mod tests {
             done: (0..200).map(|_| Mutex::new(None)).collect(),
         };
         let faults = FaultTable::default();
-        let mut q = FakeQueue { dev: &dev, queued: Vec::new(), in_flight: VecDeque::new(), max_in_flight: 0, fail_offsets: vec![7 * 4096] };
+        let mut q = FakeQueue {
+            dev: &dev,
+            queued: Vec::new(),
+            in_flight: VecDeque::new(),
+            max_in_flight: 0,
+            fail_offsets: vec![7 * 4096],
+            refuse_submit: None,
+            submits: 0,
+        };
         let stats = drive(&mut q, DataCtx { dev: &dev, faults: &faults }, &job, 16);
         assert!(q.max_in_flight <= 16 && q.max_in_flight >= 14, "window {}", q.max_in_flight);
         for i in 0..200 {
@@ -335,5 +380,40 @@ mod tests {
             assert!(job.bufs[i].lock().unwrap().iter().all(|&b| b == i as u8), "item {i} bytes");
         }
         assert_eq!((stats.fallbacks, stats.failed), (1, 0), "the failed half was retried on its own");
+    }
+
+    /// A submit refused as a whole mid-batch: what the kernel took completes first, every item
+    /// is finished exactly once with its own bytes, none takes a result of a slot's earlier item.
+    #[test]
+    fn a_refused_submit_finishes_every_item_once_after_what_is_in_flight() {
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/data-window"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("refused-{}.img", std::process::id()));
+        let bytes: Vec<u8> = (0..200 * 4096).map(|i| (i / 4096) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, sync_writes: false }).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for refuse_at in [2, 5, 9] {
+            let job = ReadBlocks {
+                bufs: (0..200).map(|_| Mutex::new(AlignedBuf::zeroed(4096))).collect(),
+                done: (0..200).map(|_| Mutex::new(None)).collect(),
+            };
+            let faults = FaultTable::default();
+            let mut q = FakeQueue {
+                dev: &dev,
+                queued: Vec::new(),
+                in_flight: VecDeque::new(),
+                max_in_flight: 0,
+                fail_offsets: Vec::new(),
+                refuse_submit: Some(refuse_at),
+                submits: 0,
+            };
+            drive(&mut q, DataCtx { dev: &dev, faults: &faults }, &job, 16);
+            assert!(q.in_flight.is_empty(), "refused at {refuse_at}: I/Os left in flight");
+            for i in 0..200 {
+                assert_eq!(job.done[i].lock().unwrap().as_deref(), Some(&[Ok(()), Ok(())][..]), "refused at {refuse_at}: item {i}");
+                assert!(job.bufs[i].lock().unwrap().iter().all(|&b| b == i as u8), "refused at {refuse_at}: item {i} bytes");
+            }
+        }
     }
 }

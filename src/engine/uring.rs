@@ -135,6 +135,8 @@ impl UringEngine {
                 let q = UringQueue::new(self.fd, self.depth, self.record_len, true);
                 if q.is_err() {
                     lock(&self.pool).created -= 1;
+                    // A caller waiting for a ring may create one now.
+                    self.ring_free.notify_one();
                 }
                 return q;
             }

@@ -126,14 +126,19 @@ impl Store {
     /// a read-only handle may recover again. Recovery itself never writes.
     pub fn recover(&self, opts: &RecoverOptions) -> Result<RecoverReport> {
         let start = Instant::now();
-        // The crate's lock order: checkpoints, then state.
+        // The crate's lock order: checkpoints, then state. The checkpoints lock keeps
+        // recoveries (and checkpoints) one at a time; the state lock is not held while the
+        // device is read, so a read-only handle's data calls go on serving the old index, and
+        // none of them waits for this recovery while holding an engine ring it needs.
         let mut cursor_slot = lock(&self.checkpoints);
-        let mut st = lock(&self.state);
-        if st.phase == Phase::Fresh {
-            return Ok(self.fresh_report(start));
-        }
-        if st.phase == Phase::Ready && !self.is_read_only() {
-            return Err(Error::AlreadyRecovered);
+        {
+            let st = lock(&self.state);
+            if st.phase == Phase::Fresh {
+                return Ok(self.fresh_report(start));
+            }
+            if st.phase == Phase::Ready && !self.is_read_only() {
+                return Err(Error::AlreadyRecovered);
+            }
         }
         let (cursor, loaded) = self.load_checkpoint()?;
         let mut report = RecoverReport::new(self.engine.kind(), start.elapsed().as_nanos() as u64);
@@ -141,6 +146,8 @@ impl Store {
         let (index, invalidate) = self.rebuild(opts, loaded.as_ref(), &mut report)?;
         report.validate_ns = validate_start.elapsed().as_nanos() as u64;
         report.indexed = index.len() as u64;
+        // A writable handle's phase cannot have moved meanwhile: its writes wait for recovery.
+        let mut st = lock(&self.state);
         let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
         st.last_generation = st.last_generation.max(newest);
         st.index = index;
