@@ -63,6 +63,19 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
+/// The thread count once it settles at `want` (up to 2 s): a joined thread's /proc entry
+/// goes a moment after join returns.
+fn threads_settle(want: usize) -> usize {
+    for _ in 0..200 {
+        let n = threads();
+        if n == want {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    threads()
+}
+
 fn open_opts(mode: OpenMode, buffered: bool, engine: EngineConfig) -> OpenOptions {
     OpenOptions { mode, engine, buffered, ..Default::default() }
 }
@@ -277,7 +290,7 @@ fn child_thread_limit() {
     let mut dev: *mut rb_device = std::ptr::null_mut();
     // SAFETY: valid path, options and out pointer.
     let status = unsafe { rb_open(path.as_ptr(), &o, &mut dev) };
-    let after = threads();
+    let after = threads_settle(before);
     // SAFETY: the library's message is a NUL-terminated string.
     let msg = unsafe { std::ffi::CStr::from_ptr(rb_last_error_message()) }.to_string_lossy().into_owned();
     println!("rb_open with 256 threads under RLIMIT_NPROC={NPROC_LIMIT}: status {status}; {msg}; threads {before} -> {after}");
@@ -297,6 +310,6 @@ fn child_thread_limit() {
     assert_eq!(threads(), before + 4);
     // SAFETY: dev came from rb_open.
     assert_eq!(unsafe { rb_close(dev) }, RB_OK);
-    assert_eq!(threads(), before);
+    assert_eq!(threads_settle(before), before);
     println!("child_thread_limit: ok");
 }

@@ -25,29 +25,39 @@ pub(super) fn message_ptr() -> *const c_char {
 thread_local! {
     /// Where the last panic on this thread happened, for RB_E_PANIC's message.
     static PANIC_AT: RefCell<String> = const { RefCell::new(String::new()) };
+    /// This thread is inside an exported function's body.
+    static IN_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The library prints nothing on the host's stderr, panics included: its panic hook (the
-/// cdylib carries its own std, so this hook sees only the library's panics) keeps the
-/// location for the message instead. Not in unit tests, whose failures must print.
+/// The library prints nothing on the host's stderr, panics included: a panic inside an
+/// exported function, or on one of the library's own threads (named `rawblock-*`), keeps
+/// its location for the RB_E_PANIC message instead of printing. Any other panic goes to
+/// the hook that was there before (a Rust program's, or its test harness's).
 fn quiet_panics() {
-    #[cfg(not(test))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            panic::set_hook(Box::new(|info| {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let ours = IN_GUARD.with(|g| g.get())
+                || std::thread::current().name().is_some_and(|n| n.starts_with("rawblock-"));
+            if ours {
                 let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
                 PANIC_AT.with(|p| *p.borrow_mut() = at);
-            }))
-        });
-    }
+            } else {
+                previous(info);
+            }
+        }))
+    });
 }
 
 /// Runs the body of an exported function named `name`: a panic becomes
 /// RB_E_PANIC, an error its status, and either sets the thread's message.
 pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<(), Error>) -> rb_status {
     quiet_panics();
-    match panic::catch_unwind(AssertUnwindSafe(body)) {
+    let outer = IN_GUARD.with(|g| g.replace(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(body));
+    IN_GUARD.with(|g| g.set(outer));
+    match result {
         Ok(Ok(())) => RB_OK,
         Ok(Err(e)) => {
             set_message(&format!("{name}: {e}{}", hint(&e)));
