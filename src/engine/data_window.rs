@@ -287,6 +287,32 @@ mod tests {
         submits: usize,
     }
 
+    impl<'d> FakeQueue<'d> {
+        fn new(dev: &'d Device) -> Self {
+            FakeQueue {
+                dev,
+                queued: Vec::new(),
+                in_flight: VecDeque::new(),
+                max_in_flight: 0,
+                fail_offsets: Vec::new(),
+                refuse_submit: None,
+                submits: 0,
+            }
+        }
+    }
+
+    /// A read-only device of 200 blocks of 4 KiB, block i filled with byte i (its file already unlinked).
+    fn numbered_blocks(name: &str) -> Device {
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/data-window"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}-{}.img", std::process::id()));
+        let bytes: Vec<u8> = (0..200 * 4096).map(|i| (i / 4096) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, sync_writes: false }).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        dev
+    }
+
     impl OpQueue for FakeQueue<'_> {
         fn push_op(&mut self, user_data: u64, op: &IoOp) {
             self.queued.push((user_data, *op));
@@ -330,6 +356,16 @@ mod tests {
         done: Vec<Mutex<Option<Vec<OpResult>>>>,
     }
 
+    impl ReadBlocks {
+        /// A job reading each of the 200 blocks into its own buffer.
+        fn new() -> Self {
+            ReadBlocks {
+                bufs: (0..200).map(|_| Mutex::new(AlignedBuf::zeroed(4096))).collect(),
+                done: (0..200).map(|_| Mutex::new(None)).collect(),
+            }
+        }
+    }
+
     impl DataJob for ReadBlocks {
         fn items(&self) -> usize {
             self.bufs.len()
@@ -352,27 +388,10 @@ mod tests {
 
     #[test]
     fn every_item_once_window_bounded_failures_isolated() {
-        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/data-window"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("blocks-{}.img", std::process::id()));
-        let bytes: Vec<u8> = (0..200 * 4096).map(|i| (i / 4096) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, sync_writes: false }).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let job = ReadBlocks {
-            bufs: (0..200).map(|_| Mutex::new(AlignedBuf::zeroed(4096))).collect(),
-            done: (0..200).map(|_| Mutex::new(None)).collect(),
-        };
+        let dev = numbered_blocks("blocks");
+        let job = ReadBlocks::new();
         let faults = FaultTable::default();
-        let mut q = FakeQueue {
-            dev: &dev,
-            queued: Vec::new(),
-            in_flight: VecDeque::new(),
-            max_in_flight: 0,
-            fail_offsets: vec![7 * 4096],
-            refuse_submit: None,
-            submits: 0,
-        };
+        let mut q = FakeQueue { fail_offsets: vec![7 * 4096], ..FakeQueue::new(&dev) };
         let stats = drive(&mut q, DataCtx { dev: &dev, faults: &faults }, &job, 16);
         assert!(q.max_in_flight <= 16 && q.max_in_flight >= 14, "window {}", q.max_in_flight);
         for i in 0..200 {
@@ -386,28 +405,11 @@ mod tests {
     /// is finished exactly once with its own bytes, none takes a result of a slot's earlier item.
     #[test]
     fn a_refused_submit_finishes_every_item_once_after_what_is_in_flight() {
-        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/data-window"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("refused-{}.img", std::process::id()));
-        let bytes: Vec<u8> = (0..200 * 4096).map(|i| (i / 4096) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, sync_writes: false }).unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let dev = numbered_blocks("refused");
         for refuse_at in [2, 5, 9] {
-            let job = ReadBlocks {
-                bufs: (0..200).map(|_| Mutex::new(AlignedBuf::zeroed(4096))).collect(),
-                done: (0..200).map(|_| Mutex::new(None)).collect(),
-            };
+            let job = ReadBlocks::new();
             let faults = FaultTable::default();
-            let mut q = FakeQueue {
-                dev: &dev,
-                queued: Vec::new(),
-                in_flight: VecDeque::new(),
-                max_in_flight: 0,
-                fail_offsets: Vec::new(),
-                refuse_submit: Some(refuse_at),
-                submits: 0,
-            };
+            let mut q = FakeQueue { refuse_submit: Some(refuse_at), ..FakeQueue::new(&dev) };
             drive(&mut q, DataCtx { dev: &dev, faults: &faults }, &job, 16);
             assert!(q.in_flight.is_empty(), "refused at {refuse_at}: I/Os left in flight");
             for i in 0..200 {
