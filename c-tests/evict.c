@@ -145,7 +145,11 @@ static void evicting_writer(const char *path, const char *log_path, int first) {
         do {
             if (rb_take_evicted(dev, out, 16, keys, sizeof keys, &got) != RB_OK) _exit(7);
             for (size_t i = 0; i < got; i++) {
-                int e = atoi(keys + out[i].key_offset + 3);
+                /* Keys are packed, not NUL-terminated: parse exactly key_len bytes. */
+                char evicted[32] = {0};
+                if (out[i].key_len < 4 || out[i].key_len >= sizeof evicted) _exit(8);
+                memcpy(evicted, keys + out[i].key_offset, out[i].key_len);
+                int e = atoi(evicted + 3);
                 len = snprintf(line, sizeof line, "E %d\n", e);
                 if (write(log, line, (size_t)len) != len || fdatasync(log) != 0) _exit(6);
             }
