@@ -170,7 +170,12 @@ static int test_checkpoint_recover(void) {
     rb_device *dev = open_read_only(path);
     rb_recover_report rep = {.struct_size = sizeof rep};
     CHECK_OK(rb_recover(dev, NULL, &rep));
-    CHECK(rep.source == RB_RECOVERED_CHECKPOINT && rep.checkpoint_sequence == 1, "recovered from checkpoint 1");
+    CHECK(rep.source == RB_RECOVERED_JOURNAL && rep.checkpoint_sequence == 1, "AUTO: fast, from checkpoint 1");
+    CHECK(rep.trusted_unread == indexed && rep.indexed == indexed && rep.header_reads == rep.leased_slots,
+          "AUTO: all %llu entries indexed unread; only the %llu leased slots read", (unsigned long long)indexed,
+          (unsigned long long)rep.leased_slots);
+    CHECK_OK(recover_full(dev, &rep));
+    CHECK(rep.source == RB_RECOVERED_CHECKPOINT && rep.checkpoint_sequence == 1, "full validation: from checkpoint 1");
     CHECK(rep.checkpoint_entries == indexed && rep.indexed == indexed && rep.header_reads == indexed,
           "all %llu entries validated and indexed", (unsigned long long)indexed);
     CHECK(rep.dropped_stale == 0 && rep.dropped_unreadable == 0 && rep.engine == RB_ENGINE_IO_URING,
@@ -203,7 +208,12 @@ static int test_stale_header(void) {
     patch(path, info.data_base + stale_slot * info.slot_bytes + 40, junk, sizeof junk);
     dev = open_read_only(path);
     rb_recover_report rep = {.struct_size = sizeof rep};
+    /* AUTO trusts it unread; the first get finds the header is not its own: gone, not corrupt. */
     CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK(rep.indexed == indexed && rep.trusted_unread == indexed, "AUTO indexes every entry unread");
+    size_t got = 0;
+    CHECK_STATUS(rb_get(dev, "many-17", 7, out, sizeof out, &got), RB_E_NOT_FOUND);
+    CHECK_OK(recover_full(dev, &rep));
     CHECK(rep.indexed == indexed - 1 && rep.dropped_stale == 1, "exactly one entry dropped as stale (%llu of %llu)",
           (unsigned long long)rep.dropped_stale, (unsigned long long)indexed);
     bool found = false;
@@ -270,7 +280,7 @@ static int test_previous_format_header(void) {
 
     patch(path, info.data_base + old_slot * info.slot_bytes, old_header, sizeof old_header);
     dev = open_read_only(path);
-    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK_OK(recover_full(dev, &rep));
     CHECK(rep.indexed == 2 && rep.dropped_stale == 1, "the previous format's header is stale (%llu indexed)",
           (unsigned long long)rep.indexed);
     rb_slot_header h = {.struct_size = sizeof h};

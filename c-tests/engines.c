@@ -249,7 +249,7 @@ static int recovery_case(const struct engine *e, enum medium medium) {
     if (!dev) return T_EXIT_FAIL;
     CHECK_OK(rb_test_inject_read_faults(dev, &slots[BAD], 1, EIO, RB_FAULT_PERSISTENT));
     rb_recover_report rep = {.struct_size = sizeof rep};
-    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK_OK(recover_full(dev, &rep));
     CHECK(rep.engine == e->engine, "%s: the report names the engine that ran", b.label);
     CHECK(rep.indexed == SLOTS - 1 && rep.dropped_unreadable == 1 && rep.dropped_stale == 0 && rep.first_errno == EIO,
           "%s: recovery indexed %llu, dropped %llu unreadable (errno %d), %llu stale", b.label,

@@ -35,7 +35,7 @@ static int test_same_calls_first_start_and_restart(void) {
             CHECK(r.source == RB_RECOVERED_NOTHING && r.header_reads == 0 && r.checkpoint_sequence == 0,
                   "the first start's recovery is empty and reads nothing");
         else
-            CHECK(r.source == RB_RECOVERED_CHECKPOINT, "a restart recovers from the checkpoint");
+            CHECK(r.source == RB_RECOVERED_JOURNAL && r.checkpoint_sequence > 0, "a restart recovers from the checkpoint");
         char key[16], value[16];
         size_t len = 0;
         for (int i = 0; i < start; i++) {

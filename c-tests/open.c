@@ -74,7 +74,7 @@ static int test_reopen_waits_for_recover(void) {
     CHECK_STATUS(rb_contains(dev, "k", 1, &found), RB_E_STATE);
     rb_recover_report rep = {.struct_size = sizeof rep};
     CHECK_OK(rb_recover(dev, NULL, &rep));
-    CHECK(rep.indexed == 1 && rep.source == RB_RECOVERED_CHECKPOINT, "recovered 1 entry from the checkpoint");
+    CHECK(rep.indexed == 1 && rep.source == RB_RECOVERED_JOURNAL && rep.checkpoint_sequence == 1, "recovered 1 entry from the checkpoint");
     CHECK_OK(rb_contains(dev, "k", 1, &found));
     CHECK(found, "the key survived close and reopen");
     CHECK_OK(rb_close(dev));

@@ -101,6 +101,15 @@ static inline rb_device *test_create(const char *path, uint64_t capacity, uint64
 }
 
 /* The runner. */
+/* Full validation (RB_RECOVER_CHECKPOINT): every checkpoint entry's header read and checked.
+ * Tests of header reads and stale entries use it; RB_RECOVER_AUTO trusts the checkpoint. */
+static inline rb_status recover_full(rb_device *dev, rb_recover_report *rep) {
+    rb_recover_options o;
+    rb_recover_options_init(&o);
+    o.mode = RB_RECOVER_CHECKPOINT;
+    return rb_recover(dev, &o, rep);
+}
+
 static struct {
     const char *only; /* argv[1]: run just this case */
     int list;         /* --list: print the case names, run nothing */

@@ -41,10 +41,9 @@
 // Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 #define RB_OPEN_BUFFERED 8
 
-// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
-// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
-// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
-// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
+// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns,
+// so every acknowledged put survives a power cut (RB_RECOVER_AUTO and RB_RECOVER_SCAN find
+// it; docs/RECOVERY.md). Without it, rb_sync makes the puts before it survive one.
 #define RB_OPEN_SYNC_WRITES 16
 
 // With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
@@ -58,10 +57,16 @@
 // RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
 #define RB_OPEN_CREATE_IF_EMPTY 64
 
-// The checkpoint when one verifies, otherwise a scan of every slot header.
+// Fast recovery on a device with a lease journal: the newest checkpoint's entries indexed
+// without a read (each verified on its first get, or found gone: RB_E_NOT_FOUND), plus the
+// headers of the slots leased since it, so every put acknowledged since is indexed. Without
+// a journal, with recover flags, or when the newest checkpoint does not verify: as
+// RB_RECOVER_CHECKPOINT when one verifies, otherwise a scan of every slot header.
 #define RB_RECOVER_AUTO 0
 
-// The checkpoint only; none verifying leaves the index empty.
+// Full validation: the newest checkpoint that verifies, every entry checked against its
+// slot header; puts since the checkpoint are not indexed. None verifying leaves the index
+// empty.
 #define RB_RECOVER_CHECKPOINT 1
 
 // Every slot header, ignoring checkpoints; a key found more than once keeps its highest
@@ -81,6 +86,9 @@
 #define RB_RECOVERED_CHECKPOINT 1
 
 #define RB_RECOVERED_SCAN 2
+
+// Fast recovery: the checkpoint (or none yet) and the slots leased since it.
+#define RB_RECOVERED_JOURNAL 3
 
 // A well-formed header written by this device for this slot.
 #define RB_HEADER_VALID 0
@@ -233,6 +241,12 @@ typedef struct rb_recover_report {
   struct rb_io_stats io;
   // With RB_RECOVER_SCRUB_FREE: valid headers found in free slots.
   uint64_t orphans;
+  // Fast recovery: checkpoint entries indexed without a read (each verified on first get).
+  uint64_t trusted_unread;
+  // Fast recovery: slots leased since the checkpoint, whose headers were read.
+  uint64_t leased_slots;
+  // Fast recovery: entries from puts made after the checkpoint, indexed.
+  uint64_t recovered_since_checkpoint;
 } rb_recover_report;
 
 // One decoded slot header (rb_read_headers_batched).
@@ -363,6 +377,22 @@ typedef struct rb_metrics {
   // Whole rb_put_many calls (one sample a call).
   struct rb_latency put_many_latency;
 } rb_metrics;
+
+// Where background verification stands (rb_verify_step).
+typedef struct rb_verify_progress {
+  // sizeof(rb_verify_progress); set by the caller.
+  size_t struct_size;
+  // Entries whose header this step read.
+  uint64_t checked;
+  // Of those, found whole.
+  uint64_t verified;
+  // Of those, gone since the checkpoint (deleted, replaced or evicted): dropped.
+  uint64_t dropped;
+  // Of those, whose read failed: still unverified.
+  uint64_t unreadable;
+  // Entries still unverified after this step.
+  uint64_t remaining;
+} rb_verify_progress;
 
 
 
@@ -718,6 +748,24 @@ rb_status rb_get_metrics(struct rb_device *dev, struct rb_metrics *out);
 // # Safety
 // `dev` is a live handle.
 rb_status rb_reset_metrics(struct rb_device *dev);
+
+// Makes every put and delete acknowledged before it durable (fdatasync): after it returns
+// they survive a power cut. Without it they survive a process kill (SIGKILL) and are found
+// by RB_RECOVER_AUTO; with RB_OPEN_SYNC_WRITES each is durable when its call returns.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_sync(struct rb_device *dev);
+
+// Background verification after a fast recovery (RB_RECOVERED_JOURNAL): reads the headers
+// of up to `max_entries` entries the recovery indexed unread, in one batch through the
+// handle's engine, keeps those that match and drops those deleted, replaced or evicted
+// since the checkpoint (as their first rb_get would). Call it in idle time until
+// `remaining` is 0; `max_entries` 0 only reports. `out` may be NULL.
+//
+// # Safety
+// `dev` is a live handle; `out` is NULL or has `out->struct_size` writable bytes.
+rb_status rb_verify_step(struct rb_device *dev, size_t max_entries, struct rb_verify_progress *out);
 
 #ifdef __cplusplus
 }  // extern "C"

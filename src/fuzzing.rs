@@ -42,6 +42,23 @@ pub fn checkpoint(data: &[u8]) {
         assert_eq!(encode_payload(entries.iter().copied(), &mut again), payload.len());
         assert_eq!(again, payload, "checkpoint payload does not round-trip");
     }
+    // The carried-lease section: any bytes split cleanly or are refused, and what splits
+    // re-encodes to the same tail.
+    if let Ok((entry_bytes, runs)) = crate::format::checkpoint::split_payload(payload, crate::format::checkpoint::FLAG_CARRIED_LEASES) {
+        let tail = &payload[entry_bytes.len()..];
+        let mut again = vec![0u8; tail.len()];
+        assert_eq!(crate::format::checkpoint::encode_carried(&runs, &mut again), tail.len());
+        assert_eq!(again, tail, "carried leases do not round-trip");
+    }
+    // Lease journal records: a block that decodes re-encodes to itself (the block's tail is zero).
+    if data.len() >= 4096 {
+        if let Some(rec) = crate::format::lease::LeaseRecord::decode(&data[..4096]) {
+            let mut again = vec![0u8; 4096];
+            rec.encode(&mut again);
+            let used = again.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+            assert_eq!(&again[..used], &data[..used], "lease record does not round-trip");
+        }
+    }
 }
 
 /// Slot header classification: valid headers re-encode to the same bytes.
@@ -162,7 +179,7 @@ mod tests {
         let mut block = vec![0u8; 4096];
         Superblock { device_id: *b"fuzz-device-id!!", geometry }.encode(&mut block);
         write("superblock", "seed-valid", &block[..128]);
-        let h = CheckpointHeader { device_id: *b"fuzz-device-id!!", sequence: 3, payload_len: 40, entry_count: 1, payload_crc: 9 };
+        let h = CheckpointHeader { device_id: *b"fuzz-device-id!!", sequence: 3, payload_len: 40, entry_count: 1, payload_crc: 9, flags: 0 };
         h.encode(&mut block);
         write("checkpoint", "seed-header", &block[..64]);
         let e = CheckpointEntry { key: b"key-1", slot: SlotIndex(7), generation: Generation(99), payload_len: 4096, payload_crc: 1 };

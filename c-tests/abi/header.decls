@@ -22,6 +22,7 @@
 #define RB_RECOVERED_NOTHING 0
 #define RB_RECOVERED_CHECKPOINT 1
 #define RB_RECOVERED_SCAN 2
+#define RB_RECOVERED_JOURNAL 3
 #define RB_HEADER_VALID 0
 #define RB_HEADER_EMPTY 1
 #define RB_HEADER_CORRUPT 2
@@ -90,6 +91,9 @@ typedef struct rb_recover_report {
   uint32_t queue_depth;
   struct rb_io_stats io;
   uint64_t orphans;
+  uint64_t trusted_unread;
+  uint64_t leased_slots;
+  uint64_t recovered_since_checkpoint;
 } rb_recover_report;
 typedef struct rb_slot_header {
   size_t struct_size;
@@ -164,6 +168,14 @@ typedef struct rb_metrics {
   struct rb_latency get_many_latency;
   struct rb_latency put_many_latency;
 } rb_metrics;
+typedef struct rb_verify_progress {
+  size_t struct_size;
+  uint64_t checked;
+  uint64_t verified;
+  uint64_t dropped;
+  uint64_t unreadable;
+  uint64_t remaining;
+} rb_verify_progress;
 #define RB_OK 0
 #define RB_E_INVALID_ARGUMENT 1
 #define RB_E_IO 2
@@ -249,6 +261,8 @@ rb_status rb_list_keys(struct rb_device *dev,
                        size_t *n);
 rb_status rb_get_metrics(struct rb_device *dev, struct rb_metrics *out);
 rb_status rb_reset_metrics(struct rb_device *dev);
+rb_status rb_sync(struct rb_device *dev);
+rb_status rb_verify_step(struct rb_device *dev, size_t max_entries, struct rb_verify_progress *out);
 #ifdef __cplusplus
 }
 #endif

@@ -35,7 +35,8 @@ from . import _lib
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "VerifyProgress", "Source",
+    "version", "abi_version",
 ]
 
 _L = _lib.load()
@@ -93,6 +94,7 @@ class Source(IntEnum):
     NOTHING = _lib.RB_RECOVERED_NOTHING
     CHECKPOINT = _lib.RB_RECOVERED_CHECKPOINT
     SCAN = _lib.RB_RECOVERED_SCAN
+    JOURNAL = _lib.RB_RECOVERED_JOURNAL
 
 
 class HeaderStatus(IntEnum):
@@ -214,6 +216,19 @@ class RecoverReport:
     queue_depth: int
     io: IoStats
     orphans: int
+    trusted_unread: int
+    leased_slots: int
+    recovered_since_checkpoint: int
+
+
+@dataclass(frozen=True)
+class VerifyProgress:
+    """Where background verification stands (Device.verify_step)."""
+    checked: int
+    verified: int
+    dropped: int
+    unreadable: int
+    remaining: int
 
 
 @dataclass(frozen=True)
@@ -695,7 +710,21 @@ class Device:
         return RecoverReport(Source(r.source), Engine(r.engine), r.checkpoint_sequence, r.checkpoint_entries,
                              r.indexed, r.dropped_stale, r.dropped_unreadable, r.kept_unverified, r.empty_slots,
                              r.header_reads, r.elapsed_ns, r.checkpoint_load_ns, r.validate_ns, r.first_errno,
-                             r.queue_depth, IoStats._from(r.io), r.orphans)
+                             r.queue_depth, IoStats._from(r.io), r.orphans, r.trusted_unread, r.leased_slots,
+                             r.recovered_since_checkpoint)
+
+    def sync(self) -> None:
+        """Makes every put and delete acknowledged before it survive a power cut (rb_sync)."""
+        with self._guard as h:
+            _check(_L.rb_sync(h))
+
+    def verify_step(self, max_entries: int) -> VerifyProgress:
+        """Verifies up to max_entries entries a fast recovery indexed unread (rb_verify_step)."""
+        p = _lib.VerifyProgress()
+        p.struct_size = ctypes.sizeof(p)
+        with self._guard as h:
+            _check(_L.rb_verify_step(h, max_entries, ctypes.byref(p)))
+        return VerifyProgress(p.checked, p.verified, p.dropped, p.unreadable, p.remaining)
 
     def read_headers_batched(self, slots: Iterable[int]) -> list[SlotHeader]:
         slots = _c_ints(slots, _arg("rb_read_headers_batched", 1), "slots")

@@ -34,6 +34,7 @@ RB_RECOVER_SCRUB_FREE = 2
 RB_RECOVERED_NOTHING = 0
 RB_RECOVERED_CHECKPOINT = 1
 RB_RECOVERED_SCAN = 2
+RB_RECOVERED_JOURNAL = 3
 
 RB_HEADER_VALID = 0
 RB_HEADER_EMPTY = 1
@@ -129,6 +130,20 @@ class RecoverReport(ctypes.Structure):
         ("queue_depth", ctypes.c_uint32),
         ("io", IoStats),
         ("orphans", ctypes.c_uint64),
+        ("trusted_unread", ctypes.c_uint64),
+        ("leased_slots", ctypes.c_uint64),
+        ("recovered_since_checkpoint", ctypes.c_uint64),
+    ]
+
+
+class VerifyProgress(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("checked", ctypes.c_uint64),
+        ("verified", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
+        ("unreadable", ctypes.c_uint64),
+        ("remaining", ctypes.c_uint64),
     ]
 
 
@@ -235,6 +250,7 @@ STRUCTS = {
     "rb_key_info": KeyInfo,
     "rb_latency": Latency,
     "rb_metrics": Metrics,
+    "rb_verify_progress": VerifyProgress,
 }
 
 
@@ -280,6 +296,8 @@ SIGNATURES = {
     "rb_list_keys": (_status, [_dev, ctypes.c_void_p, _P(KeyInfo), _size, ctypes.c_void_p, _size, _P(_size)]),
     "rb_get_metrics": (_status, [_dev, _P(Metrics)]),
     "rb_reset_metrics": (_status, [_dev]),
+    "rb_sync": (_status, [_dev]),
+    "rb_verify_step": (_status, [_dev, _size, _P(VerifyProgress)]),
 }
 
 

@@ -82,7 +82,7 @@ def test_open_or_create_is_one_code_path(path):
             assert dev.info().formatted == (start == 0)
             r = dev.recover()
             assert r.indexed == start
-            assert r.source == (Source.NOTHING if start == 0 else Source.CHECKPOINT)
+            assert r.source == (Source.NOTHING if start == 0 else Source.JOURNAL)
             dev.put(b"k%d" % start, b"v")
             dev.checkpoint()
 

@@ -56,6 +56,11 @@ def test_checkpoint_close_reopen_recover(path):
             dev.get(b"key-1")
         assert e.value.status == Status.STATE
         r = dev.recover()
+        assert r.source == Source.JOURNAL and r.engine == Engine.POSIX
+        assert (r.checkpoint_sequence, r.checkpoint_entries, r.indexed) == (1, 50, 50)
+        assert (r.trusted_unread, r.recovered_since_checkpoint) == (50, 0)
+        assert r.header_reads == r.leased_slots, "fast recovery reads only the leased slots"
+        r = dev.recover(RecoverMode.CHECKPOINT)
         assert r.source == Source.CHECKPOINT and r.engine == Engine.POSIX
         assert (r.checkpoint_sequence, r.checkpoint_entries, r.indexed) == (1, 50, 50)
         assert (r.dropped_stale, r.dropped_unreadable, r.header_reads) == (0, 0, 50)
@@ -168,8 +173,8 @@ def test_unset_options_take_the_library_defaults(path):
         dev.put(b"k", b"v")
         dev.checkpoint()
     with Device.open(path, read_only=True) as dev:
-        r = dev.recover()  # RB_RECOVER_AUTO from rb_recover_options_init: the checkpoint verifies
-        assert r.source == Source.CHECKPOINT and r.orphans == 0 and r.kept_unverified == 0
+        r = dev.recover()  # RB_RECOVER_AUTO from rb_recover_options_init: fast, from the checkpoint
+        assert r.source == Source.JOURNAL and r.orphans == 0 and r.kept_unverified == 0
 
 
 def test_a_library_of_another_abi_is_refused(monkeypatch):
@@ -189,3 +194,23 @@ def test_preallocate_allocates_the_whole_file(path):
     with create(path, preallocate=True) as dev:
         pass
     assert os.stat(path).st_blocks * 512 >= info.data_base + info.slot_count * info.slot_bytes
+
+
+def test_puts_since_the_checkpoint_survive_a_restart_and_verification_drops_deleted_keys(path):
+    with create(path) as dev:
+        for i in range(20):
+            dev.put(b"k%d" % i, b"v%d" % i)
+        dev.checkpoint()
+        dev.put(b"after", b"the checkpoint")
+        dev.delete(b"k3")
+        dev.sync()
+    # No checkpoint since: the handle is closed as a killed process would leave it.
+    with Device.open(path) as dev:
+        r = dev.recover()
+        assert r.source == Source.JOURNAL and r.recovered_since_checkpoint == 1
+        assert dev.get(b"after") == b"the checkpoint"
+        p = dev.verify_step(0)
+        assert (p.checked, p.remaining) == (0, r.trusted_unread)
+        done = dev.verify_step(1000)
+        assert (done.checked, done.dropped, done.remaining) == (r.trusted_unread, 1, 0), "k3 was deleted"
+        assert b"k3" not in dev and dev.get(b"k4") == b"v4"

@@ -26,6 +26,7 @@ mod abi;
 mod batch;
 mod listing;
 mod metrics;
+mod restart;
 pub use abi::RB_ABI_VERSION;
 
 static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -106,6 +107,7 @@ fn open_mode(o: &rb_options) -> Result<OpenMode, Error> {
             slot_bytes: o.slot_bytes,
             meta_bytes: o.meta_bytes,
             max_key_bytes: o.max_key_bytes,
+            journal_blocks: 0,
         },
         capacity_bytes: o.capacity_bytes,
         overwrite: flag(RB_OPEN_OVERWRITE_OK),
@@ -336,6 +338,7 @@ fn report(r: &RecoverReport, queue_depth: usize) -> rb_recover_report {
             RecoveredFrom::Nothing => RB_RECOVERED_NOTHING,
             RecoveredFrom::Checkpoint => RB_RECOVERED_CHECKPOINT,
             RecoveredFrom::Scan => RB_RECOVERED_SCAN,
+            RecoveredFrom::Journal => RB_RECOVERED_JOURNAL,
         },
         engine: engine_code(r.engine),
         checkpoint_sequence: r.checkpoint_sequence,
@@ -353,6 +356,9 @@ fn report(r: &RecoverReport, queue_depth: usize) -> rb_recover_report {
         queue_depth: queue_depth as u32,
         io: io_stats(&r.io),
         orphans: r.orphans,
+        trusted_unread: r.trusted_unread,
+        leased_slots: r.leased_slots,
+        recovered_since_checkpoint: r.recovered_since_checkpoint,
     }
 }
 

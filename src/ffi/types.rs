@@ -60,10 +60,9 @@ pub const RB_OPEN_OVERWRITE_OK: u32 = 2;
 pub const RB_OPEN_READ_ONLY: u32 = 4;
 /// Turn O_DIRECT off (e.g. on tmpfs). Benchmarks then measure the page cache.
 pub const RB_OPEN_BUFFERED: u32 = 8;
-/// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns.
-/// After a power cut no acknowledged replace or delete is undone, and RB_RECOVER_SCAN finds
-/// every key's last acknowledged value. RB_RECOVER_AUTO after a checkpoint indexes only what
-/// the checkpoint lists: puts since it are not replayed yet (docs/RECOVERY.md).
+/// O_DSYNC: each rb_put's and rb_delete's writes are on stable media when the call returns,
+/// so every acknowledged put survives a power cut (RB_RECOVER_AUTO and RB_RECOVER_SCAN find
+/// it; docs/RECOVERY.md). Without it, rb_sync makes the puts before it survive one.
 pub const RB_OPEN_SYNC_WRITES: u32 = 16;
 /// With RB_OPEN_CREATE (or RB_OPEN_CREATE_IF_EMPTY, when it formats) on a regular file: allocate
 /// the whole file (fallocate), not only the metadata region, so no later write can fail with
@@ -75,9 +74,15 @@ pub const RB_OPEN_PREALLOCATE: u32 = 32;
 /// RB_OPEN_CREATE, RB_OPEN_READ_ONLY and RB_OPEN_OVERWRITE_OK.
 pub const RB_OPEN_CREATE_IF_EMPTY: u32 = 64;
 
-/// The checkpoint when one verifies, otherwise a scan of every slot header.
+/// Fast recovery on a device with a lease journal: the newest checkpoint's entries indexed
+/// without a read (each verified on its first get, or found gone: RB_E_NOT_FOUND), plus the
+/// headers of the slots leased since it, so every put acknowledged since is indexed. Without
+/// a journal, with recover flags, or when the newest checkpoint does not verify: as
+/// RB_RECOVER_CHECKPOINT when one verifies, otherwise a scan of every slot header.
 pub const RB_RECOVER_AUTO: u32 = 0;
-/// The checkpoint only; none verifying leaves the index empty.
+/// Full validation: the newest checkpoint that verifies, every entry checked against its
+/// slot header; puts since the checkpoint are not indexed. None verifying leaves the index
+/// empty.
 pub const RB_RECOVER_CHECKPOINT: u32 = 1;
 /// Every slot header, ignoring checkpoints; a key found more than once keeps its highest
 /// generation whose value verifies.
@@ -92,6 +97,8 @@ pub const RB_RECOVER_SCRUB_FREE: u32 = 2;
 pub const RB_RECOVERED_NOTHING: u32 = 0;
 pub const RB_RECOVERED_CHECKPOINT: u32 = 1;
 pub const RB_RECOVERED_SCAN: u32 = 2;
+/// Fast recovery: the checkpoint (or none yet) and the slots leased since it.
+pub const RB_RECOVERED_JOURNAL: u32 = 3;
 
 /// A well-formed header written by this device for this slot.
 pub const RB_HEADER_VALID: i32 = 0;
@@ -224,6 +231,30 @@ pub struct rb_recover_report {
     pub io: rb_io_stats,
     /// With RB_RECOVER_SCRUB_FREE: valid headers found in free slots.
     pub orphans: u64,
+    /// Fast recovery: checkpoint entries indexed without a read (each verified on first get).
+    pub trusted_unread: u64,
+    /// Fast recovery: slots leased since the checkpoint, whose headers were read.
+    pub leased_slots: u64,
+    /// Fast recovery: entries from puts made after the checkpoint, indexed.
+    pub recovered_since_checkpoint: u64,
+}
+
+/// Where background verification stands (rb_verify_step).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rb_verify_progress {
+    /// sizeof(rb_verify_progress); set by the caller.
+    pub struct_size: usize,
+    /// Entries whose header this step read.
+    pub checked: u64,
+    /// Of those, found whole.
+    pub verified: u64,
+    /// Of those, gone since the checkpoint (deleted, replaced or evicted): dropped.
+    pub dropped: u64,
+    /// Of those, whose read failed: still unverified.
+    pub unreadable: u64,
+    /// Entries still unverified after this step.
+    pub remaining: u64,
 }
 
 /// One item of a batched call (rb_get_many, rb_put_many, rb_delete_many, rb_contains_many,
@@ -477,7 +508,16 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(rb_options, rb_recover_options, rb_io_stats, rb_recover_report, rb_slot_header, rb_item, rb_key_info, rb_metrics);
+versioned!(rb_options, rb_recover_options, rb_io_stats, rb_slot_header, rb_item, rb_key_info, rb_metrics, rb_verify_progress);
+
+impl Versioned for rb_recover_report {
+    const NAME: &'static str = "rb_recover_report";
+    /// Callers built before fast recovery pass the size that ends where trusted_unread begins.
+    const MIN_SIZE: usize = std::mem::offset_of!(rb_recover_report, trusted_unread);
+    fn set_struct_size(&mut self) {
+        self.struct_size = std::mem::size_of::<Self>();
+    }
+}
 
 impl Versioned for rb_device_info {
     const NAME: &'static str = "rb_device_info";

@@ -1,6 +1,7 @@
 //! Checkpoint containers: a header block (the commit record) and a binary
 //! payload listing every indexed entry.
 
+use super::lease::SlotRun;
 use super::{Dec, DeviceId, Enc, Generation, SlotIndex, FORMAT_VERSION};
 
 pub const MAGIC: [u8; 8] = *b"RBCHKPT\x01";
@@ -9,6 +10,12 @@ pub const HEADER_ENCODED_BYTES: usize = 64;
 /// Bytes of one payload entry besides its key: key_len u16, slot u64,
 /// generation u64, payload_len u64, payload_crc u32.
 pub const ENTRY_FIXED_BYTES: u64 = 30;
+/// Header flag: the payload ends with the slots leased but not yet installed when the
+/// snapshot was taken (runs of start u64 + length u32, then their count u32). Recovery
+/// reads them as it reads the lease journal's.
+pub const FLAG_CARRIED_LEASES: u32 = 1;
+/// Bytes of one carried run.
+pub const CARRIED_RUN_BYTES: u64 = 12;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointHeader {
@@ -17,6 +24,8 @@ pub struct CheckpointHeader {
     pub payload_len: u64,
     pub entry_count: u64,
     pub payload_crc: u32,
+    /// [`FLAG_CARRIED_LEASES`] or 0.
+    pub flags: u32,
 }
 
 impl CheckpointHeader {
@@ -25,7 +34,7 @@ impl CheckpointHeader {
         Enc::new(block)
             .bytes(&MAGIC)
             .u32(FORMAT_VERSION)
-            .u32(0)
+            .u32(self.flags)
             .bytes(&self.device_id)
             .u64(self.sequence)
             .u64(self.payload_len)
@@ -41,16 +50,16 @@ impl CheckpointHeader {
             return None;
         }
         let version = d.u32()?;
-        let _flags = d.u32()?;
+        let flags = d.u32()?;
         let device_id = d.array::<16>()?;
         let sequence = d.u64()?;
         let payload_len = d.u64()?;
         let entry_count = d.u64()?;
         let payload_crc = d.u32()?;
-        if !d.crc_matches_prefix()? || version != FORMAT_VERSION {
+        if !d.crc_matches_prefix()? || version != FORMAT_VERSION || flags & !FLAG_CARRIED_LEASES != 0 {
             return None;
         }
-        Some(CheckpointHeader { device_id, sequence, payload_len, entry_count, payload_crc })
+        Some(CheckpointHeader { device_id, sequence, payload_len, entry_count, payload_crc, flags })
     }
 }
 
@@ -84,6 +93,42 @@ pub fn encode_payload<'a>(entries: impl IntoIterator<Item = CheckpointEntry<'a>>
             .u32(entry.payload_crc);
     }
     e.pos()
+}
+
+/// Appends the carried runs and their count after the entries at `out[0..]`; returns the bytes.
+pub fn encode_carried(runs: &[SlotRun], out: &mut [u8]) -> usize {
+    let mut e = Enc::new(out);
+    for r in runs {
+        e.u64(r.start.0).u32(r.len);
+    }
+    e.u32(runs.len() as u32);
+    e.pos()
+}
+
+/// Bytes the carried section of `runs` takes.
+pub fn carried_len(runs: usize) -> u64 {
+    runs as u64 * CARRIED_RUN_BYTES + 4
+}
+
+/// Splits a payload into its entries' bytes and, with [`FLAG_CARRIED_LEASES`], the carried runs.
+pub fn split_payload(payload: &[u8], flags: u32) -> Result<(&[u8], Vec<SlotRun>), String> {
+    if flags & FLAG_CARRIED_LEASES == 0 {
+        return Ok((payload, Vec::new()));
+    }
+    let Some(count_at) = payload.len().checked_sub(4) else {
+        return Err("the payload has no room for its carried leases".into());
+    };
+    let count = u32::from_le_bytes(payload[count_at..].try_into().expect("4 bytes")) as u64;
+    let section = count * CARRIED_RUN_BYTES;
+    let Some(entries_len) = (count_at as u64).checked_sub(section) else {
+        return Err(format!("{count} carried lease runs do not fit in {} payload bytes", payload.len()));
+    };
+    let mut d = Dec::new(&payload[entries_len as usize..count_at]);
+    let mut runs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        runs.push(SlotRun { start: SlotIndex(d.u64().ok_or("short run")?), len: d.u32().ok_or("short run")? });
+    }
+    Ok((&payload[..entries_len as usize], runs))
 }
 
 /// Decodes exactly `count` entries filling all of `payload`.
@@ -139,6 +184,7 @@ mod tests {
             payload_len: 123,
             entry_count: 4,
             payload_crc: 77,
+            flags: FLAG_CARRIED_LEASES,
         };
         let mut block = vec![0u8; 4096];
         h.encode(&mut block);
@@ -173,5 +219,22 @@ mod tests {
         assert!(decode_payload(&longer, 2).is_err());
         assert!(decode_payload(&buf, 3).is_err());
         assert!(decode_payload(&buf, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn carried_leases_follow_the_entries() {
+        let keys = vec![b"a".to_vec(), b"bb".to_vec()];
+        let es = entries(&keys);
+        let runs = crate::format::lease::runs_of(&[3, 4, 9].map(SlotIndex));
+        let len: u64 = es.iter().map(|e| e.encoded_len()).sum::<u64>() + carried_len(runs.len());
+        let mut buf = vec![0u8; len as usize];
+        let n = encode_payload(es.iter().copied(), &mut buf);
+        assert_eq!((n + encode_carried(&runs, &mut buf[n..])) as u64, len);
+        let (entry_bytes, got) = split_payload(&buf, FLAG_CARRIED_LEASES).unwrap();
+        assert_eq!(got, runs);
+        assert_eq!(decode_payload(entry_bytes, 2).unwrap(), es);
+        assert_eq!(split_payload(&buf, 0).unwrap().0.len(), buf.len(), "without the flag it is all entries");
+        assert!(split_payload(&[1, 0, 0, 0], FLAG_CARRIED_LEASES).is_err(), "one run claimed, no bytes for it");
+        assert!(split_payload(&[], FLAG_CARRIED_LEASES).is_err());
     }
 }

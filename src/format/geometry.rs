@@ -31,6 +31,22 @@ pub struct GeometryRequest {
     /// Size of the whole metadata region (superblock + both checkpoint containers).
     pub meta_bytes: u64,
     pub max_key_bytes: u32,
+    /// Blocks of the lease journal, on top of `meta_bytes` (0: the default, sized from
+    /// the slot count; see [`default_journal_blocks`]).
+    pub journal_blocks: u32,
+}
+
+/// Fewest and most blocks a planned lease journal has. Each record leases up to
+/// [`LEASE_BATCH_MAX`] slots, so the largest journal covers about a million puts
+/// between checkpoints before a put has to take one.
+pub const MIN_JOURNAL_BLOCKS: u32 = 8;
+pub const MAX_JOURNAL_BLOCKS: u32 = 1024;
+/// Most slots one lease record takes at once.
+pub const LEASE_BATCH_MAX: u64 = 1024;
+
+/// A journal of one block per 256 slots, within the bounds above.
+pub fn default_journal_blocks(slot_estimate: u64) -> u32 {
+    (slot_estimate / 256).clamp(MIN_JOURNAL_BLOCKS as u64, MAX_JOURNAL_BLOCKS as u64) as u32
 }
 
 /// One of the two checkpoint containers, written alternately.
@@ -83,6 +99,9 @@ pub struct Geometry {
     /// A copy of the superblock in the block after it (every device formatted since
     /// the copy was introduced; older ones have none).
     superblock_copy: bool,
+    /// Blocks of the lease journal after the containers (0: a device formatted before
+    /// the journal existed; it recovers by full validation).
+    journal_blocks: u32,
 }
 
 /// The numbers a superblock records, before they are validated into a [`Geometry`].
@@ -95,6 +114,7 @@ pub struct GeometryParts {
     pub container_bytes: u64,
     pub max_key_bytes: u32,
     pub superblock_copy: bool,
+    pub journal_blocks: u32,
 }
 
 impl Geometry {
@@ -138,7 +158,11 @@ impl Geometry {
             }
             ((req.meta_bytes - 2 * block) / 2) / block * block
         };
-        let meta_bytes = 2 * block + 2 * container_bytes;
+        let journal_blocks = match req.journal_blocks {
+            0 => default_journal_blocks(capacity / slot_bytes),
+            j => j,
+        };
+        let meta_bytes = 2 * block + 2 * container_bytes + journal_blocks as u64 * block;
         if meta_bytes >= capacity {
             return Err(bad(format!(
                 "capacity {capacity} bytes is too small: the metadata region alone needs {meta_bytes}"
@@ -150,8 +174,16 @@ impl Geometry {
                 "capacity {capacity} bytes holds {slot_count} slots of slot_bytes {slot_bytes}, above the maximum of {MAX_SLOT_COUNT} slots"
             )));
         }
-        let parts =
-            GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes, superblock_copy: true };
+        let parts = GeometryParts {
+            block_size,
+            header_bytes,
+            slot_bytes,
+            slot_count,
+            container_bytes,
+            max_key_bytes,
+            superblock_copy: true,
+            journal_blocks,
+        };
         Geometry::from_parts(parts, device_block).map_err(bad)
     }
 
@@ -165,6 +197,7 @@ impl Geometry {
             container_bytes: p.container_bytes,
             max_key_bytes: p.max_key_bytes,
             superblock_copy: p.superblock_copy,
+            journal_blocks: p.journal_blocks,
         };
         g.validate(device_block)?;
         Ok(g)
@@ -176,6 +209,9 @@ impl Geometry {
         check_fields(b, self.header_bytes, self.slot_bytes, self.max_key_bytes, device_block)?;
         if self.container_bytes < 2 * b as u64 || self.container_bytes % b as u64 != 0 {
             return Err(format!("checkpoint container of {} bytes is too small or unaligned", self.container_bytes));
+        }
+        if self.journal_blocks > MAX_JOURNAL_BLOCKS {
+            return Err(format!("lease journal of {} blocks exceeds the maximum of {MAX_JOURNAL_BLOCKS}", self.journal_blocks));
         }
         if self.slot_count == 0 {
             return Err("the device holds no slot".into());
@@ -246,8 +282,22 @@ impl Geometry {
         self.container_bytes - self.block_size as u64
     }
 
-    pub fn meta_bytes(&self) -> u64 {
+    /// Blocks of the lease journal; 0 on a device formatted before it existed.
+    pub fn journal_blocks(&self) -> u32 {
+        self.journal_blocks
+    }
+
+    /// Where the lease journal starts (right after container B).
+    pub fn journal_offset(&self) -> u64 {
         self.superblocks_bytes() + 2 * self.container_bytes
+    }
+
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal_blocks as u64 * self.block_size as u64
+    }
+
+    pub fn meta_bytes(&self) -> u64 {
+        self.journal_offset() + self.journal_bytes()
     }
 
     pub fn data_base(&self) -> u64 {
@@ -324,7 +374,10 @@ mod tests {
         let req = GeometryRequest { meta_bytes: 4096 * 10, slot_bytes: 64 * 1024, ..Default::default() };
         let g = Geometry::plan(&req, 16 << 20, 4096).unwrap();
         assert_eq!(g.container_bytes, 4096 * 4);
-        assert_eq!(g.meta_bytes(), 4096 * 10);
+        // The lease journal comes on top: 256 slots plan the fewest blocks.
+        assert_eq!(g.journal_blocks(), MIN_JOURNAL_BLOCKS);
+        assert_eq!(g.journal_offset(), 4096 * 10);
+        assert_eq!(g.meta_bytes(), 4096 * (10 + MIN_JOURNAL_BLOCKS as u64));
         assert_eq!(g.superblock_copy_offset(), Some(4096));
         assert_eq!(g.container_offset(Container::A), 2 * 4096);
     }
@@ -388,6 +441,7 @@ mod tests {
             container_bytes: g.container_bytes,
             max_key_bytes: 1024,
             superblock_copy: true,
+            journal_blocks: 0,
         };
         let err = Geometry::from_parts(parts, 4096).unwrap_err();
         assert!(err.contains("header_bytes 1073741824 exceeds the maximum"), "{err}");
@@ -400,7 +454,8 @@ mod tests {
         let req = GeometryRequest { slot_bytes: 8192, ..Default::default() };
         let g = Geometry::plan(&req, 1 << 46, 4096).unwrap();
         assert_eq!(g.container_bytes(), MAX_CONTAINER_BYTES);
-        assert_eq!(g.meta_bytes(), 2 * 4096 + 2 * MAX_CONTAINER_BYTES);
+        assert_eq!(g.journal_blocks(), MAX_JOURNAL_BLOCKS);
+        assert_eq!(g.meta_bytes(), 2 * 4096 + 2 * MAX_CONTAINER_BYTES + MAX_JOURNAL_BLOCKS as u64 * 4096);
         assert_eq!(g.slot_count(), ((1u64 << 46) - g.meta_bytes()) / 8192);
         assert!(g.device_bytes() <= 1 << 46);
     }

@@ -1,11 +1,12 @@
 //! The bytes on the device. Pure encoders and decoders: no I/O here.
 //!
 //! Layout (docs/FORMAT.md has the full tables):
-//! `[superblock][checkpoint container A][checkpoint container B][slot 0][slot 1]...`
+//! `[superblock][copy][checkpoint container A][checkpoint container B][lease journal][slot 0][slot 1]...`
 //! All integers are little-endian.
 
 pub mod checkpoint;
 pub mod geometry;
+pub mod lease;
 pub mod slot_header;
 pub mod superblock;
 

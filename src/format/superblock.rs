@@ -8,8 +8,11 @@ pub const MAGIC: [u8; 8] = *b"RAWBLOCK";
 pub const ENCODED_BYTES: usize = 92;
 /// Flag: a copy of the superblock lives in the next block.
 pub const FLAG_SUPERBLOCK_COPY: u32 = 1;
+/// Flag: a lease journal follows the checkpoint containers; its block count is the
+/// field after max_key_bytes (reserved, zero, on devices without one).
+pub const FLAG_LEASE_JOURNAL: u32 = 2;
 /// The flags this library understands; others mean a newer format feature.
-const KNOWN_FLAGS: u32 = FLAG_SUPERBLOCK_COPY;
+const KNOWN_FLAGS: u32 = FLAG_SUPERBLOCK_COPY | FLAG_LEASE_JOURNAL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -52,7 +55,10 @@ impl Superblock {
         Enc::new(block)
             .bytes(&MAGIC)
             .u32(FORMAT_VERSION)
-            .u32(if g.superblock_copy_offset().is_some() { FLAG_SUPERBLOCK_COPY } else { 0 })
+            .u32(
+                if g.superblock_copy_offset().is_some() { FLAG_SUPERBLOCK_COPY } else { 0 }
+                    | if g.journal_blocks() > 0 { FLAG_LEASE_JOURNAL } else { 0 },
+            )
             .bytes(&self.device_id)
             .u32(g.block_size())
             .u32(g.header_bytes())
@@ -62,7 +68,7 @@ impl Superblock {
             .u64(g.data_base())
             .u64(g.container_bytes())
             .u32(g.max_key_bytes())
-            .u32(0)
+            .u32(g.journal_blocks())
             .crc_of_written();
     }
 
@@ -84,7 +90,7 @@ impl Superblock {
         let data_base = d.u64().ok_or_else(short)?;
         let container_bytes = d.u64().ok_or_else(short)?;
         let max_key_bytes = d.u32().ok_or_else(short)?;
-        let _reserved = d.u32().ok_or_else(short)?;
+        let journal_field = d.u32().ok_or_else(short)?;
         if d.crc_matches_prefix() != Some(true) {
             return Err(SuperblockError::Corrupt);
         }
@@ -95,8 +101,20 @@ impl Superblock {
             return Err(SuperblockError::UnsupportedFlags(flags & !KNOWN_FLAGS));
         }
         let superblock_copy = flags & FLAG_SUPERBLOCK_COPY != 0;
-        let parts =
-            GeometryParts { block_size, header_bytes, slot_bytes, slot_count, container_bytes, max_key_bytes, superblock_copy };
+        let journal_blocks = if flags & FLAG_LEASE_JOURNAL != 0 { journal_field } else { 0 };
+        if flags & FLAG_LEASE_JOURNAL != 0 && journal_blocks == 0 {
+            return Err(SuperblockError::BadGeometry("a lease journal of 0 blocks".into()));
+        }
+        let parts = GeometryParts {
+            block_size,
+            header_bytes,
+            slot_bytes,
+            slot_count,
+            container_bytes,
+            max_key_bytes,
+            superblock_copy,
+            journal_blocks,
+        };
         let geometry = Geometry::from_parts(parts, device_block).map_err(SuperblockError::BadGeometry)?;
         if geometry.meta_bytes() != meta_bytes || geometry.data_base() != data_base {
             return Err(SuperblockError::BadGeometry(format!(
@@ -158,8 +176,8 @@ mod tests {
     fn unknown_flags_are_refused_not_ignored() {
         let mut block = vec![0u8; 4096];
         sample().encode(&mut block);
-        assert_eq!(u32::from_le_bytes(block[12..16].try_into().unwrap()), FLAG_SUPERBLOCK_COPY);
-        block[12..16].copy_from_slice(&(FLAG_SUPERBLOCK_COPY | 4).to_le_bytes());
+        assert_eq!(u32::from_le_bytes(block[12..16].try_into().unwrap()), FLAG_SUPERBLOCK_COPY | FLAG_LEASE_JOURNAL);
+        block[12..16].copy_from_slice(&(FLAG_SUPERBLOCK_COPY | FLAG_LEASE_JOURNAL | 4).to_le_bytes());
         let crc = crate::format::crc32(&block[..ENCODED_BYTES - 4]);
         block[ENCODED_BYTES - 4..ENCODED_BYTES].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(Superblock::decode(&block, 512), Err(SuperblockError::UnsupportedFlags(4)));

@@ -15,6 +15,7 @@
 
 use std::sync::Mutex;
 
+use super::data::Mismatch;
 use super::index::{Displaced, Entry};
 use super::Store;
 use crate::aligned::IO_ALIGN;
@@ -59,7 +60,7 @@ impl Store {
             results.push(match crate::sync::into_inner(st) {
                 GetState::Done(r) => r,
                 // The entry changed under a concurrent write: the single get settles it.
-                GetState::Pending | GetState::Planned(..) | GetState::Changed => self.get_unmetered(keys[i], outs[i]),
+                GetState::Pending | GetState::Planned { .. } | GetState::Changed => self.get_unmetered(keys[i], outs[i]),
             });
         }
         Ok(results)
@@ -110,6 +111,7 @@ impl Store {
                 let r = self.check_key(key).and_then(|()| st.index.remove(key).ok_or(Error::NotFound));
                 match r {
                     Ok(e) => {
+                        st.changes += 1;
                         removed.push((i, e.slot));
                         results.push(Ok(()));
                     }
@@ -194,18 +196,18 @@ impl Store {
     }
 
     /// Whether the header block and payload read back hold the value `e` names.
-    pub(super) fn check_record(&self, header: &[u8], payload: &[u8], key: &[u8], e: &Entry) -> std::result::Result<(), &'static str> {
+    pub(super) fn check_record(&self, header: &[u8], payload: &[u8], key: &[u8], e: &Entry) -> std::result::Result<(), Mismatch> {
         let h = match SlotHeader::classify(header, &self.sb.device_id, e.slot) {
             SlotState::Valid(h) => h,
-            SlotState::Empty => return Err("the slot header is gone"),
-            SlotState::Corrupt => return Err("the slot header fails its CRC"),
-            SlotState::Foreign => return Err("the slot header belongs to another device or slot"),
+            SlotState::Empty => return Err(Mismatch::HeaderGone),
+            SlotState::Corrupt => return Err(Mismatch::Header("the slot header fails its CRC")),
+            SlotState::Foreign => return Err(Mismatch::Header("the slot header belongs to another device or slot")),
         };
         if h.key != key || h.generation != e.generation || h.payload_len != e.payload_len || h.payload_crc != e.payload_crc {
-            return Err("the slot header names another value");
+            return Err(Mismatch::Header("the slot header names another value"));
         }
         if crc32(payload) != h.payload_crc {
-            return Err("the payload fails its CRC32");
+            return Err(Mismatch::Payload);
         }
         Ok(())
     }
@@ -218,8 +220,9 @@ impl Store {
 enum GetState<'r> {
     Pending,
     /// Reading: the entry looked up, whether the payload goes straight to the destination,
-    /// and the registered region it lands in (held until the read is finished).
-    Planned(Entry, bool, #[allow(dead_code)] Option<Use<'r>>),
+    /// whether the entry awaits its first verification, and the registered region it lands
+    /// in (held until the read is finished).
+    Planned { e: Entry, direct: bool, unverified: bool, _region: Option<Use<'r>> },
     /// The entry changed between lookup and read; settled by a single get afterwards.
     Changed,
     Done(Result<usize>),
@@ -242,13 +245,16 @@ impl DataJob for GetJob<'_> {
         let g = s.sb.geometry;
         let key = self.keys[i];
         let (out, cap) = self.outs[i];
-        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| st.index.lookup(key).ok_or(Error::NotFound));
+        let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| {
+            let e = st.index.lookup(key).ok_or(Error::NotFound)?;
+            Ok((e, st.index.is_unverified(e.slot)))
+        });
         let e = match lookup {
-            Ok(e) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),
+            Ok((e, _)) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),
             other => other,
         };
-        let e = match e {
-            Ok(e) => e,
+        let (e, unverified) = match e {
+            Ok(found) => found,
             Err(err) => {
                 *lock(&self.state[i]) = GetState::Done(Err(err));
                 return Ops::none();
@@ -280,7 +286,7 @@ impl DataJob for GetJob<'_> {
             let record = scratch.get(hb + padded).as_mut_ptr();
             ops.push(IoOp { kind: IoKind::Read, offset: at, ptr: record, len: hb + padded, fixed: None, slot: e.slot, tail: None });
         }
-        *lock(&self.state[i]) = GetState::Planned(e, direct, region);
+        *lock(&self.state[i]) = GetState::Planned { e, direct, unverified, _region: region };
         ops
     }
 
@@ -289,7 +295,7 @@ impl DataJob for GetJob<'_> {
         let key = self.keys[i];
         let (out, _) = self.outs[i];
         let mut state = lock(&self.state[i]);
-        let GetState::Planned(e, direct, _) = *state else { return };
+        let GetState::Planned { e, direct, unverified, .. } = *state else { return };
         let len = e.payload_len as usize;
         let hb = s.sb.geometry.header_bytes() as usize;
         if let Some(errno) = results.iter().find_map(|r| r.err()) {
@@ -311,10 +317,15 @@ impl DataJob for GetJob<'_> {
             r
         };
         *state = match verdict {
-            Ok(()) => GetState::Done(Ok(len)),
-            Err(why) => match s.ready().map(|st| st.index.get(key) == Some(e)) {
-                Ok(true) => GetState::Done(Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))),
-                _ => GetState::Changed,
+            Ok(()) => {
+                if unverified {
+                    lock(&s.state).index.set_verified(e.slot);
+                }
+                GetState::Done(Ok(len))
+            }
+            Err(why) => match s.mismatch_outcome(key, &e, why) {
+                Some(err) => GetState::Done(Err(err)),
+                None => GetState::Changed,
             },
         };
     }
@@ -413,7 +424,7 @@ impl DataJob for PutJob<'_> {
             return;
         }
         let entry = Entry { slot, generation: self.generations[i], payload_len: value.len() as u64, payload_crc };
-        let displaced = lock(&s.state).index.install(key, entry);
+        let displaced = lock(&s.state).install(key, entry);
         *state = PutState::Done(Ok(match displaced {
             Displaced::Nothing => None,
             Displaced::Replaced(old) | Displaced::Superseded(old) => Some(old.slot),

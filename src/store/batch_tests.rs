@@ -105,7 +105,7 @@ fn one_item_failing_never_touches_another() {
 fn duplicates_in_a_batch_last_wins_and_nothing_leaks() {
     for engine in ENGINES {
         let (_p, s) = create("batch-dups", engine);
-        let free_before = lock(&s.state).index.free_slots();
+        let free_before = lock(&s.state).free_slots();
         let items: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"b", b"x"), (b"a", b"2"), (b"a", b"3"), (b"", b"bad")];
         let r = s.put_many(&items).unwrap();
         assert!(r[..4].iter().all(|r| r.is_ok()), "{r:?}");
@@ -113,10 +113,10 @@ fn duplicates_in_a_batch_last_wins_and_nothing_leaks() {
         let mut out = [0u8; 4];
         assert_eq!(s.get(b"a", &mut out).unwrap(), 1);
         assert_eq!(out[0], b'3', "{engine:?}: the last copy in the batch wins");
-        assert_eq!(lock(&s.state).index.free_slots(), free_before - 2, "superseded copies were freed");
+        assert_eq!(lock(&s.state).free_slots(), free_before - 2, "superseded copies were freed");
         let d = s.delete_many(&[b"a", b"a", b"zz", b"b"]).unwrap();
         assert!(d[0].is_ok() && matches!(d[1], Err(Error::NotFound)) && matches!(d[2], Err(Error::NotFound)) && d[3].is_ok());
-        assert_eq!(lock(&s.state).index.free_slots(), free_before);
+        assert_eq!(lock(&s.state).free_slots(), free_before);
         assert!(s.contains_many(&[b"a", b"b"]).unwrap().iter().all(|r| matches!(r, Ok(false))));
     }
 }

@@ -3,7 +3,11 @@
 use super::Store;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::format::checkpoint::{decode_payload, encode_payload, CheckpointEntry, CheckpointHeader, ENTRY_FIXED_BYTES};
+use crate::format::checkpoint::{
+    carried_len, decode_payload, encode_carried, encode_payload, split_payload, CheckpointEntry, CheckpointHeader,
+    ENTRY_FIXED_BYTES, FLAG_CARRIED_LEASES,
+};
+use crate::format::lease::SlotRun;
 use crate::format::{crc32, round_up, Container};
 use crate::sync::lock;
 
@@ -39,7 +43,13 @@ pub(super) struct LoadedCheckpoint {
 
 impl LoadedCheckpoint {
     pub fn entries(&self) -> std::result::Result<Vec<CheckpointEntry<'_>>, String> {
-        decode_payload(&self.payload[..self.header.payload_len as usize], self.header.entry_count)
+        let (entries, _) = split_payload(&self.payload[..self.header.payload_len as usize], self.header.flags)?;
+        decode_payload(entries, self.header.entry_count)
+    }
+
+    /// The slots leased but not installed when its snapshot was taken (none before leases).
+    pub fn carried(&self) -> std::result::Result<Vec<SlotRun>, String> {
+        split_payload(&self.payload[..self.header.payload_len as usize], self.header.flags).map(|(_, runs)| runs)
     }
 }
 
@@ -48,6 +58,7 @@ struct EncodedIndex {
     payload: AlignedBuf,
     entries: u64,
     len: u64,
+    flags: u32,
 }
 
 /// Big sequential reads for loading a checkpoint payload.
@@ -59,26 +70,38 @@ impl Store {
     /// A checkpoint too large for its container is [`Error::CheckpointTooLarge`] and writes nothing.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         let mut cursor = lock(&self.checkpoints);
-        let encoded = self.encode_index()?;
         let target = cursor.target();
         let sequence = cursor.next_sequence.max(1);
+        // No batch is leased while the snapshot is taken (see store/lease.rs).
+        let leasing = lock(&self.lease_io);
+        let encoded = self.encode_index(sequence)?;
+        drop(leasing);
         let header = CheckpointHeader {
             device_id: self.sb.device_id,
             sequence,
             payload_len: encoded.len,
             entry_count: encoded.entries,
             payload_crc: crc32(&encoded.payload[..encoded.len as usize]),
+            flags: encoded.flags,
         };
         self.write_checkpoint(target, &header, &encoded.payload)?;
         *cursor = Cursor { newest: Some(target), next_sequence: sequence + 1 };
+        let mut st = lock(&self.state);
+        st.leases.committed(sequence);
+        st.checkpointed_changes = st.changes;
         Ok(CheckpointInfo { sequence, entries: encoded.entries, payload_bytes: encoded.len })
     }
 
-    /// Encodes the index under the state lock (a writable, recovered handle only).
-    fn encode_index(&self) -> Result<EncodedIndex> {
+    /// Encodes the index under the state lock (a writable, recovered handle only). On a
+    /// device with a lease journal this is the snapshot of checkpoint `sequence`: the slots
+    /// leased and not installed are carried in the payload, and later leases belong to
+    /// `sequence`'s epoch.
+    fn encode_index(&self, sequence: u64) -> Result<EncodedIndex> {
         let g = self.sb.geometry;
-        let st = self.writable()?;
-        let len: u64 = st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum();
+        let mut st = self.writable()?;
+        let carried = if self.has_journal() { Some(st.leases.carried()) } else { None };
+        let entries_len: u64 = st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum();
+        let len = entries_len + carried.as_ref().map_or(0, |c| carried_len(c.len()));
         let entries = st.index.len() as u64;
         if len > g.checkpoint_capacity() {
             return Err(Error::CheckpointTooLarge { entries, needed: len, capacity: g.checkpoint_capacity() });
@@ -98,8 +121,16 @@ impl Store {
             }),
             &mut payload,
         );
-        debug_assert_eq!(written as u64, len);
-        Ok(EncodedIndex { payload, entries, len })
+        debug_assert_eq!(written as u64, entries_len);
+        let flags = match &carried {
+            Some(runs) => {
+                encode_carried(runs, &mut payload[written..]);
+                st.leases.epoch = sequence;
+                FLAG_CARRIED_LEASES
+            }
+            None => 0,
+        };
+        Ok(EncodedIndex { payload, entries, len, flags })
     }
 
     /// Payload, sync, commit record, sync: a crash anywhere leaves the other container newest.

@@ -43,7 +43,25 @@ impl RecordPool {
 }
 
 /// Why a record read back does not hold the value its entry names.
-type Mismatch = &'static str;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mismatch {
+    /// No header: zeroed by a delete, a replace or an eviction, or never written.
+    HeaderGone,
+    /// A header that is not the entry's: torn, foreign, or another value's.
+    Header(&'static str),
+    /// The entry's header over a payload that fails its CRC32.
+    Payload,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mismatch::HeaderGone => "the slot header is gone",
+            Mismatch::Header(why) => why,
+            Mismatch::Payload => "the payload fails its CRC32",
+        })
+    }
+}
 
 impl Store {
     /// Stores `value` under `key` in a newly allocated slot; a previous value of the key is
@@ -62,7 +80,9 @@ impl Store {
         let mut buf = match self.records.take() {
             Ok(buf) => buf,
             Err(e) => {
-                lock(&self.state).index.release(slot);
+                let mut st = lock(&self.state);
+                st.leases.settle(slot);
+                st.index.release(slot);
                 return Err(e);
             }
         };
@@ -77,7 +97,7 @@ impl Store {
             self.discard_failed_record(slot, generation);
             return Err(Error::io(format!("writing slot {slot}"), e));
         }
-        let displaced = lock(&self.state).index.install(key, Entry { slot, generation, payload_len, payload_crc });
+        let displaced = lock(&self.state).install(key, Entry { slot, generation, payload_len, payload_crc });
         match displaced {
             Displaced::Nothing => Ok(()),
             Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate_or_queue(old.slot),
@@ -92,6 +112,7 @@ impl Store {
     /// verifies). A header that never landed (say ENOSPC before the first block) needs no
     /// zeroing, which could fail the same way and would block every later write.
     pub(super) fn discard_failed_record(&self, slot: SlotIndex, generation: Generation) {
+        lock(&self.state).leases.settle(slot);
         if self.invalidate(slot).is_ok() {
             return;
         }
@@ -107,6 +128,14 @@ impl Store {
         } else {
             st.index.release(slot);
         }
+    }
+
+    /// Whether `e`'s slot still holds its header (read back after a failed write).
+    pub(super) fn header_matches(&self, key: &[u8], e: &Entry) -> std::io::Result<bool> {
+        let mut block = AlignedBuf::zeroed(self.sb.geometry.header_bytes() as usize);
+        self.dev.read_at(&mut block, self.sb.geometry.slot_offset(e.slot))?;
+        Ok(matches!(SlotHeader::classify(&block, &self.sb.device_id, e.slot),
+            SlotState::Valid(h) if h.key == key && h.generation == e.generation && h.payload_len == e.payload_len && h.payload_crc == e.payload_crc))
     }
 
     /// [`invalidate`](Self::invalidate), and when that fails, queues the slot so that every
@@ -134,11 +163,18 @@ impl Store {
         // A concurrent replace or delete can reuse the slot between lookup and read;
         // that shows as a changed index entry, and the lookup is retried.
         for _ in 0..64 {
-            let e = self.ready()?.index.lookup(key).ok_or(Error::NotFound)?;
+            let (e, unverified) = {
+                let mut st = self.ready()?;
+                let e = st.index.lookup(key).ok_or(Error::NotFound)?;
+                (e, st.index.is_unverified(e.slot))
+            };
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });
             }
             if let Some(n) = self.read_entry(key, &e, out)? {
+                if unverified {
+                    lock(&self.state).index.set_verified(e.slot);
+                }
                 return Ok(n);
             }
         }
@@ -175,11 +211,35 @@ impl Store {
         match (read, verdict) {
             (Err(err), _) => Err(Error::io(format!("reading slot {}", e.slot), err)),
             (Ok(()), Some(Ok(()))) => Ok(Some(e.payload_len as usize)),
-            (Ok(()), Some(Err(why))) if self.ready()?.index.get(key) == Some(*e) => {
-                Err(Error::Corrupt(format!("slot {} of key: {why}", e.slot)))
-            }
-            (Ok(()), _) => Ok(None),
+            (Ok(()), Some(Err(why))) => self.mismatch_outcome(key, e, why).map_or(Ok(None), Err),
+            (Ok(()), None) => Ok(None),
         }
+    }
+
+    /// What a get answers when the record read for `e` does not hold it; `None` when the
+    /// key's entry changed meanwhile (the caller looks it up again).
+    ///
+    /// An entry a fast recovery trusted without a read whose header turns out not to be
+    /// its own was deleted, replaced or evicted after the checkpoint: it is gone, answers
+    /// not found and leaves the index (its slot is freed, or zeroed first when it holds
+    /// anything). Anything else is corruption.
+    pub(super) fn mismatch_outcome(&self, key: &[u8], e: &Entry, why: Mismatch) -> Option<Error> {
+        let mut st = self.ready().ok()?;
+        if st.index.get(key) != Some(*e) {
+            return None;
+        }
+        if why == Mismatch::Payload || !st.index.is_unverified(e.slot) {
+            return Some(Error::Corrupt(format!("slot {} of key: {why}", e.slot)));
+        }
+        st.index.remove(key);
+        st.lazily_dropped += 1;
+        if !self.is_read_only() {
+            match why {
+                Mismatch::HeaderGone => st.index.release(e.slot),
+                _ => st.pending_invalidation.push(e.slot),
+            }
+        }
+        Some(Error::NotFound)
     }
 
     /// Whether the record `e` names is on the device whole: its header matches `e` and its
@@ -220,7 +280,12 @@ impl Store {
     /// Removes `key`; its header is invalidated on the device before this returns.
     pub(super) fn delete_unmetered(&self, key: &[u8]) -> Result<()> {
         self.check_key(key)?;
-        let e = self.writable()?.index.remove(key).ok_or(Error::NotFound)?;
+        let e = {
+            let mut st = self.writable()?;
+            let e = st.index.remove(key).ok_or(Error::NotFound)?;
+            st.changes += 1;
+            e
+        };
         self.invalidate_or_queue(e.slot)
     }
 }

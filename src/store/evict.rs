@@ -7,9 +7,10 @@
 //!
 //! A put that finds no free slot evicts a batch: enough of the coldest entries
 //! to bring the free slots up to the low watermark. Evicted entries leave the
-//! index at once and their headers are zeroed on the device as deletes are
-//! (a slot whose zeroing fails stays allocated, never reused); their keys wait
-//! in a bounded queue for the server to drain.
+//! index at once and their headers are zeroed on the device as deletes are;
+//! their keys wait in a bounded queue for the server to drain. A victim whose
+//! zeroing fails is not evicted: its record is still on the device, so its
+//! entry goes back into the index (nothing is reported that a restart undoes).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -163,15 +164,15 @@ impl EvictedQueue {
     }
 }
 
-/// What one eviction batch took out of the index: the slots to zero, and who was there.
+/// What one eviction batch took out of the index.
 struct Victims {
-    slots: Vec<SlotIndex>,
-    evicted: Vec<Leaving>,
+    taken: Vec<(Box<[u8]>, Entry)>,
 }
 
 impl Store {
     /// The lowest free slot; when there is none and the handle evicts, an eviction batch first.
-    pub(super) fn allocate_slot(&self) -> Result<SlotIndex> {
+    /// Not leased: puts go through [`allocate_slot`](Self::allocate_slot).
+    pub(super) fn allocate_unleased(&self) -> Result<SlotIndex> {
         // A few rounds: puts running at once may take the slots a batch freed.
         for _ in 0..8 {
             let victims = {
@@ -180,13 +181,13 @@ impl Store {
                 match st.index.allocate() {
                     Err(Error::SlotsFull { .. }) if eviction.policy != EvictionPolicy::None => {
                         let target = eviction.target_free(self.sb.geometry.slot_count());
-                        let want = (target as usize).saturating_sub(st.index.free_slots()).max(1);
+                        let want = (target as usize).saturating_sub(st.free_slots()).max(1);
                         take_victims(&mut st.index, want)
                     }
                     other => return other,
                 }
             };
-            if victims.slots.is_empty() {
+            if victims.taken.is_empty() {
                 break; // every slot is being written or invalidated: nothing to evict now
             }
             self.evict(victims);
@@ -199,17 +200,36 @@ impl Store {
     /// Synchronous writes, not an engine batch: an eviction runs inside a put, which may itself
     /// be an item of a batch holding one of the engine's rings or its worker pool.
     fn evict(&self, victims: Victims) {
-        self.record_evictions(victims.evicted.len() as u64);
-        for &slot in &victims.slots {
-            if self.invalidate(slot).is_err() {
-                // The slot stays allocated and pending: the next write retries the zeroing.
-                lock(&self.state).pending_invalidation.push(slot);
-            }
-        }
+        // Zeroed, or else whether the record is still whole on the device (a failed write may
+        // have landed in part; a header that cannot be read back counts as whole).
+        let outcome: Vec<(bool, bool)> = victims
+            .taken
+            .iter()
+            .map(|(key, e)| match self.invalidate(e.slot) {
+                Ok(()) => (true, false),
+                Err(_) => (false, self.header_matches(key, e).unwrap_or(true)),
+            })
+            .collect();
         let mut st = lock(&self.state);
-        for e in victims.evicted {
-            st.evicted.push(Evicted { key: e.key, value_len: e.value_len, generation: e.generation });
+        let mut evicted = 0;
+        for ((key, e), (zeroed, whole)) in victims.taken.into_iter().zip(outcome) {
+            if whole {
+                // Still on the device: back into the index, unless a newer put of the key
+                // came in meanwhile (then this copy is zeroed before the next write).
+                if let super::index::Displaced::Superseded(old) = st.index.install(&key, e) {
+                    st.pending_invalidation.push(old.slot);
+                }
+                continue;
+            }
+            if !zeroed {
+                st.pending_invalidation.push(e.slot); // a damaged header: zeroed before the next write
+            }
+            evicted += 1;
+            st.evicted.push(Evicted { key, value_len: e.payload_len, generation: e.generation });
         }
+        st.changes += evicted;
+        drop(st);
+        self.record_evictions(evicted);
     }
 
     /// Up to `max` evicted keys, oldest first, removed from the queue.
@@ -250,22 +270,8 @@ impl Store {
     }
 }
 
-/// An entry leaving by eviction.
-struct Leaving {
-    key: Box<[u8]>,
-    value_len: u64,
-    generation: Generation,
-}
-
 fn take_victims(index: &mut Index, n: usize) -> Victims {
-    let taken = index.take_coldest(n);
-    Victims {
-        slots: taken.iter().map(|(_, e)| e.slot).collect(),
-        evicted: taken
-            .into_iter()
-            .map(|(key, e)| Leaving { key, value_len: e.payload_len, generation: e.generation })
-            .collect(),
-    }
+    Victims { taken: index.take_coldest(n) }
 }
 
 #[cfg(test)]

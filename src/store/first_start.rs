@@ -94,7 +94,7 @@ mod tests {
         assert!(!s.formatted(), "a rawblock device is opened, not formatted");
         assert!(matches!(s.get(b"k", &mut [0u8; 16]), Err(Error::NeedsRecovery)));
         let r = s.recover(&RecoverOptions::default()).unwrap();
-        assert_eq!((r.from, r.indexed), (RecoveredFrom::Checkpoint, 1));
+        assert_eq!((r.from, r.indexed), (RecoveredFrom::Journal, 1));
         assert_eq!(get(&s, b"k"), b"first");
     }
 

@@ -31,6 +31,9 @@ pub struct Index {
     free: FreeRanges,
     /// The entries in eviction order, when the handle evicts.
     order: Option<EvictionOrder>,
+    /// Entries a fast recovery indexed from the checkpoint without reading their header,
+    /// by slot (with their key): the first read verifies each, or finds it gone.
+    unverified: HashMap<SlotIndex, Box<[u8]>>,
 }
 
 /// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
@@ -122,7 +125,7 @@ const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
 impl Index {
     /// An index with every one of `slot_count` slots free; allocates nothing per slot.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None }
+        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: HashMap::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -164,6 +167,7 @@ impl Index {
         while out.len() < n {
             let Some(key) = order.pop_coldest() else { break };
             if let Some(e) = self.map.remove(&key) {
+                self.unverified.remove(&e.slot);
                 out.push((key, e));
             }
         }
@@ -212,6 +216,9 @@ impl Index {
             Some(current) if current.generation > entry.generation => Displaced::Superseded(entry),
             Some(current) => Displaced::Replaced(std::mem::replace(current, entry)),
         };
+        if let Displaced::Replaced(old) = &displaced {
+            self.unverified.remove(&old.slot);
+        }
         if let (false, Some(order)) = (matches!(displaced, Displaced::Superseded(_)), self.order.as_mut()) {
             order.insert(key);
         }
@@ -223,7 +230,34 @@ impl Index {
         if let Some(order) = self.order.as_mut() {
             order.remove(key);
         }
-        self.map.remove(key)
+        let e = self.map.remove(key)?;
+        self.unverified.remove(&e.slot);
+        Some(e)
+    }
+
+    /// Marks the entry in `slot` (of `key`) as indexed without a read.
+    pub fn mark_unverified(&mut self, slot: SlotIndex, key: &[u8]) -> Result<()> {
+        self.unverified.try_reserve(1).map_err(|_| Error::out_of_memory("the unverified entries", 64))?;
+        self.unverified.insert(slot, key.into());
+        Ok(())
+    }
+
+    pub fn is_unverified(&self, slot: SlotIndex) -> bool {
+        self.unverified.contains_key(&slot)
+    }
+
+    /// A read found the entry in `slot` whole.
+    pub fn set_verified(&mut self, slot: SlotIndex) {
+        self.unverified.remove(&slot);
+    }
+
+    pub fn unverified_count(&self) -> usize {
+        self.unverified.len()
+    }
+
+    /// Up to `n` unverified entries, with their keys (for background verification).
+    pub fn some_unverified(&self, n: usize) -> Vec<(SlotIndex, Box<[u8]>)> {
+        self.unverified.iter().take(n).map(|(&s, k)| (s, k.clone())).collect()
     }
 
     /// Builds an index from recovered entries. Slots must be below `slot_count`.
@@ -243,7 +277,7 @@ impl Index {
         // The slots claimed so far, to settle a slot claimed twice.
         let mut claimed: HashSet<u64> = HashSet::new();
         claimed.try_reserve(hint).map_err(|_| oom(hint))?;
-        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None };
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: HashMap::new() };
         let mut losers = Vec::new();
         for (key, e) in entries {
             if claimed.contains(&e.slot.0) {
@@ -282,7 +316,12 @@ impl Index {
     /// Rough heap bytes: map buckets, keys, and the free ranges.
     pub fn approx_bytes(&self) -> usize {
         let keys: usize = self.map.keys().map(|k| k.len()).sum();
-        self.map.capacity() * BUCKET_BYTES + keys + self.free.approx_bytes() + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
+        let unverified: usize = self.unverified.values().map(|k| k.len() + 40).sum();
+        self.map.capacity() * BUCKET_BYTES
+            + keys
+            + self.free.approx_bytes()
+            + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
+            + unverified
     }
 }
 

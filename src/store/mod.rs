@@ -6,13 +6,15 @@
 //! - `batch`: the same for many keys in one call, through the engine;
 //! - `headers`: batched header reads through the handle's engine;
 //! - `checkpoint`: writing and loading the index in the two containers;
+//! - `lease`: the lease journal, which slots may have changed since the checkpoint;
 //! - `recovery`: rebuilding the index after a restart;
 //! - [`index`]: the in-memory map and slot allocation;
 //! - `listing`: the indexed keys a page at a time, in key order;
 //! - `metrics`: the data calls' counters and latency histograms.
 //!
-//! Locks, always taken in this order: `checkpoints`, then `state`; `records`
-//! and `io_totals` are leaves (nothing else is taken while they are held).
+//! Locks, always taken in this order: `checkpoints`, then `lease_io`, then
+//! `state`; `records` and `io_totals` are leaves (nothing else is taken while
+//! they are held).
 
 mod batch;
 mod checkpoint;
@@ -21,6 +23,7 @@ mod evict;
 mod first_start;
 mod headers;
 pub mod index;
+mod lease;
 mod listing;
 mod metrics;
 mod open;
@@ -38,6 +41,7 @@ use index::Index;
 pub use checkpoint::CheckpointInfo;
 pub use evict::{Evicted, Eviction, EvictionPolicy, MAX_EVICTED_QUEUED};
 pub use headers::HeaderRead;
+pub use lease::VerifyProgress;
 pub use listing::{KeyCursor, KeyInfo};
 pub use metrics::{Latency, MetricsSnapshot};
 pub use open::{FormatOptions, OpenMode, OpenOptions, SuperblockSource};
@@ -65,6 +69,13 @@ struct State {
     evicted: evict::EvictedQueue,
     /// What a put does when no slot is free (none by default).
     eviction: Eviction,
+    /// Slots leased since the checkpoint (devices with a lease journal).
+    leases: lease::Leases,
+    /// Puts, deletes and evictions since open, and their count at the last checkpoint.
+    changes: u64,
+    checkpointed_changes: u64,
+    /// Entries trusted by a fast recovery that their first read found gone.
+    lazily_dropped: u64,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call
@@ -76,6 +87,8 @@ pub struct Store {
     faults: FaultTable,
     state: Mutex<State>,
     checkpoints: Mutex<checkpoint::Cursor>,
+    /// Held while a lease batch is written, and while a checkpoint's snapshot is taken.
+    lease_io: Mutex<()>,
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,
@@ -168,6 +181,18 @@ impl Store {
 }
 
 impl State {
+    /// Slots no entry holds and no write is using: free, or leased and unused.
+    fn free_slots(&self) -> usize {
+        self.index.free_slots() + self.leases.pooled()
+    }
+
+    /// Installs a newly written entry: its slot is no longer in flight.
+    fn install(&mut self, key: &[u8], entry: index::Entry) -> index::Displaced {
+        self.leases.settle(entry.slot);
+        self.changes += 1;
+        self.index.install(key, entry)
+    }
+
     /// A hybrid clock: increasing within a run, and ahead of every earlier
     /// run's generations after a restart, even those no checkpoint recorded.
     fn next_generation(&mut self) -> Generation {

@@ -5,20 +5,26 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::index::{Entry, Index};
+use super::lease::{Journal, Leases};
 use super::{Phase, Store};
 use crate::sync::lock;
 use crate::engine::{BatchStats, EngineKind, ReadResult};
 use crate::error::{Error, Result};
 use super::checkpoint::LoadedCheckpoint;
 use crate::format::checkpoint::CheckpointEntry;
+use crate::format::lease::SlotRun;
 use crate::format::{SlotHeader, SlotIndex, SlotState};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoverMode {
-    /// The checkpoint when one verifies, otherwise a scan.
+    /// On a device with a lease journal: the newest checkpoint, trusted, plus the headers
+    /// of the slots leased since it (fast recovery). Otherwise, or when the newest
+    /// checkpoint does not verify, or with `keep_unreadable` or `scrub_free`: the
+    /// checkpoint validated entry by entry when one verifies, else a scan.
     #[default]
     Auto,
-    /// The checkpoint only; none verifying leaves the index empty.
+    /// The checkpoint only, every entry validated against its header (full validation);
+    /// none verifying leaves the index empty. Puts since the checkpoint are not indexed.
     Checkpoint,
     /// Every slot header, ignoring checkpoints; a key found more than once keeps its
     /// highest generation whose value verifies.
@@ -43,6 +49,8 @@ pub enum RecoveredFrom {
     Nothing,
     Checkpoint,
     Scan,
+    /// The checkpoint (or none yet) and the slots leased since it.
+    Journal,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +79,13 @@ pub struct RecoverReport {
     pub io: BatchStats,
     /// The first I/O error's errno among unreadable headers (0 if none).
     pub first_errno: i32,
+    /// Fast recovery: checkpoint entries indexed without a read (verified on first get).
+    pub trusted_unread: u64,
+    /// Fast recovery: slots leased since the checkpoint, whose headers were read.
+    pub leased_slots: u64,
+    /// Fast recovery: entries indexed from leased slots that the checkpoint does not list
+    /// (puts made after it).
+    pub recovered_since_checkpoint: u64,
 }
 
 impl RecoverReport {
@@ -93,6 +108,9 @@ impl RecoverReport {
             validate_ns: 0,
             io: BatchStats::default(),
             first_errno: 0,
+            trusted_unread: 0,
+            leased_slots: 0,
+            recovered_since_checkpoint: 0,
         }
     }
 }
@@ -141,9 +159,29 @@ impl Store {
             }
         }
         let (cursor, loaded) = self.load_checkpoint()?;
+        let journal = if self.has_journal() { Some(self.read_journal()?) } else { None };
         let mut report = RecoverReport::new(self.engine.kind(), start.elapsed().as_nanos() as u64);
         let validate_start = Instant::now();
-        let (index, invalidate) = self.rebuild(opts, loaded.as_ref(), &mut report)?;
+        // Fast recovery needs the newest commit record on the device to be the checkpoint
+        // that loaded (or none ever written): a damaged newer one may have obsoleted
+        // journal records the older checkpoint would need.
+        // With no commit record at all, the journal must never have seen a checkpoint either
+        // (every record of epoch 0): otherwise the checkpoints were destroyed, not absent.
+        let newest_loaded = match (&loaded, &journal) {
+            (Some(ck), _) => ck.header.sequence + 1 == cursor.next_sequence,
+            (None, Some(j)) => cursor.next_sequence <= 1 && !j.saw_a_checkpoint(),
+            (None, None) => false,
+        };
+        let fast = opts.mode == RecoverMode::Auto && !opts.keep_unreadable && !opts.scrub_free && newest_loaded;
+        let since = loaded.as_ref().map_or(0, |ck| ck.header.sequence);
+        let (index, invalidate) = match (&journal, fast) {
+            // Slots were written without leases: only a scan finds them all.
+            (Some(j), true) if j.overflowed_since(since) => {
+                self.rebuild(&RecoverOptions { mode: RecoverMode::Scan, ..*opts }, loaded.as_ref(), &mut report)?
+            }
+            (Some(j), true) => self.rebuild_fast(loaded.as_ref(), j, &mut report)?,
+            _ => self.rebuild(opts, loaded.as_ref(), &mut report)?,
+        };
         report.validate_ns = validate_start.elapsed().as_nanos() as u64;
         report.indexed = index.len() as u64;
         // A writable handle's phase cannot have moved meanwhile: its writes wait for recovery.
@@ -159,6 +197,9 @@ impl Store {
                 st.index.reserve(slot);
                 st.pending_invalidation.push(slot);
             }
+        }
+        if let Some(j) = &journal {
+            st.leases = Leases::recovered(since, j);
         }
         st.phase = Phase::Ready;
         *cursor_slot = cursor;
@@ -187,6 +228,88 @@ impl Store {
         let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report)?;
         let orphans = if opts.scrub_free { self.find_orphans(&index, report) } else { Vec::new() };
         Ok((index, orphans))
+    }
+
+    /// Fast recovery: the checkpoint's entries, trusted unread unless their slot was leased
+    /// since; the headers of the leased slots (the journal's and the checkpoint's carried
+    /// ones), whose valid entries newer than the checkpoint's are indexed. Returns the index
+    /// and the slots to invalidate before the first write: leased slots holding anything but
+    /// an indexed entry or nothing, and superseded copies.
+    fn rebuild_fast(
+        &self,
+        ck: Option<&LoadedCheckpoint>,
+        journal: &Journal,
+        report: &mut RecoverReport,
+    ) -> Result<(Index, Vec<SlotIndex>)> {
+        let g = self.sb.geometry;
+        report.from = RecoveredFrom::Journal;
+        let (entries, carried) = match ck {
+            Some(ck) => (ck.entries().map_err(Error::Corrupt)?, ck.carried().map_err(Error::Corrupt)?),
+            None => (Vec::new(), Vec::new()),
+        };
+        let since = ck.map_or(0, |ck| ck.header.sequence);
+        report.checkpoint_sequence = since;
+        report.checkpoint_entries = entries.len() as u64;
+        let mut leased = journal.leased_since(since, g.slot_count());
+        leased.extend(carried.iter().flat_map(SlotRun::slots).filter(|s| g.has_slot(*s)));
+        leased.sort_unstable();
+        leased.dedup();
+        report.leased_slots = leased.len() as u64;
+
+        // The leased slots' headers, chunk by chunk.
+        let mut found: Vec<(Box<[u8]>, Entry)> = Vec::new();
+        let mut invalidate = Vec::new();
+        for chunk in leased.chunks(SCAN_CHUNK as usize) {
+            // Leased slots holding neither a valid header nor nothing are zeroed.
+            self.scan_chunk(chunk, &mut found, &mut invalidate, report);
+        }
+        let found_at: HashMap<SlotIndex, usize> = found.iter().enumerate().map(|(i, (_, e))| (e.slot, i)).collect();
+
+        // The checkpoint's entries: a leased slot was read, and its header decides.
+        let mut kept: Vec<(&[u8], Entry)> = Vec::with_capacity(entries.len() + found.len());
+        let mut trusted: Vec<(SlotIndex, &[u8])> = Vec::with_capacity(entries.len());
+        let mut listed: std::collections::HashSet<SlotIndex> = std::collections::HashSet::new();
+        for ce in &entries {
+            let plausible =
+                g.has_slot(ce.slot) && ce.payload_len <= g.max_payload() && !ce.key.is_empty() && ce.key.len() <= g.max_key_bytes() as usize;
+            let entry = Entry { slot: ce.slot, generation: ce.generation, payload_len: ce.payload_len, payload_crc: ce.payload_crc };
+            if !plausible {
+                report.dropped_stale += 1;
+            } else if leased.binary_search(&ce.slot).is_ok() {
+                match found_at.get(&ce.slot).map(|&i| &found[i]) {
+                    Some((key, e)) if **key == *ce.key && *e == entry => {
+                        listed.insert(ce.slot);
+                    }
+                    _ => report.dropped_stale += 1, // deleted, replaced or evicted since
+                }
+            } else {
+                kept.push((ce.key, entry));
+                trusted.push((ce.slot, ce.key));
+            }
+        }
+        kept.extend(found.iter().map(|(k, e)| (&k[..], *e)));
+        let (mut index, mut losers) = Index::rebuild(g.slot_count(), kept.iter().copied())?;
+        let torn = self.torn_newer_copies(&kept, &index, &losers);
+        if !torn.is_empty() {
+            let sound: Vec<(&[u8], Entry)> = kept.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
+            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
+            losers.extend(torn);
+        }
+        report.dropped_stale += losers.len() as u64;
+        invalidate.extend(losers.iter().map(|e| e.slot).filter(|&s| !index.is_used(s)));
+        for (slot, key) in trusted {
+            if index.get(key).map(|e| e.slot) == Some(slot) {
+                index.mark_unverified(slot, key)?;
+                report.trusted_unread += 1;
+            }
+        }
+        report.recovered_since_checkpoint = found
+            .iter()
+            .filter(|(k, e)| !listed.contains(&e.slot) && index.get(k) == Some(*e))
+            .count() as u64;
+        invalidate.sort_unstable();
+        invalidate.dedup();
+        Ok((index, invalidate))
     }
 
     /// Every checkpoint entry checked against its slot header; entries that do not match are dropped.
@@ -278,7 +401,7 @@ impl Store {
         for first in (0..g.slot_count()).step_by(SCAN_CHUNK as usize) {
             chunk.clear();
             chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
-            self.scan_chunk(&chunk, &mut valid, report);
+            self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
         let refs: Vec<(&[u8], Entry)> = valid.iter().map(|(k, e)| (&k[..], *e)).collect();
         let (mut index, mut losers) = Index::rebuild(g.slot_count(), refs.iter().copied())?;
@@ -293,8 +416,9 @@ impl Store {
         Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
 
-    /// Reads one chunk's headers; valid ones join `valid`, the rest are counted.
-    fn scan_chunk(&self, slots: &[SlotIndex], valid: &mut Vec<(Box<[u8]>, Entry)>, report: &mut RecoverReport) {
+    /// Reads one chunk's headers; valid ones join `valid`, slots holding anything else but
+    /// nothing (stale or unreadable) join `dropped`; all are counted.
+    fn scan_chunk(&self, slots: &[SlotIndex], valid: &mut Vec<(Box<[u8]>, Entry)>, dropped: &mut Vec<SlotIndex>, report: &mut RecoverReport) {
         let g = self.sb.geometry;
         let mut scanned: Vec<Scanned> = (0..slots.len()).map(|_| Scanned::Empty).collect();
         let id = self.sb.device_id;
@@ -313,13 +437,17 @@ impl Store {
         };
         report.io.merge(&self.read_slot_headers(slots, &mut scanned, &decode));
         report.header_reads += slots.len() as u64;
-        for s in scanned {
+        for (s, &slot) in scanned.into_iter().zip(slots) {
             match s {
                 Scanned::Valid(key, e) if e.payload_len <= g.max_payload() => valid.push((key, e)),
-                Scanned::Valid(..) | Scanned::Stale => report.dropped_stale += 1,
+                Scanned::Valid(..) | Scanned::Stale => {
+                    report.dropped_stale += 1;
+                    dropped.push(slot);
+                }
                 Scanned::Empty => report.empty_slots += 1,
                 Scanned::Unreadable(errno) => {
                     report.dropped_unreadable += 1;
+                    dropped.push(slot);
                     if report.first_errno == 0 {
                         report.first_errno = errno;
                     }

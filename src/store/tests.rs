@@ -41,6 +41,11 @@ fn reopen(p: &Path, engine: EngineChoice, read_only: bool) -> Store {
     Store::open(p, &opts).unwrap()
 }
 
+/// Full validation: every checkpoint entry checked against its header.
+fn full() -> RecoverOptions {
+    RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() }
+}
+
 fn get(s: &Store, key: &[u8]) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; s.geometry().max_payload() as usize];
     let n = s.get(key, &mut buf)?;
@@ -69,10 +74,10 @@ fn put_get_round_trips_many_sizes() {
 fn replace_delete_contains() {
     let (_p, s) = small("replace");
     s.put(b"a", b"one").unwrap();
-    let slots_free = lock(&s.state).index.free_slots();
+    let slots_free = lock(&s.state).free_slots();
     s.put(b"a", b"two").unwrap();
     assert_eq!(get(&s, b"a").unwrap(), b"two");
-    assert_eq!(lock(&s.state).index.free_slots(), slots_free, "the old slot was freed");
+    assert_eq!(lock(&s.state).free_slots(), slots_free, "the old slot was freed");
     assert!(s.contains(b"a").unwrap());
     s.delete(b"a").unwrap();
     assert!(!s.contains(b"a").unwrap());
@@ -152,6 +157,11 @@ fn checkpoint_then_recover_with_every_engine() {
     for engine in [EngineChoice::Posix, EngineChoice::IoUring] {
         let s = reopen(&p, engine, true);
         let r = s.recover(&RecoverOptions::default()).unwrap();
+        assert_eq!(r.from, RecoveredFrom::Journal, "fast recovery is the default");
+        assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.indexed), (1, 39, 39));
+        assert_eq!((r.trusted_unread, r.recovered_since_checkpoint), (39, 0));
+        assert_eq!(r.header_reads, r.leased_slots, "only leased (here: leased and unused) slots are read");
+        let r = s.recover(&full()).unwrap();
         assert_eq!(r.from, RecoveredFrom::Checkpoint);
         assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.indexed), (1, 39, 39));
         assert_eq!((r.dropped_stale, r.dropped_unreadable, r.header_reads), (0, 0, 39));
@@ -182,10 +192,19 @@ fn one_stale_header_is_dropped_and_only_it() {
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at(&[0xFF; 8], off + 40).unwrap(); // inside the generation field
     drop(f);
-    let s = reopen(&p, EngineChoice::Auto, false);
-    let r = s.recover(&RecoverOptions::default()).unwrap();
+    let s = reopen(&p, EngineChoice::Auto, true);
+    let r = s.recover(&full()).unwrap();
     assert_eq!((r.indexed, r.dropped_stale, r.dropped_unreadable), (49, 1, 0));
     assert!(!s.contains(b"k17").unwrap());
+    assert_eq!(get(&s, b"k16").unwrap(), value(16, 3000));
+    drop(s);
+    // Fast recovery trusts it unread; the first get finds the header is not its own.
+    let s = reopen(&p, EngineChoice::Auto, false);
+    let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.indexed, r.trusted_unread), (50, 50));
+    assert!(s.contains(b"k17").unwrap());
+    assert!(matches!(get(&s, b"k17"), Err(Error::NotFound)), "gone, not corrupt");
+    assert!(!s.contains(b"k17").unwrap(), "and dropped");
     assert_eq!(get(&s, b"k16").unwrap(), value(16, 3000));
 }
 
@@ -210,7 +229,7 @@ fn header_from_a_previous_format_is_stale() {
     f.write_all_at(&old_header, off).unwrap();
     drop(f);
     let s = reopen(&p, EngineChoice::Posix, true);
-    let r = s.recover(&RecoverOptions::default()).unwrap();
+    let r = s.recover(&full()).unwrap();
     assert_eq!((r.indexed, r.dropped_stale), (1, 1));
     let r = s.recover(&RecoverOptions { mode: RecoverMode::Scan, ..Default::default() }).unwrap();
     assert_eq!((r.from, r.indexed), (RecoveredFrom::Scan, 1), "a scan ignores the foreign header too");
@@ -283,8 +302,8 @@ fn scan_rebuilds_without_a_checkpoint_and_prefers_newer_generations() {
     f.write_all_at(&old, old_off).unwrap();
     drop(s);
     let s = reopen(&p, EngineChoice::IoUring, false);
-    let r = s.recover(&RecoverOptions::default()).unwrap();
-    assert_eq!(r.from, RecoveredFrom::Scan, "no checkpoint was written");
+    let r = s.recover(&RecoverOptions { mode: RecoverMode::Scan, ..Default::default() }).unwrap();
+    assert_eq!(r.from, RecoveredFrom::Scan);
     assert_eq!((r.indexed, r.dropped_stale), (30, 1));
     assert_eq!(r.header_reads, s.geometry().slot_count());
     assert_eq!(r.empty_slots, s.geometry().slot_count() - 31);
@@ -308,7 +327,7 @@ fn unreadable_entries_are_counted_apart_or_kept() {
     drop(s);
     let s = reopen(&p, EngineChoice::IoUring, true);
     s.inject_read_faults(&[slot], libc::EIO, FaultMode::Persistent);
-    let r = s.recover(&RecoverOptions::default()).unwrap();
+    let r = s.recover(&full()).unwrap();
     assert_eq!((r.indexed, r.dropped_stale, r.dropped_unreadable, r.first_errno), (19, 0, 1, libc::EIO));
     let r = s.recover(&RecoverOptions { keep_unreadable: true, ..Default::default() }).unwrap();
     assert_eq!((r.indexed, r.kept_unverified), (20, 1));
@@ -365,7 +384,7 @@ fn concurrent_writers_and_readers_never_see_wrong_bytes() {
             }
         });
     });
-    let free = lock(&s.state).index.free_slots() as u64;
+    let free = lock(&s.state).free_slots() as u64;
     assert_eq!(free + s.len() as u64, s.geometry().slot_count(), "no slot leaked");
 }
 
@@ -393,7 +412,7 @@ fn half_written_slot_header_drops_only_that_entry() {
     f.write_all_at(&newer[..512], off).unwrap();
     drop(f);
     let s = reopen(&p, EngineChoice::IoUring, true);
-    let r = s.recover(&RecoverOptions::default()).unwrap();
+    let r = s.recover(&full()).unwrap();
     assert_eq!((r.indexed, r.dropped_stale), (9, 1));
     assert!(!s.contains(b"k4").unwrap());
     let mut out = vec![String::new()];
@@ -452,6 +471,8 @@ fn other_geometry_is_a_format_error_or_stale() {
     drop(Store::open(&p, &opts).unwrap());
     let s = reopen(&p, EngineChoice::Posix, true);
     let r = s.recover(&RecoverOptions::default()).unwrap();
+    assert_eq!((r.from, r.indexed, r.leased_slots), (RecoveredFrom::Journal, 0, 0), "no lease record carries the new id");
+    let r = s.recover(&RecoverOptions { mode: RecoverMode::Scan, ..Default::default() }).unwrap();
     assert_eq!((r.from, r.indexed), (RecoveredFrom::Scan, 0));
     drop(s);
     // A superblock whose geometry does not fit the device is refused outright.
@@ -506,7 +527,7 @@ fn scrubbing_free_slots_keeps_deleted_keys_deleted_through_a_later_scan() {
         let g = *s.geometry();
         drop(s);
         let s = reopen(&p, EngineChoice::IoUring, false);
-        let r = s.recover(&RecoverOptions { scrub_free: scrub, ..Default::default() }).unwrap();
+        let r = s.recover(&RecoverOptions { scrub_free: scrub, ..full() }).unwrap();
         assert_eq!(r.indexed, 0, "v1's header was zeroed when v2 replaced it");
         assert_eq!(r.orphans, if scrub { 2 } else { 0 });
         if scrub {
