@@ -100,7 +100,6 @@ static inline rb_device *test_create(const char *path, uint64_t capacity, uint64
     return s == RB_OK ? dev : NULL;
 }
 
-/* The runner. */
 /* Full validation (RB_RECOVER_CHECKPOINT): every checkpoint entry's header read and checked.
  * Tests of header reads and stale entries use it; RB_RECOVER_AUTO trusts the checkpoint. */
 static inline rb_status recover_full(rb_device *dev, rb_recover_report *rep) {
@@ -110,6 +109,7 @@ static inline rb_status recover_full(rb_device *dev, rb_recover_report *rep) {
     return rb_recover(dev, &o, rep);
 }
 
+/* The runner. */
 static struct {
     const char *only; /* argv[1]: run just this case */
     int list;         /* --list: print the case names, run nothing */

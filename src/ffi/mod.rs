@@ -622,6 +622,37 @@ mod tests {
         assert!(!core.contains("rb_"), "the core message names a C function: {core}");
     }
 
+    /// A caller built before fast recovery passes the shorter report and gets its part.
+    #[test]
+    fn recover_report_accepts_the_size_before_fast_recovery() {
+        let path = scratch("ffi-report");
+        let mut o = rb_options::default();
+        let mut dev = std::ptr::null_mut();
+        // SAFETY: valid pointers throughout; the handle is closed at the end.
+        unsafe {
+            rb_options_init(&mut o);
+            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+            o.capacity_bytes = 8 << 20;
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+            assert_eq!(rb_put(dev, c"k".as_ptr().cast(), 1, c"v".as_ptr().cast(), 1), RB_OK);
+            assert_eq!(rb_checkpoint(dev), RB_OK);
+            assert_eq!(rb_close(dev), RB_OK);
+            o.flags = RB_OPEN_READ_ONLY;
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+            let old = std::mem::offset_of!(rb_recover_report, trusted_unread);
+            let mut r = rb_recover_report { struct_size: old, trusted_unread: 77, leased_slots: 77, ..Default::default() };
+            assert_eq!(rb_recover(dev, std::ptr::null(), &mut r), RB_OK);
+            assert_eq!((r.struct_size, r.source, r.indexed), (old, RB_RECOVERED_JOURNAL, 1));
+            assert_eq!((r.trusted_unread, r.leased_slots), (77, 77), "wrote past the caller's struct_size");
+            let mut full = rb_recover_report { struct_size: std::mem::size_of::<rb_recover_report>(), ..Default::default() };
+            assert_eq!(rb_recover(dev, std::ptr::null(), &mut full), RB_OK);
+            assert_eq!(full.trusted_unread, 1);
+            r.struct_size = old - 1;
+            assert_eq!(rb_recover(dev, std::ptr::null(), &mut r), RB_E_INVALID_ARGUMENT);
+            assert_eq!(rb_close(dev), RB_OK);
+        }
+    }
+
     /// A caller built before engine_note existed passes the shorter struct and gets the rest.
     #[test]
     fn device_info_accepts_the_size_before_engine_note() {

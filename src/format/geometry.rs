@@ -32,7 +32,8 @@ pub struct GeometryRequest {
     pub meta_bytes: u64,
     pub max_key_bytes: u32,
     /// Blocks of the lease journal, on top of `meta_bytes` (0: the default, sized from
-    /// the slot count; see [`default_journal_blocks`]).
+    /// the slot count, see [`default_journal_blocks`]; [`NO_JOURNAL`]: none, as devices
+    /// formatted before the journal existed).
     pub journal_blocks: u32,
 }
 
@@ -41,6 +42,8 @@ pub struct GeometryRequest {
 /// between checkpoints before a put has to take one.
 pub const MIN_JOURNAL_BLOCKS: u32 = 8;
 pub const MAX_JOURNAL_BLOCKS: u32 = 1024;
+/// A `journal_blocks` request for no journal (benchmarks and compatibility tests).
+pub const NO_JOURNAL: u32 = u32::MAX;
 /// Most slots one lease record takes at once.
 pub const LEASE_BATCH_MAX: u64 = 1024;
 
@@ -160,6 +163,7 @@ impl Geometry {
         };
         let journal_blocks = match req.journal_blocks {
             0 => default_journal_blocks(capacity / slot_bytes),
+            NO_JOURNAL => 0,
             j => j,
         };
         let meta_bytes = 2 * block + 2 * container_bytes + journal_blocks as u64 * block;

@@ -198,7 +198,7 @@ impl Store {
                 // cannot be taken (say the index outgrew its container), puts go on without
                 // leases and the next recovery scans.
                 if self.checkpoint().is_err() {
-                    self.overflow_journal()?;
+                    return self.overflow_journal(); // allocate_slot now takes slots unleased
                 }
                 continue;
             };

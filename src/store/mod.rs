@@ -209,6 +209,8 @@ mod batch_tests;
 #[cfg(test)]
 mod evict_tests;
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) use tests::tmp as tmp_path;
