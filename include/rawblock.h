@@ -767,6 +767,17 @@ rb_status rb_sync(struct rb_device *dev);
 // `dev` is a live handle; `out` is NULL or has `out->struct_size` writable bytes.
 rb_status rb_verify_step(struct rb_device *dev, size_t max_entries, struct rb_verify_progress *out);
 
+// Makes the handle checkpoint by itself, checked after each write call (put, delete, their
+// batched forms): once `every_changes` puts, deletes and evictions have happened since the
+// last checkpoint, or once `every_ms` milliseconds have passed since it with anything changed.
+// 0 turns a trigger off; both 0 (the default) leaves checkpoints to the caller. The checkpoint
+// runs in the writing thread; if it fails the write stays acknowledged and the next write
+// tries again. With the lease journal, checkpoints bound how many slots a restart reads.
+//
+// # Safety
+// `dev` is a live handle.
+rb_status rb_set_auto_checkpoint(struct rb_device *dev, uint64_t every_changes, uint64_t every_ms);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

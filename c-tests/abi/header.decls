@@ -263,6 +263,7 @@ rb_status rb_get_metrics(struct rb_device *dev, struct rb_metrics *out);
 rb_status rb_reset_metrics(struct rb_device *dev);
 rb_status rb_sync(struct rb_device *dev);
 rb_status rb_verify_step(struct rb_device *dev, size_t max_entries, struct rb_verify_progress *out);
+rb_status rb_set_auto_checkpoint(struct rb_device *dev, uint64_t every_changes, uint64_t every_ms);
 #ifdef __cplusplus
 }
 #endif

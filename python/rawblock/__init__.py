@@ -718,6 +718,11 @@ class Device:
         with self._guard as h:
             _check(_L.rb_sync(h))
 
+    def set_auto_checkpoint(self, every_changes: int = 0, every_ms: int = 0) -> None:
+        """Checkpoints by itself after every_changes changes or every_ms ms with changes (0: off)."""
+        with self._guard as h:
+            _check(_L.rb_set_auto_checkpoint(h, every_changes, every_ms))
+
     def verify_step(self, max_entries: int) -> VerifyProgress:
         """Verifies up to max_entries entries a fast recovery indexed unread (rb_verify_step)."""
         p = _lib.VerifyProgress()

@@ -298,6 +298,7 @@ SIGNATURES = {
     "rb_reset_metrics": (_status, [_dev]),
     "rb_sync": (_status, [_dev]),
     "rb_verify_step": (_status, [_dev, _size, _P(VerifyProgress)]),
+    "rb_set_auto_checkpoint": (_status, [_dev, ctypes.c_uint64, ctypes.c_uint64]),
 }
 
 

@@ -214,3 +214,13 @@ def test_puts_since_the_checkpoint_survive_a_restart_and_verification_drops_dele
         done = dev.verify_step(1000)
         assert (done.checked, done.dropped, done.remaining) == (r.trusted_unread, 1, 0), "k3 was deleted"
         assert b"k3" not in dev and dev.get(b"k4") == b"v4"
+
+
+def test_auto_checkpoint_policy(path):
+    with create(path) as dev:
+        dev.set_auto_checkpoint(every_changes=10)
+        for i in range(25):
+            dev.put(b"a%d" % i, b"v")
+    with Device.open(path, read_only=True) as dev:
+        r = dev.recover()
+        assert (r.checkpoint_sequence, r.checkpoint_entries, r.recovered_since_checkpoint) == (2, 20, 5)

@@ -54,3 +54,22 @@ pub unsafe extern "C" fn rb_verify_step(dev: *mut rb_device, max_entries: usize,
         Ok(())
     })
 }
+
+/// Makes the handle checkpoint by itself, checked after each write call (put, delete, their
+/// batched forms): once `every_changes` puts, deletes and evictions have happened since the
+/// last checkpoint, or once `every_ms` milliseconds have passed since it with anything changed.
+/// 0 turns a trigger off; both 0 (the default) leaves checkpoints to the caller. The checkpoint
+/// runs in the writing thread; if it fails the write stays acknowledged and the next write
+/// tries again. With the lease journal, checkpoints bound how many slots a restart reads.
+///
+/// # Safety
+/// `dev` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rb_set_auto_checkpoint(dev: *mut rb_device, every_changes: u64, every_ms: u64) -> rb_status {
+    guard("rb_set_auto_checkpoint", || {
+        // SAFETY: a live handle.
+        let s = unsafe { device(dev)? };
+        s.set_auto_checkpoint(crate::store::AutoCheckpoint { every_changes, every: std::time::Duration::from_millis(every_ms) });
+        Ok(())
+    })
+}

@@ -34,6 +34,16 @@ pub struct CheckpointInfo {
     pub payload_bytes: u64,
 }
 
+/// When a handle checkpoints by itself, checked after each write call: after `every_changes`
+/// puts, deletes and evictions since the last checkpoint, or once `every` has passed since
+/// it with anything changed. Zero turns a trigger off; both off (the default) leaves
+/// checkpoints to the caller. An idle handle takes none: nothing changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoCheckpoint {
+    pub every_changes: u64,
+    pub every: std::time::Duration,
+}
+
 /// A checkpoint whose header and payload both verified.
 pub(super) struct LoadedCheckpoint {
     pub header: CheckpointHeader,
@@ -89,6 +99,7 @@ impl Store {
         let mut st = lock(&self.state);
         st.leases.committed(sequence);
         st.checkpointed_changes = st.changes;
+        st.checkpointed_at = std::time::Instant::now();
         Ok(CheckpointInfo { sequence, entries: encoded.entries, payload_bytes: encoded.len })
     }
 
@@ -147,6 +158,37 @@ impl Store {
         self.dev.sync().map_err(|e| io("syncing the payload", e))?;
         self.dev.write_at(&header_block, base).map_err(|e| io("writing the commit record", e))?;
         self.dev.sync().map_err(|e| io("syncing the commit record", e))
+    }
+
+    /// Sets when this handle checkpoints by itself ([`AutoCheckpoint`]).
+    pub fn set_auto_checkpoint(&self, policy: AutoCheckpoint) {
+        lock(&self.state).auto_checkpoint = policy;
+    }
+
+    /// Takes a checkpoint when the auto-checkpoint policy says it is due. A failure leaves
+    /// the write that triggered it acknowledged: it is counted, and the next write tries again.
+    pub(super) fn maybe_checkpoint(&self) {
+        let due = {
+            let st = lock(&self.state);
+            let changed = st.changes - st.checkpointed_changes;
+            let p = st.auto_checkpoint;
+            changed > 0
+                && st.phase == super::Phase::Ready
+                && ((p.every_changes > 0 && changed >= p.every_changes)
+                    || (!p.every.is_zero() && st.checkpointed_at.elapsed() >= p.every))
+        };
+        // One at a time: a write that finds a checkpoint running leaves it to that one.
+        if !due || self.checkpoints.try_lock().is_err() {
+            return;
+        }
+        if self.checkpoint().is_err() {
+            lock(&self.state).auto_checkpoint_failures += 1;
+        }
+    }
+
+    /// Checkpoints the policy took by itself that failed (the writes stayed acknowledged).
+    pub fn auto_checkpoint_failures(&self) -> u64 {
+        lock(&self.state).auto_checkpoint_failures
     }
 
     /// Finds the newest checkpoint of this device whose header and payload both verify.

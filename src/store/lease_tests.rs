@@ -326,3 +326,24 @@ fn a_device_without_a_journal_recovers_by_full_validation() {
     assert_eq!((r.from, r.indexed, r.header_reads), (RecoveredFrom::Checkpoint, 1, 1));
     assert!(matches!(get(&s, b"b"), Err(Error::NotFound)), "as before: puts since the checkpoint need a scan");
 }
+
+#[test]
+fn the_auto_checkpoint_policy_checkpoints_after_enough_changes_or_time() {
+    let (p, s) = small("lease-auto");
+    s.set_auto_checkpoint(AutoCheckpoint { every_changes: 50, every: std::time::Duration::ZERO });
+    for i in 0..120 {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    assert_eq!(lock(&s.checkpoints).next_sequence, 3, "two checkpoints: after 50 and 100 changes");
+    s.set_auto_checkpoint(AutoCheckpoint { every_changes: 0, every: std::time::Duration::from_millis(30) });
+    s.put(b"x", b"1").unwrap();
+    assert_eq!(lock(&s.checkpoints).next_sequence, 3, "not yet: 30 ms have not passed");
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    s.delete(b"x").unwrap();
+    assert_eq!(lock(&s.checkpoints).next_sequence, 4, "the interval passed with changes pending");
+    assert_eq!(s.auto_checkpoint_failures(), 0);
+    drop(s);
+    let s = reopen(&p, true);
+    let r = s.recover(&auto()).unwrap();
+    assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.recovered_since_checkpoint), (3, 120, 0));
+}

@@ -253,6 +253,7 @@ impl Store {
         if self.metrics.put_done(&r, value.len()) {
             self.metrics.put.record(elapsed_ns(t));
         }
+        self.maybe_checkpoint();
         r
     }
 
@@ -271,6 +272,7 @@ impl Store {
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         let r = self.delete_unmetered(key);
         self.metrics.delete_done(&r);
+        self.maybe_checkpoint();
         r
     }
 
@@ -299,6 +301,7 @@ impl Store {
         if !results.is_empty() {
             self.metrics.put_many.record(elapsed_ns(t));
         }
+        self.maybe_checkpoint();
         Ok(results)
     }
 
@@ -308,6 +311,7 @@ impl Store {
         for r in &results {
             self.metrics.delete_done(r);
         }
+        self.maybe_checkpoint();
         Ok(results)
     }
 

@@ -38,7 +38,7 @@ use crate::format::{Generation, Geometry, SlotIndex, Superblock};
 use crate::sync::lock;
 use index::Index;
 
-pub use checkpoint::CheckpointInfo;
+pub use checkpoint::{AutoCheckpoint, CheckpointInfo};
 pub use evict::{Evicted, Eviction, EvictionPolicy, MAX_EVICTED_QUEUED};
 pub use headers::HeaderRead;
 pub use lease::VerifyProgress;
@@ -76,6 +76,10 @@ struct State {
     checkpointed_changes: u64,
     /// Entries trusted by a fast recovery that their first read found gone.
     lazily_dropped: u64,
+    /// When the handle checkpoints by itself, and when it last checkpointed.
+    auto_checkpoint: checkpoint::AutoCheckpoint,
+    checkpointed_at: std::time::Instant,
+    auto_checkpoint_failures: u64,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call
