@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
+.PHONY: all build header check-header test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
 
 all: build
 
@@ -57,19 +57,32 @@ readme-example: build
 	$(CC) -std=c11 -Wall -Werror -Iinclude target/readme-example.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/readme-example
 	./target/readme-example
 
-# The Python package's tests, in a venv under target/ so a fresh machine needs nothing by hand.
+# The Python package. `make wheel` builds target/wheels/rawblock-*.whl with librawblock.so
+# inside (python/setup.py's build hook runs cargo), which installs on a machine without Rust.
+# The tools venv (pip) lives under target/ so a fresh machine needs nothing by hand.
 VENV := target/venv
-# numpy: the batched calls take numpy arrays as zero-copy destinations, and the tests prove it.
-VENV_DEPS := $(VENV)/.deps-pytest-numpy
-$(VENV_DEPS):
+WHEEL_DIR := target/wheels
+$(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet pytest numpy
-	@touch $@
 
+wheel: build $(VENV)/bin/pip
+	@rm -rf $(WHEEL_DIR) python/build && mkdir -p $(WHEEL_DIR)
+	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR) ./python
+	@ls $(WHEEL_DIR)/rawblock-*-py3-none-*.whl
+
+# The Python tests run against the installed wheel in a fresh venv, from outside the source
+# tree and without RAWBLOCK_LIB, so they test what a user gets (tests/test_packaging.py checks
+# that the package imported is the installed one with its bundled library).
+# numpy: the batched calls take numpy arrays as zero-copy destinations, and the tests prove it.
 # tests/test_header.py compiles a probe with $(CC) against the header and checks _lib.py against it.
-py-test: build $(VENV_DEPS)
-	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
-	  PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q -rs tests
+PY_TEST_VENV := target/py-test-venv
+py-test: wheel
+	@rm -rf $(PY_TEST_VENV) target/py-test && mkdir -p target/py-test
+	$(PYTHON) -m venv $(PY_TEST_VENV)
+	PATH=/usr/bin:/bin $(PY_TEST_VENV)/bin/pip install --quiet pytest numpy $(WHEEL_DIR)/rawblock-*.whl
+	cd target/py-test && env -u RAWBLOCK_LIB RAWBLOCK_EXPECT_INSTALLED=1 RAWBLOCK_WHEEL="$$(ls $(CURDIR)/$(WHEEL_DIR)/rawblock-*.whl)" \
+	  RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
+	  $(CURDIR)/$(PY_TEST_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider $(CURDIR)/python/tests
 
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build
