@@ -187,11 +187,12 @@ examples-test: build
 	else echo "examples-test: Go example skipped (no Go toolchain; apt-get install golang-go to run it)"; fi
 
 # make install PREFIX=/usr/local [DESTDIR=...]: the library with its SONAME and symlinks,
-# the header, and rawblock.pc for pkg-config.
+# the header, rawblock.pc for pkg-config, and the rawblock tool.
 PREFIX ?= /usr/local
 DESTDIR ?=
 install: build
-	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(LIBDIR)/rawblock $(DESTDIR)$(PREFIX)/bin/rawblock
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI).0.0
 	ln -sf librawblock.so.$(ABI).0.0 $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI)
 	ln -sf librawblock.so.$(ABI) $(DESTDIR)$(PREFIX)/lib/librawblock.so
