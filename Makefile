@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
+.PHONY: all build header check-header man man-check test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
 
 all: build
 
@@ -32,6 +32,15 @@ check-header: $(CBINDGEN)
 	@diff -u include/rawblock.h target/rawblock.h.generated \
 	  || { echo "include/rawblock.h differs from the code: run 'make header' and commit it"; exit 1; }
 	@echo "header: include/rawblock.h matches the code"
+
+# The reference pages (docs/man/*.md, one per function): every function of the header has one,
+# with the header's declaration as its SYNOPSIS, so the two cannot drift; `man` builds the roff.
+man-check:
+	$(PYTHON) docs/man/man.py check include/rawblock.h docs/man
+
+man:
+	@rm -rf target/man
+	$(PYTHON) docs/man/man.py roff docs/man target/man
 
 # The power-loss simulator's default sweep (2,500+ crash images, docs/RECOVERY.md) runs on
 # its own so that its counts show.
@@ -105,7 +114,7 @@ valgrind: build
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header abi-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
+test: check-header abi-check man-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into
@@ -187,12 +196,16 @@ examples-test: build
 	else echo "examples-test: Go example skipped (no Go toolchain; apt-get install golang-go to run it)"; fi
 
 # make install PREFIX=/usr/local [DESTDIR=...]: the library with its SONAME and symlinks,
-# the header, rawblock.pc for pkg-config, and the rawblock tool.
+# the header, rawblock.pc for pkg-config, the rawblock tool, and the man pages (rawblock(1),
+# rawblock(3) and one per function).
 PREFIX ?= /usr/local
 DESTDIR ?=
-install: build
+install: build man
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(LIBDIR)/rawblock $(DESTDIR)$(PREFIX)/bin/rawblock
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
+	install -m 0644 target/man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 target/man/man3/*.3 $(DESTDIR)$(PREFIX)/share/man/man3/
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI).0.0
 	ln -sf librawblock.so.$(ABI).0.0 $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI)
 	ln -sf librawblock.so.$(ABI) $(DESTDIR)$(PREFIX)/lib/librawblock.so
@@ -217,6 +230,23 @@ install-test:
 	@ldd target/install-test/open | grep -q "librawblock.so.$(ABI) => $(CURDIR)/target/install-test/prefix/lib" \
 	  || { echo "install-test: the program did not load the installed library"; ldd target/install-test/open; exit 1; }
 	@echo "install-test: built with pkg-config against an installed copy (SONAME librawblock.so.$(ABI)) and ran"
+	@p=target/install-test/prefix; \
+	for f in $$(sed -n 's/^.*[ *]\(rb_[a-z_0-9]*\)(.*/\1/p' include/rawblock.h) rawblock; do \
+	  [ -s $$p/share/man/man3/$$f.3 ] || { echo "install-test: $$f(3) was not installed"; exit 1; }; done; \
+	[ -s $$p/share/man/man1/rawblock.1 ] || { echo "install-test: rawblock(1) was not installed"; exit 1; }; \
+	if command -v groff >/dev/null && command -v man >/dev/null; then \
+	  out=$$(groff -man -Tutf8 -ww -z $$p/share/man/man1/*.1 $$p/share/man/man3/*.3 2>&1); \
+	  [ -z "$$out" ] || { echo "install-test: groff warns about the man pages:"; echo "$$out"; exit 1; }; \
+	  MANPATH=$$p/share/man man -P cat rb_open 2>/dev/null | grep -q 'rb_status rb_open(const char \*path' \
+	    || { echo "install-test: man rb_open did not show the installed page"; exit 1; }; \
+	else echo "install-test: man pages not rendered (groff or man is not installed)"; fi; \
+	echo "install-test: $$(ls $$p/share/man/man3 | wc -l) pages in man3 and rawblock(1) installed"
+	@p=$(CURDIR)/target/install-test/prefix; img=$(CURDIR)/target/install-test/tool.img; rm -f $$img; \
+	$$p/bin/rawblock format $$img --capacity 8M --slot-bytes 64K >/dev/null && \
+	printf 'value' | $$p/bin/rawblock put $$img key && [ "$$($$p/bin/rawblock get $$img key)" = value ] && \
+	$$p/bin/rawblock check $$img --deep | grep -q '^no damage found$$' \
+	  || { echo "install-test: the installed rawblock tool failed"; exit 1; }; rm -f $$img
+	@echo "install-test: the installed rawblock tool formatted, put, got and checked an image"
 
 # ABI guard: the exported symbols and the header's declarations must match the committed
 # expectations in c-tests/abi/. An intended change: run 'make abi-update' and commit them.

@@ -291,3 +291,20 @@ fn bad_usage_and_missing_devices_have_their_own_statuses() {
         assert!(help.contains(&format!("  {cmd} ")), "--help lacks {cmd}: {help}");
     }
 }
+
+/// rawblock(1) cannot drift from the tool: every subcommand and every long option its --help
+/// shows is in docs/man/rawblock.1.md.
+#[test]
+fn the_man_page_names_every_command_and_option() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/man/rawblock.1.md")).unwrap();
+    let help = |args: &[&str]| text(&Command::new(env!("CARGO_BIN_EXE_rawblock")).args(args).arg("--help").output().unwrap());
+    for cmd in ["format", "info", "check", "ls", "get", "put", "rm", "stats", "recover"] {
+        assert!(page.contains(&format!("- **{cmd}**")), "rawblock.1.md does not describe {cmd}");
+        for word in help(&[cmd]).split_whitespace() {
+            let opt = word.trim_end_matches(',').split('=').next().unwrap();
+            if opt.starts_with("--") && opt.len() > 2 && !["--help", "--version"].contains(&opt) {
+                assert!(page.contains(opt), "rawblock.1.md does not mention {cmd}'s {opt}");
+            }
+        }
+    }
+}
