@@ -308,3 +308,26 @@ fn the_man_page_names_every_command_and_option() {
         }
     }
 }
+
+/// On a terminal, check draws a progress bar on stderr (and clears it); with --json, never.
+/// Without a terminal it draws nothing (check_passes_a_clean_device_quietly).
+#[test]
+fn check_draws_a_progress_bar_only_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED check_draws_a_progress_bar_only_on_a_terminal: no script(1) (util-linux) to give it a terminal");
+        return;
+    }
+    let img = device("tty", 1);
+    let slots = layout(&img).slot_count;
+    let on_tty = |extra: &str| {
+        let cmd = format!("{} check {} {extra}", env!("CARGO_BIN_EXE_rawblock"), img.display());
+        let o = Command::new("script").args(["-qec", &cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+        text(&o)
+    };
+    let t = on_tty("--deep");
+    assert!(t.contains(&format!("{slots}/{slots} slots")), "no progress bar on a terminal: {t:?}");
+    assert!(t.contains("no damage found"), "{t}");
+    let t = on_tty("--json");
+    assert!(!t.contains(" slots (") && t.contains("\"clean\": true"), "a bar with --json: {t:?}");
+}
