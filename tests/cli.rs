@@ -331,3 +331,48 @@ fn check_draws_a_progress_bar_only_on_a_terminal() {
     let t = on_tty("--json");
     assert!(!t.contains(" slots (") && t.contains("\"clean\": true"), "a bar with --json: {t:?}");
 }
+
+#[test]
+fn check_finds_a_damaged_superblock() {
+    let img = device("superblock", 2);
+    let l = layout(&img);
+    // The primary damaged: the copy serves, and check says the primary needs attention.
+    flip(&img, 40);
+    let info = json(&expect(&["info", "--json"], &img, 0));
+    assert_eq!(info["superblock"], "copy");
+    assert_eq!(info["device_id"], l.meta["device_id"]);
+    let t = text(&expect(&["check"], &img, 1));
+    assert!(t.contains("superblock: copy (the primary is damaged)") && t.contains("the primary superblock is damaged; its copy was used"), "{t}");
+    assert_eq!(expect(&["get", "key-1"], &img, 0).stdout, value(1), "the data stays readable through the copy");
+    // Both gone: nothing can be read, and check says so as damage, not as a failure to run.
+    flip(&img, l.block + 40);
+    let o = expect(&["check"], &img, 1);
+    assert!(text(&o).starts_with("DAMAGE: no usable rawblock superblock: "), "{}", text(&o));
+    let j = json(&expect(&["check", "--json"], &img, 1));
+    assert_eq!((j["clean"].as_bool(), j["problem_count"].as_u64()), (Some(false), Some(1)));
+    expect(&["info"], &img, 3);
+    // A device that is not there is not damage: the command could not run.
+    expect(&["check"], &img.with_file_name("absent.img"), 3);
+}
+
+/// A header whose CRC holds but whose value length exceeds a slot (bytes crafted, or a bug
+/// in an earlier version): --deep reports it rather than reading past the slot.
+#[test]
+fn check_deep_reports_a_header_claiming_more_than_a_slot() {
+    use rawblock::format::{Generation, SlotHeader, SlotIndex};
+    let img = device("oversized", 1);
+    let l = layout(&img);
+    let id_hex = l.meta["device_id"].as_str().unwrap();
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&id_hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let slot = (0..l.slot_count).find(|s| !used_slots(&img, &l).contains(s)).unwrap();
+    let mut block = vec![0u8; l.header_bytes as usize];
+    SlotHeader { device_id: id, slot: SlotIndex(slot), generation: Generation(1), payload_len: l.slot_bytes * 4, payload_crc: 0, key: b"huge" }
+        .encode(&mut block);
+    write_at(&img, l.data_base + slot * l.slot_bytes, &block);
+    expect(&["check"], &img, 0); // the header itself is well formed
+    let t = text(&expect(&["check", "--deep"], &img, 1));
+    assert!(t.contains(&format!("slot {slot}: its header claims a {}-byte value, more than a slot holds", l.slot_bytes * 4)), "{t}");
+}

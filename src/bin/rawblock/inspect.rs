@@ -19,7 +19,7 @@ use rawblock::Store;
 use serde_json::{json, Value};
 
 use crate::args::{CheckArgs, Common, InfoArgs};
-use crate::{open, show, Failure, Outcome, Result};
+use crate::{open, open_store, show, Failure, Outcome, Result};
 
 /// A second descriptor on the device, read-only, for the reads the Store does not offer.
 fn open_raw(common: &Common) -> Result<Device> {
@@ -297,11 +297,45 @@ struct Problem {
 /// Slots whose headers one engine batch reads: bounds memory on any device size.
 const CHUNK: u64 = 1 << 16;
 
+/// The problems a check keeps to print; more are counted. Bounds its memory on a device
+/// damaged throughout.
+const KEPT_PROBLEMS: usize = 100_000;
+
+/// Problems found, the first KEPT_PROBLEMS kept.
+#[derive(Default)]
+struct Problems {
+    kept: Vec<Problem>,
+    total: u64,
+}
+
+impl Problems {
+    fn push(&mut self, p: Problem) {
+        self.total += 1;
+        if self.kept.len() < KEPT_PROBLEMS {
+            self.kept.push(p);
+        }
+    }
+}
+
 pub fn check(a: &CheckArgs) -> Result<Outcome> {
-    let store = open(&a.common, OpenMode::ReadOnly)?;
+    let store = match open_store(&a.common, OpenMode::ReadOnly) {
+        Ok(s) => s,
+        // No usable superblock (as opposed to a device that is missing, busy or failing
+        // I/O): nothing else can be read, and that is the finding.
+        Err(e) if e.status() == rawblock::Status::Format => {
+            if a.json {
+                println!("{:#}", json!({"device": a.common.device.display().to_string(), "clean": false,
+                    "problem_count": 1, "problems": [{"slot": null, "what": e.to_string()}]}));
+            } else {
+                println!("DAMAGE: no usable rawblock superblock: {e}");
+            }
+            return Ok(Outcome::No);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let raw = open_raw(&a.common)?;
     let g = *store.geometry();
-    let mut problems = Vec::new();
+    let mut problems = Problems::default();
     if store.superblock_source() == SuperblockSource::Copy {
         problems.push(Problem { slot: None, what: "the primary superblock is damaged; its copy was used".into() });
     }
@@ -391,7 +425,13 @@ pub fn check(a: &CheckArgs) -> Result<Outcome> {
                             ecounts.verified += 1;
                         }
                     }
-                    if a.deep {
+                    if a.deep && *len > g.max_payload() {
+                        payloads.corrupt += 1;
+                        problems.push(Problem {
+                            slot: Some(slot),
+                            what: format!("its header claims a {len}-byte value, more than a slot holds ({})", g.max_payload()),
+                        });
+                    } else if a.deep {
                         let padded = round_up(*len, block);
                         let buf = value_buf.get_or_insert_with(|| AlignedBuf::zeroed(round_up(g.max_payload(), block) as usize));
                         let offset = g.slot_offset(SlotIndex(slot)) + g.header_bytes() as u64;
@@ -448,7 +488,7 @@ pub fn check(a: &CheckArgs) -> Result<Outcome> {
     }
     bar.finish_and_clear();
 
-    let clean = problems.is_empty();
+    let clean = problems.total == 0;
     if a.json {
         let newest_which = newest_c.map(|c| c.which);
         let v = json!({
@@ -460,7 +500,8 @@ pub fn check(a: &CheckArgs) -> Result<Outcome> {
             "slots": {"read": slots.read, "valid": slots.valid, "empty": slots.empty, "earlier_format": slots.earlier_format,
                       "corrupt": slots.corrupt, "misdirected": slots.misdirected, "unreadable": slots.unreadable},
             "payloads": if a.deep { json!({"verified": payloads.verified, "corrupt": payloads.corrupt, "unreadable": payloads.unreadable}) } else { Value::Null },
-            "problems": problems.iter().map(|p| json!({"slot": p.slot, "what": p.what})).collect::<Vec<_>>(),
+            "problem_count": problems.total,
+            "problems": problems.kept.iter().map(|p| json!({"slot": p.slot, "what": p.what})).collect::<Vec<_>>(),
         });
         println!("{v:#}");
     } else {
@@ -487,15 +528,15 @@ pub fn check(a: &CheckArgs) -> Result<Outcome> {
         if clean {
             println!("no damage found");
         } else {
-            println!("DAMAGE: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" });
-            for p in problems.iter().take(a.max_problems) {
+            println!("DAMAGE: {}", show::count(problems.total, "problem", "problems"));
+            for p in problems.kept.iter().take(a.max_problems) {
                 match p.slot {
                     Some(s) => println!("  slot {s}: {}", p.what),
                     None => println!("  {}", p.what),
                 }
             }
-            if problems.len() > a.max_problems {
-                println!("  ... and {} more (--max-problems, or --json for all)", problems.len() - a.max_problems);
+            if problems.total > a.max_problems as u64 {
+                println!("  ... and {} more (--max-problems, or --json)", problems.total - a.max_problems as u64);
             }
         }
     }

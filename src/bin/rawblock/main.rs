@@ -71,13 +71,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens an existing device with the command's engine and I/O options.
+/// Opens (or formats) the device with the command's engine and I/O options.
 pub fn open(common: &Common, mode: rawblock::store::OpenMode) -> Result<Store> {
+    Ok(open_store(common, mode)?)
+}
+
+/// [`open`], keeping the library's error for a command that answers some itself.
+pub fn open_store(common: &Common, mode: rawblock::store::OpenMode) -> rawblock::Result<Store> {
     let opts = OpenOptions {
         mode,
         engine: EngineConfig::new(common.engine.choice(), common.posix_threads, common.queue_depth),
         buffered: common.buffered,
         sync_writes: false,
     };
-    Ok(Store::open(Path::new(&common.device), &opts)?)
+    Store::open(Path::new(&common.device), &opts)
 }
