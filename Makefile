@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header test install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
+.PHONY: all build header check-header man man-check test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
 
 all: build
 
@@ -33,6 +33,15 @@ check-header: $(CBINDGEN)
 	  || { echo "include/rawblock.h differs from the code: run 'make header' and commit it"; exit 1; }
 	@echo "header: include/rawblock.h matches the code"
 
+# The reference pages (docs/man/*.md, one per function): every function of the header has one,
+# with the header's declaration as its SYNOPSIS, so the two cannot drift; `man` builds the roff.
+man-check:
+	$(PYTHON) docs/man/man.py check include/rawblock.h docs/man
+
+man:
+	@rm -rf target/man
+	$(PYTHON) docs/man/man.py roff docs/man target/man
+
 # The power-loss simulator's default sweep (2,500+ crash images, docs/RECOVERY.md) runs on
 # its own so that its counts show.
 rust-test:
@@ -57,19 +66,32 @@ readme-example: build
 	$(CC) -std=c11 -Wall -Werror -Iinclude target/readme-example.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock -o target/readme-example
 	./target/readme-example
 
-# The Python package's tests, in a venv under target/ so a fresh machine needs nothing by hand.
+# The Python package. `make wheel` builds target/wheels/rawblock-*.whl with librawblock.so
+# inside (python/setup.py's build hook runs cargo), which installs on a machine without Rust.
+# The tools venv (pip) lives under target/ so a fresh machine needs nothing by hand.
 VENV := target/venv
-# numpy: the batched calls take numpy arrays as zero-copy destinations, and the tests prove it.
-VENV_DEPS := $(VENV)/.deps-pytest-numpy
-$(VENV_DEPS):
+WHEEL_DIR := target/wheels
+$(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet pytest numpy
-	@touch $@
 
+wheel: build $(VENV)/bin/pip
+	@rm -rf $(WHEEL_DIR) python/build && mkdir -p $(WHEEL_DIR)
+	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR) ./python
+	@ls $(WHEEL_DIR)/rawblock-*-py3-none-*.whl
+
+# The Python tests run against the installed wheel in a fresh venv, from outside the source
+# tree and without RAWBLOCK_LIB, so they test what a user gets (tests/test_packaging.py checks
+# that the package imported is the installed one with its bundled library).
+# numpy: the batched calls take numpy arrays as zero-copy destinations, and the tests prove it.
 # tests/test_header.py compiles a probe with $(CC) against the header and checks _lib.py against it.
-py-test: build $(VENV_DEPS)
-	cd python && RAWBLOCK_LIB=$(CURDIR)/$(LIB) RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
-	  PYTHONPATH=. ../$(VENV)/bin/python -m pytest -q -rs tests
+PY_TEST_VENV := target/py-test-venv
+py-test: wheel
+	@rm -rf $(PY_TEST_VENV) target/py-test && mkdir -p target/py-test
+	$(PYTHON) -m venv $(PY_TEST_VENV)
+	PATH=/usr/bin:/bin $(PY_TEST_VENV)/bin/pip install --quiet pytest numpy $(WHEEL_DIR)/rawblock-*.whl
+	cd target/py-test && env -u RAWBLOCK_LIB RAWBLOCK_EXPECT_INSTALLED=1 RAWBLOCK_WHEEL="$$(ls $(CURDIR)/$(WHEEL_DIR)/rawblock-*.whl)" \
+	  RAWBLOCK_HEADER=$(CURDIR)/include/rawblock.h CC="$(CC)" \
+	  $(CURDIR)/$(PY_TEST_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider $(CURDIR)/python/tests
 
 # The C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included).
 sanitize: build
@@ -92,7 +114,7 @@ valgrind: build
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header abi-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
+test: check-header abi-check man-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into
@@ -174,11 +196,16 @@ examples-test: build
 	else echo "examples-test: Go example skipped (no Go toolchain; apt-get install golang-go to run it)"; fi
 
 # make install PREFIX=/usr/local [DESTDIR=...]: the library with its SONAME and symlinks,
-# the header, and rawblock.pc for pkg-config.
+# the header, rawblock.pc for pkg-config, the rawblock tool, and the man pages (rawblock(1),
+# rawblock(3) and one per function).
 PREFIX ?= /usr/local
 DESTDIR ?=
-install: build
-	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+install: build man
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(LIBDIR)/rawblock $(DESTDIR)$(PREFIX)/bin/rawblock
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
+	install -m 0644 target/man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 target/man/man3/*.3 $(DESTDIR)$(PREFIX)/share/man/man3/
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI).0.0
 	ln -sf librawblock.so.$(ABI).0.0 $(DESTDIR)$(PREFIX)/lib/librawblock.so.$(ABI)
 	ln -sf librawblock.so.$(ABI) $(DESTDIR)$(PREFIX)/lib/librawblock.so
@@ -203,6 +230,23 @@ install-test:
 	@ldd target/install-test/open | grep -q "librawblock.so.$(ABI) => $(CURDIR)/target/install-test/prefix/lib" \
 	  || { echo "install-test: the program did not load the installed library"; ldd target/install-test/open; exit 1; }
 	@echo "install-test: built with pkg-config against an installed copy (SONAME librawblock.so.$(ABI)) and ran"
+	@p=target/install-test/prefix; \
+	for f in $$(sed -n 's/^.*[ *]\(rb_[a-z_0-9]*\)(.*/\1/p' include/rawblock.h) rawblock; do \
+	  [ -s $$p/share/man/man3/$$f.3 ] || { echo "install-test: $$f(3) was not installed"; exit 1; }; done; \
+	[ -s $$p/share/man/man1/rawblock.1 ] || { echo "install-test: rawblock(1) was not installed"; exit 1; }; \
+	if command -v groff >/dev/null && command -v man >/dev/null; then \
+	  out=$$(groff -man -Tutf8 -ww -z $$p/share/man/man1/*.1 $$p/share/man/man3/*.3 2>&1); \
+	  [ -z "$$out" ] || { echo "install-test: groff warns about the man pages:"; echo "$$out"; exit 1; }; \
+	  MANPATH=$$p/share/man man -P cat rb_open 2>/dev/null | grep -q 'rb_status rb_open(const char \*path' \
+	    || { echo "install-test: man rb_open did not show the installed page"; exit 1; }; \
+	else echo "install-test: man pages not rendered (groff or man is not installed)"; fi; \
+	echo "install-test: $$(ls $$p/share/man/man3 | wc -l) pages in man3 and rawblock(1) installed"
+	@p=$(CURDIR)/target/install-test/prefix; img=$(CURDIR)/target/install-test/tool.img; rm -f $$img; \
+	$$p/bin/rawblock format $$img --capacity 8M --slot-bytes 64K >/dev/null && \
+	printf 'value' | $$p/bin/rawblock put $$img key && [ "$$($$p/bin/rawblock get $$img key)" = value ] && \
+	$$p/bin/rawblock check $$img --deep | grep -q '^no damage found$$' \
+	  || { echo "install-test: the installed rawblock tool failed"; exit 1; }; rm -f $$img
+	@echo "install-test: the installed rawblock tool formatted, put, got and checked an image"
 
 # ABI guard: the exported symbols and the header's declarations must match the committed
 # expectations in c-tests/abi/. An intended change: run 'make abi-update' and commit them.

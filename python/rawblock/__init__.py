@@ -2,13 +2,23 @@
 
     import rawblock
     with rawblock.Device.create("cache.img", capacity_bytes=64 << 20) as dev:
-        dev.put(b"key", b"value")
+        dev[b"key"] = b"value"          # or dev.put(b"key", b"value")
         dev.checkpoint()
     with rawblock.Device.open("cache.img") as dev:
         report = dev.recover()
-        assert dev.get(b"key") == b"value"
-        for k in dev.list_keys():   # rebuild your own index: key, value_len, generation
+        assert dev[b"key"] == b"value"  # KeyError (NotFound) when absent
+        assert dev.get(b"nope") is None and b"key" in dev and len(dev) == 1
+        for k in dev.list_keys():       # rebuild your own index: key, value_len, generation
             ...
+
+A Device follows Python's mapping conventions for bytes keys and values: dev[key],
+dev.get(key, default=None), dev[key] = value, del dev[key], key in dev, len(dev) and
+iteration over the keys (in bytewise order). The batched calls (get_many, put_many,
+delete_many, contains_many) take lists and answer lists, and get_many reads into writable
+buffers (bytearray, memoryview, numpy arrays) without a copy when they are 4096-aligned.
+
+The package carries its own librawblock.so (pip builds it with cargo); RAWBLOCK_LIB names
+another library to load instead.
 
 One code path for a first start and a restart: Device.open_or_create() formats a
 device that holds no rawblock format (never one holding data) and opens one that
@@ -28,23 +38,31 @@ import os
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from . import _lib
 
 __all__ = [
     "Device", "RawblockError", "Closed", "NotFound", "Corrupt", "NoSpace", "ReadOnly", "Busy",
     "Status", "Engine", "RecoverMode", "HeaderStatus", "Fault", "RecoverReport", "IoStats", "SlotHeader",
-    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "VerifyProgress", "Source",
-    "version", "abi_version",
+    "DeviceInfo", "SuperblockSource", "Region", "Eviction", "KeyInfo", "Metrics", "Latency", "VerifyProgress",
+    "version", "abi_version", "Source", "library_path", "__version__",
 ]
 
 _L = _lib.load()
+
+_T = TypeVar("_T")
+Buffer = Any
+"""Any object with the buffer protocol: bytes, bytearray, memoryview, array.array, numpy array."""
+
+__version__: str = _L.rb_version().decode()
+"""The version of the library this package carries (it is the package's version too)."""
 
 
 # The values live in _lib (copied from include/rawblock.h and checked against it by
 # tests/test_header.py); each enum names them without the RB_ prefix.
 class Status(IntEnum):
+    """An rb_status: OK, or the reason a call failed (RawblockError.status)."""
     OK = _lib.RB_OK
     INVALID_ARGUMENT = _lib.RB_E_INVALID_ARGUMENT
     IO = _lib.RB_E_IO
@@ -78,6 +96,7 @@ class Eviction(IntEnum):
 
 
 class Engine(IntEnum):
+    """The I/O engine a Device asks for at open (DeviceInfo.engine says which runs)."""
     AUTO = _lib.RB_ENGINE_AUTO
     POSIX = _lib.RB_ENGINE_POSIX
     IO_URING = _lib.RB_ENGINE_IO_URING
@@ -85,12 +104,14 @@ class Engine(IntEnum):
 
 
 class RecoverMode(IntEnum):
+    """How recover() rebuilds the index: AUTO (checkpoint, else scan), CHECKPOINT only, or SCAN."""
     AUTO = _lib.RB_RECOVER_AUTO
     CHECKPOINT = _lib.RB_RECOVER_CHECKPOINT
     SCAN = _lib.RB_RECOVER_SCAN
 
 
 class Source(IntEnum):
+    """Where a RecoverReport's index came from."""
     NOTHING = _lib.RB_RECOVERED_NOTHING
     CHECKPOINT = _lib.RB_RECOVERED_CHECKPOINT
     SCAN = _lib.RB_RECOVERED_SCAN
@@ -98,6 +119,7 @@ class Source(IntEnum):
 
 
 class HeaderStatus(IntEnum):
+    """What a slot's header block holds (SlotHeader.status)."""
     VALID = _lib.RB_HEADER_VALID
     EMPTY = _lib.RB_HEADER_EMPTY
     CORRUPT = _lib.RB_HEADER_CORRUPT
@@ -106,6 +128,7 @@ class HeaderStatus(IntEnum):
 
 
 class Fault(IntEnum):
+    """Testing aid: how an injected read fault behaves (Device.inject_read_faults)."""
     PERSISTENT = _lib.RB_FAULT_PERSISTENT
     TRANSIENT = _lib.RB_FAULT_TRANSIENT
     SUBMIT = _lib.RB_FAULT_SUBMIT
@@ -123,7 +146,8 @@ _RECOVER_FLAGS = {kw: getattr(_lib, c) for kw, c in _RECOVER_FLAG_NAMES.items()}
 class RawblockError(Exception):
     """A failed call: `.status` is the rb_status, `.message` the library's explanation."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str) -> None:
+        """`status` the rb_status code, `message` the library's rb_last_error_message()."""
         self.status = Status(status) if status in Status._value2member_map_ else status
         self.message = message
         name = self.status.name if isinstance(self.status, Status) else str(status)
@@ -134,28 +158,32 @@ class Closed(RawblockError, ValueError):
     """A call on a Device that is closed or closing (a ValueError, like I/O on a closed file)."""
 
     def __init__(self) -> None:
+        """Status STATE, message "the device is closed"."""
         super().__init__(Status.STATE, "the device is closed")
 
 
 class NotFound(RawblockError, KeyError):
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+    """The key is not indexed; a KeyError, so dev[key] behaves like a dict's."""
+
+    def __str__(self) -> str:
+        """The plain message (KeyError would quote it)."""
         return Exception.__str__(self)
 
 
 class Corrupt(RawblockError):
-    pass
+    """A header or payload failed its CRC: the library returns no bytes rather than wrong ones."""
 
 
 class NoSpace(RawblockError):
-    pass
+    """Every slot is in use (and no eviction policy is set), or a checkpoint does not fit."""
 
 
 class ReadOnly(RawblockError):
-    pass
+    """A write on a Device opened with read_only=True."""
 
 
 class Busy(RawblockError):
-    pass
+    """Another handle or process holds the device for writing."""
 
 
 _ERRORS = {Status.NOT_FOUND: NotFound, Status.CORRUPT: Corrupt, Status.NO_SPACE: NoSpace,
@@ -173,15 +201,25 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
+    """The loaded library's version, e.g. "0.1.0"."""
     return _L.rb_version().decode()
 
 
 def abi_version() -> int:
+    """The ABI version the loaded library implements (this package checks it at import)."""
     return _L.rb_abi_version()
+
+
+def library_path() -> str:
+    """The path of the librawblock this package loaded (the bundled one unless RAWBLOCK_LIB says otherwise)."""
+    return os.path.realpath(_L._name)
 
 
 @dataclass(frozen=True)
 class IoStats:
+    """Counters of a handle's batched reads (rb_io_stats): reads submitted, submit calls, the most
+    in flight at once, per-slot fallbacks and retries, failed reads, and whether io_uring used
+    registered buffers and a registered file."""
     reads_submitted: int
     submit_calls: int
     max_in_flight: int
@@ -199,6 +237,9 @@ class IoStats:
 
 @dataclass(frozen=True)
 class RecoverReport:
+    """What recover() did (rb_recover_report): where the index came from, how many entries it
+    indexed, dropped as stale or unreadable, kept unverified, empty slots and orphans seen,
+    header reads, and the time spent in each phase (nanoseconds)."""
     source: Source
     engine: Engine
     checkpoint_sequence: int
@@ -233,6 +274,8 @@ class VerifyProgress:
 
 @dataclass(frozen=True)
 class SlotHeader:
+    """One decoded slot header (Device.read_headers_batched): its status, and for a valid
+    header the generation, payload length and CRC and the key."""
     slot: int
     status: HeaderStatus
     os_errno: int
@@ -246,6 +289,7 @@ class SlotHeader:
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """The device's geometry and the handle's engine settings (rb_device_info)."""
     device_id: bytes
     block_size: int
     header_bytes: int
@@ -452,7 +496,8 @@ class _CallGuard:
 class Region:
     """Memory registered with a Device (Device.register_memory); unregisters on exit."""
 
-    def __init__(self, device: "Device", region: int, buffer) -> None:
+    def __init__(self, device: "Device", region: int, buffer: Buffer) -> None:
+        """Made by Device.register_memory; `id` names the region."""
         self._device, self.id, self._buffer = device, region, buffer
 
     def unregister(self) -> None:
@@ -463,9 +508,11 @@ class Region:
             self._buffer = None
 
     def __enter__(self) -> "Region":
+        """Returns the region; leaving the block unregisters it."""
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
+        """Unregisters the region."""
         self.unregister()
 
 
@@ -484,7 +531,10 @@ class Device:
                  posix_threads: Optional[int] = None, queue_depth: Optional[int] = None,
                  capacity_bytes: Optional[int] = None, slot_bytes: Optional[int] = None,
                  header_bytes: Optional[int] = None, block_size: Optional[int] = None,
-                 meta_bytes: Optional[int] = None, max_key_bytes: Optional[int] = None):
+                 meta_bytes: Optional[int] = None, max_key_bytes: Optional[int] = None) -> None:
+        """Opens (create=True: formats) the device or file at `path`; see rb_open(3) for every option.
+
+        Options left at None take the library's defaults; capacity_bytes sizes a new file."""
         opts = _lib.Options()
         _check(_L.rb_options_init(ctypes.byref(opts)))
         flags = opts.flags
@@ -501,17 +551,17 @@ class Device:
         self._guard = _CallGuard(handle)
 
     @classmethod
-    def create(cls, path: "str | bytes | os.PathLike", *, overwrite: Optional[bool] = None, **kw) -> "Device":
+    def create(cls, path: "str | bytes | os.PathLike", *, overwrite: Optional[bool] = None, **kw: Any) -> "Device":
         """Formats `path` (a block device, or a file sized by capacity_bytes) and opens it."""
         return cls(path, create=True, overwrite=overwrite, **kw)
 
     @classmethod
-    def open(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
+    def open(cls, path: "str | bytes | os.PathLike", **kw: Any) -> "Device":
         """Opens a formatted device; call recover() before reading or writing."""
         return cls(path, **kw)
 
     @classmethod
-    def open_or_create(cls, path: "str | bytes | os.PathLike", **kw) -> "Device":
+    def open_or_create(cls, path: "str | bytes | os.PathLike", **kw: Any) -> "Device":
         """Opens a rawblock device, or formats one holding none (a new or empty file, or zeros) with
         the geometry given (capacity_bytes for a file); never formats over data (RawblockError
         EXISTS). Either way, call recover() next: on a device it just formatted that returns an
@@ -528,25 +578,43 @@ class Device:
             guard.shut(lambda h: _check(_L.rb_close(h)))
 
     def __enter__(self) -> "Device":
+        """Returns the device; leaving the block closes it."""
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
+        """Closes the device (without a checkpoint)."""
         self.close()
 
     def __del__(self) -> None:
+        """Closes a device nobody closed; errors are ignored here."""
         try:
             self.close()
         except Exception:
             pass
 
     def put(self, key: bytes, value: bytes) -> None:
+        """Stores `value` under `key`, replacing any previous value (its old slot is invalidated
+        before this returns). Raises NoSpace when every slot is in use."""
         k, kl = _buf(key)
         v, vl = _buf(value)
         with self._guard as h:
             _check(_L.rb_put(h, k, kl, v, vl))
 
-    def get(self, key: bytes) -> bytes:
-        """The value of `key`, verified; raises NotFound, or Corrupt rather than return wrong bytes."""
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        """dev[key] = value: put()."""
+        self.put(key, value)
+
+    def get(self, key: bytes, default: Optional[_T] = None) -> Union[bytes, _T, None]:
+        """The value of `key`, or `default` when it is not indexed. Raises Corrupt rather than
+        return wrong bytes."""
+        try:
+            return self[key]
+        except NotFound:
+            return default
+
+    def __getitem__(self, key: bytes) -> bytes:
+        """dev[key]: the value of `key`, verified; raises NotFound (a KeyError) when it is not
+        indexed, or Corrupt rather than return wrong bytes."""
         k, kl = _buf(key)
         n = ctypes.c_size_t(0)
         cap = 64 * 1024
@@ -582,7 +650,7 @@ class Device:
     def _item_error(item: _lib.Item, what: str) -> RawblockError:
         return _error(item.status, f"{what}: {Status(item.status).name if item.status in Status._value2member_map_ else item.status}")
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> list[Optional[RawblockError]]:
+    def put_many(self, items: Iterable[Tuple[bytes, Buffer]]) -> List[Optional[RawblockError]]:
         """Stores every (key, value) in one call; result i is None or item i's error.
 
         Values may be bytes or any buffer (bytearray, memoryview, numpy array); a value at a
@@ -597,7 +665,7 @@ class Device:
         self._run_many("rb_put_many", arr, len(items))
         return [None if arr[i].status == Status.OK else self._item_error(arr[i], f"put item {i}") for i in range(len(items))]
 
-    def get_many(self, keys: Sequence[bytes], into: Optional[Sequence] = None) -> list:
+    def get_many(self, keys: Sequence[bytes], into: Optional[Sequence[Buffer]] = None) -> List[Any]:
         """Gets every key in one call.
 
         Without `into`: a list of bytes, or the item's error (NotFound, Corrupt, ...).
@@ -619,7 +687,7 @@ class Device:
         return [arr[i].len if arr[i].status == Status.OK else self._item_error(arr[i], f"get item {i}")
                 for i in range(len(keys))]
 
-    def _get_many_bytes(self, keys: list) -> list:
+    def _get_many_bytes(self, keys: List[bytes]) -> List[Any]:
         arr, keep = self._items(keys)
         self._run_many("rb_get_many", arr, len(keys))  # no buffers: every present key says its length
         bufs = [ctypes.create_string_buffer(max(arr[i].len, 1)) for i in range(len(keys))]
@@ -629,14 +697,14 @@ class Device:
         return [bufs[i].raw[:arr[i].len] if arr[i].status == Status.OK else self._item_error(arr[i], f"get item {i}")
                 for i in range(len(keys))]
 
-    def delete_many(self, keys: Sequence[bytes]) -> list[Optional[RawblockError]]:
+    def delete_many(self, keys: Sequence[bytes]) -> List[Optional[RawblockError]]:
         """Deletes every key in one call; result i is None or item i's error (NotFound, ...)."""
         keys = list(keys)
         arr, keep = self._items(keys)
         self._run_many("rb_delete_many", arr, len(keys))
         return [None if arr[i].status == Status.OK else self._item_error(arr[i], f"delete item {i}") for i in range(len(keys))]
 
-    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+    def contains_many(self, keys: Sequence[bytes]) -> List[bool]:
         """Whether each key is indexed (no device read)."""
         keys = list(keys)
         arr, keep = self._items(keys)
@@ -667,7 +735,7 @@ class Device:
         with self._guard as h:
             _check(_L.rb_set_eviction(h, policy, permille))
 
-    def register_memory(self, buffer) -> "Region":
+    def register_memory(self, buffer: Buffer) -> "Region":
         """Registers a writable buffer (e.g. an mmap'ed or pinned pool) so batched calls moving
         data into and out of it use io_uring fixed buffers. Use the returned Region as a context
         manager, or call its unregister(); the buffer must stay alive until then."""
@@ -680,11 +748,29 @@ class Device:
         return Region(self, region.value, buffer)
 
     def delete(self, key: bytes) -> None:
+        """Removes `key` (its slot header is invalidated before this returns); raises NotFound when absent."""
         k, kl = _buf(key)
         with self._guard as h:
             _check(_L.rb_delete(h, k, kl))
 
-    def __contains__(self, key: bytes) -> bool:
+    def __delitem__(self, key: bytes) -> None:
+        """del dev[key]: delete()."""
+        self.delete(key)
+
+    def __len__(self) -> int:
+        """len(dev): the number of indexed keys."""
+        return self.info().indexed
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Iterates over the indexed keys in ascending bytewise order (see list_keys)."""
+        return (k.key for k in self.list_keys())
+
+    def keys(self) -> Iterator[bytes]:
+        """The indexed keys in ascending bytewise order, like iter(dev)."""
+        return iter(self)
+
+    def __contains__(self, key: bytes) -> bool:  # type: ignore[override]
+        """`key in dev`: whether the key is indexed (no device read)."""
         k, kl = _buf(key)
         found = ctypes.c_bool(False)
         with self._guard as h:
@@ -692,6 +778,7 @@ class Device:
         return bool(found.value)
 
     def checkpoint(self) -> None:
+        """Makes the index durable in the checkpoint container not holding the newest one."""
         with self._guard as h:
             _check(_L.rb_checkpoint(h))
 
@@ -731,7 +818,8 @@ class Device:
             _check(_L.rb_verify_step(h, max_entries, ctypes.byref(p)))
         return VerifyProgress(p.checked, p.verified, p.dropped, p.unreadable, p.remaining)
 
-    def read_headers_batched(self, slots: Iterable[int]) -> list[SlotHeader]:
+    def read_headers_batched(self, slots: Iterable[int]) -> List[SlotHeader]:
+        """Reads and decodes the headers of `slots` through the engine, each with its own status."""
         slots = _c_ints(slots, _arg("rb_read_headers_batched", 1), "slots")
         if not slots:
             return []
@@ -744,6 +832,7 @@ class Device:
                            bytes(h.key[: min(h.key_len, _lib.RB_HEADER_KEY_INLINE)]), h.key_len) for h in out]
 
     def info(self) -> DeviceInfo:
+        """The device's geometry and this handle's engine settings."""
         i = _lib.DeviceInfo()
         i.struct_size = ctypes.sizeof(i)
         with self._guard as h:
@@ -786,7 +875,7 @@ class Device:
         finally:
             _L.rb_key_cursor_free(cursor)
 
-    def take_evicted(self, max_keys: int = 4096) -> list[KeyInfo]:
+    def take_evicted(self, max_keys: int = 4096) -> List[KeyInfo]:
         """The keys the eviction policy removed since the last call, oldest first (at most
         `max_keys`; the rest stay queued for the next call)."""
         max_keys = _c_int(max_keys, ctypes.c_size_t, "max_keys")
@@ -814,10 +903,12 @@ class Device:
                        Latency._from(m.get_many_latency), Latency._from(m.put_many_latency))
 
     def reset_metrics(self) -> None:
+        """Zeroes the handle's data-path metrics."""
         with self._guard as h:
             _check(_L.rb_reset_metrics(h))
 
     def io_stats(self, reset: bool = False) -> IoStats:
+        """Counters of the handle's batched reads; with reset=True, zeroes them after reading."""
         s = _lib.IoStats()
         s.struct_size = ctypes.sizeof(s)
         with self._guard as h:
@@ -836,5 +927,6 @@ class Device:
             _check(_L.rb_test_inject_read_faults(h, arr, len(slots), errno, mode))
 
     def clear_read_faults(self) -> None:
+        """Testing aid: removes every injected read fault."""
         with self._guard as h:
             _check(_L.rb_test_clear_read_faults(h))

@@ -93,3 +93,20 @@ def test_eviction_lru_reports_the_evicted_keys(path):
         assert dev.metrics().evictions == 1
         with pytest.raises(rawblock.RawblockError):
             dev.set_eviction(rawblock.Eviction.FIFO, low_watermark_permille=1001)
+
+
+def test_aligned_buffers_and_numpy_arrays_are_filled_without_a_copy(path):
+    """The zero-copy path shows: the device's read lands in the destination whole, so the
+    record's zero padding after the value overwrites the destination's tail; a bounce copy
+    would move only the value's bytes and leave the tail as it was."""
+    numpy = pytest.importorskip("numpy", reason="numpy is not installed in the test venv")
+    with create(path) as dev:
+        dev.put(b"v", value(5, 5000))
+        pool = mmap.mmap(-1, 2 * 8192)  # page-aligned
+        arr = numpy.frombuffer(pool, dtype=numpy.uint8)  # a writable numpy view of it
+        arr[:] = 0xAA
+        lengths = dev.get_many([b"v", b"v"], into=[arr[:8192], memoryview(pool)[8192:]])
+        assert lengths == [5000, 5000]
+        for start in (0, 8192):
+            assert arr[start:start + 5000].tobytes() == value(5, 5000)
+            assert not arr[start + 5000:start + 8192].any(), "the tail was not written: a copy, not the device's read"

@@ -120,7 +120,7 @@ def test_metrics(path):
         dev.put(b"b", b"y" * 10)
         assert dev.get(b"a") == b"x" * 1000
         with pytest.raises(rawblock.NotFound):
-            dev.get(b"nope")
+            dev[b"nope"]
         dev.delete(b"b")
         dev.put_many([(b"c", b"1"), (b"d", b"22")])
         dev.get_many([b"c", b"d", b"zz"])

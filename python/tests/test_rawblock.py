@@ -32,8 +32,9 @@ def test_round_trips_and_errors(path):
         dev.put(b"k1", b"replaced")
         assert dev.get(b"k1") == b"replaced"
         dev.delete(b"k1")
+        assert dev.get(b"k1") is None
         with pytest.raises(rawblock.NotFound) as e:
-            dev.get(b"k1")
+            dev[b"k1"]
         assert e.value.status == Status.NOT_FOUND and "not found" in e.value.message
         assert isinstance(e.value, KeyError)
         with pytest.raises(rawblock.RawblockError) as e:
