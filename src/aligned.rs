@@ -12,7 +12,15 @@ pub const IO_ALIGN: usize = 4096;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Mapped directly (large buffers), not from the allocator.
+    mapped: bool,
 }
+
+/// Buffers from this size on (checkpoint payloads, journals, record pools) are mapped
+/// directly: the kernel hands out zeroed pages (no memset pass), and transparent huge pages
+/// cut the page faults of first touch by up to 512x, which dominates loading a large
+/// checkpoint on a virtual machine.
+const MAP_FROM: usize = 2 << 20;
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like Vec<u8>.
 unsafe impl Send for AlignedBuf {}
@@ -33,9 +41,26 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes, or `None` when it cannot be allocated.
     pub fn try_zeroed(len: usize) -> Option<AlignedBuf> {
         let layout = Self::layout(len)?;
+        if len >= MAP_FROM {
+            return Self::try_mapped(len);
+        }
         // SAFETY: the layout has a non-zero size and a power-of-two alignment.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        NonNull::new(raw).map(|ptr| AlignedBuf { ptr, len })
+        NonNull::new(raw).map(|ptr| AlignedBuf { ptr, len, mapped: false })
+    }
+
+    /// Anonymous private pages: zeroed, page-aligned, huge pages asked for.
+    fn try_mapped(len: usize) -> Option<AlignedBuf> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let raw = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: advice on the mapping just made; failure (no THP) changes nothing.
+        unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+        NonNull::new(raw.cast()).map(|ptr| AlignedBuf { ptr, len, mapped: true })
     }
 
     /// `len` bytes (at least one) aligned to [`IO_ALIGN`]; `None` beyond `isize::MAX`.
@@ -73,6 +98,11 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: the mapping made in try_mapped, of exactly len bytes, unmapped once.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            return;
+        }
         if let Some(layout) = Self::layout(self.len) {
             // SAFETY: ptr was allocated with exactly this layout (valid, or it would not exist).
             unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
@@ -86,7 +116,7 @@ mod tests {
 
     #[test]
     fn aligned_and_zeroed() {
-        for len in [0, 1, 4095, 4096, 1 << 20] {
+        for len in [0, 1, 4095, 4096, 1 << 20, MAP_FROM, MAP_FROM + 4096 + 1] {
             let mut b = AlignedBuf::zeroed(len);
             assert_eq!(b.as_mut_ptr() as usize % IO_ALIGN, 0);
             assert_eq!(b.len(), len);

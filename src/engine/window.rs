@@ -315,7 +315,10 @@ mod tests {
     fn fixture(slots: u64) -> Device {
         let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp/window"));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("fixture-{}-{slots}.img", std::process::id()));
+        // Unique per call: tests running at once may ask for the same slot count.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("fixture-{}-{slots}-{n}.img", std::process::id()));
         let mut bytes = vec![0u8; slots as usize * LEN];
         for s in 0..slots {
             let off = s * LEN as u64;

@@ -31,10 +31,32 @@ pub struct Index {
     free: FreeRanges,
     /// The entries in eviction order, when the handle evicts.
     order: Option<EvictionOrder>,
-    /// Entries a fast recovery indexed from the checkpoint without reading their header,
-    /// by slot (with their key): the first read verifies each, or finds it gone.
-    unverified: HashMap<SlotIndex, Box<[u8]>>,
+    /// The slots of entries a fast recovery indexed from the checkpoint without reading
+    /// their header: the first read verifies each, or finds it gone.
+    unverified: SlotSet,
 }
+
+/// Slot indices are ours (not caller input) and already well spread: a multiply hashes them
+/// far faster than SipHash, which matters for the half-million inserts of a fast recovery.
+#[derive(Default)]
+pub struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let h = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+pub type SlotSet = HashSet<SlotIndex, std::hash::BuildHasherDefault<SlotHasher>>;
 
 /// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
 /// A fresh device is one range; each allocated slot splits at most one range in
@@ -125,7 +147,7 @@ const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
 impl Index {
     /// An index with every one of `slot_count` slots free; allocates nothing per slot.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: HashMap::new() }
+        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -235,15 +257,16 @@ impl Index {
         Some(e)
     }
 
-    /// Marks the entry in `slot` (of `key`) as indexed without a read.
-    pub fn mark_unverified(&mut self, slot: SlotIndex, key: &[u8]) -> Result<()> {
-        self.unverified.try_reserve(1).map_err(|_| Error::out_of_memory("the unverified entries", 64))?;
-        self.unverified.insert(slot, key.into());
+    /// Marks the entries in `slots` as indexed without a read.
+    pub fn mark_unverified(&mut self, slots: impl ExactSizeIterator<Item = SlotIndex>) -> Result<()> {
+        let n = slots.len();
+        self.unverified.try_reserve(n).map_err(|_| Error::out_of_memory("the unverified entries", n as u64 * 16))?;
+        self.unverified.extend(slots);
         Ok(())
     }
 
     pub fn is_unverified(&self, slot: SlotIndex) -> bool {
-        self.unverified.contains_key(&slot)
+        self.unverified.contains(&slot)
     }
 
     /// A read found the entry in `slot` whole.
@@ -255,9 +278,13 @@ impl Index {
         self.unverified.len()
     }
 
-    /// Up to `n` unverified entries, with their keys (for background verification).
-    pub fn some_unverified(&self, n: usize) -> Vec<(SlotIndex, Box<[u8]>)> {
-        self.unverified.iter().take(n).map(|(&s, k)| (s, k.clone())).collect()
+    /// Up to `n` unverified entries with their keys (for background verification): one pass
+    /// over the index, so a step costs O(entries) in memory besides its reads.
+    pub fn some_unverified(&self, n: usize) -> Vec<(Box<[u8]>, Entry)> {
+        if self.unverified.is_empty() {
+            return Vec::new();
+        }
+        self.map.iter().filter(|(_, e)| self.unverified.contains(&e.slot)).take(n).map(|(k, e)| (k.clone(), *e)).collect()
     }
 
     /// Builds an index from recovered entries. Slots must be below `slot_count`.
@@ -275,9 +302,9 @@ impl Index {
         let mut map = HashMap::new();
         map.try_reserve(hint).map_err(|_| oom(hint))?;
         // The slots claimed so far, to settle a slot claimed twice.
-        let mut claimed: HashSet<u64> = HashSet::new();
+        let mut claimed: HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>> = HashSet::default();
         claimed.try_reserve(hint).map_err(|_| oom(hint))?;
-        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: HashMap::new() };
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default() };
         let mut losers = Vec::new();
         for (key, e) in entries {
             if claimed.contains(&e.slot.0) {
@@ -286,7 +313,16 @@ impl Index {
             }
             ix.map.try_reserve(1).map_err(|_| oom(ix.map.len() + 1))?;
             claimed.try_reserve(1).map_err(|_| oom(claimed.len() + 1))?;
-            match ix.install(key, e) {
+            // One hash and probe per entry (a rebuilt index has no eviction order yet).
+            let displaced = match ix.map.entry(key.into()) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                    Displaced::Nothing
+                }
+                std::collections::hash_map::Entry::Occupied(o) if o.get().generation > e.generation => Displaced::Superseded(e),
+                std::collections::hash_map::Entry::Occupied(mut o) => Displaced::Replaced(std::mem::replace(o.get_mut(), e)),
+            };
+            match displaced {
                 Displaced::Nothing => {
                     claimed.insert(e.slot.0);
                 }
@@ -316,7 +352,7 @@ impl Index {
     /// Rough heap bytes: map buckets, keys, and the free ranges.
     pub fn approx_bytes(&self) -> usize {
         let keys: usize = self.map.keys().map(|k| k.len()).sum();
-        let unverified: usize = self.unverified.values().map(|k| k.len() + 40).sum();
+        let unverified = self.unverified.capacity() * 9;
         self.map.capacity() * BUCKET_BYTES
             + keys
             + self.free.approx_bytes()

@@ -324,18 +324,11 @@ impl Store {
     /// and drops those that do not, as their first get would. For idle time; `max` bounds
     /// the step's work. `max` 0 only reports what remains.
     pub fn verify_step(&self, max: usize) -> crate::error::Result<VerifyProgress> {
-        let batch: Vec<(SlotIndex, Box<[u8]>, Entry)> = {
-            let st = self.ready()?;
-            st.index
-                .some_unverified(max)
-                .into_iter()
-                .filter_map(|(slot, key)| st.index.get(&key).filter(|e| e.slot == slot).map(|e| (slot, key, e)))
-                .collect()
-        };
-        let slots: Vec<SlotIndex> = batch.iter().map(|(s, ..)| *s).collect();
+        let batch: Vec<(Box<[u8]>, Entry)> = self.ready()?.index.some_unverified(max);
+        let slots: Vec<SlotIndex> = batch.iter().map(|(_, e)| e.slot).collect();
         let id = self.sb.device_id;
         let decode = |i: usize, slot: SlotIndex, r: ReadResult<'_>| -> Verdict {
-            let (_, key, e) = &batch[i];
+            let (key, e) = &batch[i];
             match r {
                 Err(_) => Verdict::Unreadable,
                 Ok(block) => match SlotHeader::classify(block, &id, slot) {
@@ -352,12 +345,12 @@ impl Store {
         let mut verdicts = vec![Verdict::Unreadable; slots.len()];
         self.read_slot_headers(&slots, &mut verdicts, &decode);
         let mut p = VerifyProgress { checked: slots.len() as u64, ..Default::default() };
-        for ((slot, key, e), v) in batch.iter().zip(verdicts) {
+        for ((key, e), v) in batch.iter().zip(verdicts) {
             match v {
                 Verdict::Whole => {
                     let mut st = lock(&self.state);
                     if st.index.get(key) == Some(*e) {
-                        st.index.set_verified(*slot);
+                        st.index.set_verified(e.slot);
                     }
                     p.verified += 1;
                 }

@@ -297,12 +297,12 @@ impl Store {
         }
         report.dropped_stale += losers.len() as u64;
         invalidate.extend(losers.iter().map(|e| e.slot).filter(|&s| !index.is_used(s)));
-        for (slot, key) in trusted {
-            if index.get(key).map(|e| e.slot) == Some(slot) {
-                index.mark_unverified(slot, key)?;
-                report.trusted_unread += 1;
-            }
-        }
+        // Every trusted entry is a winner: its slot was not leased, so no copy read from a
+        // leased slot shares it, and a newer copy of its key supersedes it only as a loser.
+        let lost: std::collections::HashSet<SlotIndex> = losers.iter().map(|e| e.slot).collect();
+        let winners: Vec<SlotIndex> = trusted.into_iter().map(|(s, _)| s).filter(|s| !lost.contains(s)).collect();
+        report.trusted_unread = winners.len() as u64;
+        index.mark_unverified(winners.into_iter())?;
         report.recovered_since_checkpoint = found
             .iter()
             .filter(|(k, e)| !listed.contains(&e.slot) && index.get(k) == Some(*e))

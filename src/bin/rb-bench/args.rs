@@ -8,10 +8,14 @@ use rawblock::store::RecoverMode;
 pub const USAGE: &str = "usage: rb-bench [--device-path PATH] [--cache-space-gb GB] [--slot-bytes N] [--header-bytes N]
                 [--prepare --i-understand-this-overwrites-device] [--prepare-threads N] [--max-entries N]
                 [--measure] [--io-engine posix io_uring uring_cmd] [--threads 1 8] [--repeats 5]
-                [--queue-depth 128] [--recover-mode auto|checkpoint|scan] [--compare-fio] [--buffered] [--json FILE]
+                [--queue-depth 128] [--recover-mode checkpoint|auto|scan] [--compare-fio] [--buffered] [--json FILE]
+                [--dirty-percent P]
        rb-bench --workload data [--device-path PATH] [--i-understand-this-overwrites-device] [--io-engine io_uring|posix]
                 [--threads N] [--queue-depth 16] [--batch 64] [--value-bytes N] [--data-gib 2] [--compare-fio]
 defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-gb 64, --slot-bytes 1048576;
+--recover-mode checkpoint (full validation: every header, the read fio is compared with) is the default;
+--dirty-percent P: --prepare changes P% of the entries after its checkpoint and stops as a crash would,
+--measure then times fast recovery (auto) against full validation and prints the restart: line;
 --workload data formats its own fixture (it writes; --measure of the recovery workload never does)";
 
 #[derive(Debug)]
@@ -32,6 +36,8 @@ pub struct Args {
     pub compare_fio: bool,
     pub buffered: bool,
     pub recover_mode: RecoverMode,
+    /// `--dirty-percent`: the restart workload (see restart.rs).
+    pub dirty_percent: Option<f64>,
     pub json: Option<PathBuf>,
     /// `--workload data`: the data path instead of recovery.
     pub data: bool,
@@ -60,7 +66,10 @@ impl Default for Args {
             queue_depth: 128,
             compare_fio: false,
             buffered: false,
-            recover_mode: RecoverMode::Auto,
+            // Full validation: what the engines and fio are compared on (AUTO is fast recovery,
+            // which reads only what changed since the checkpoint: --dirty-percent measures it).
+            recover_mode: RecoverMode::Checkpoint,
+            dirty_percent: None,
             json: None,
             data: false,
             value_bytes: None,
@@ -114,6 +123,7 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
         "--buffered" => a.buffered = switch(flag, v)?,
         "--recover-mode" => a.recover_mode = recover_mode(&one::<String>(flag, v)?)?,
         "--json" => a.json = Some(one(flag, v)?),
+        "--dirty-percent" => a.dirty_percent = Some(one(flag, v)?),
         "--workload" => a.data = workload(&one::<String>(flag, v)?)?,
         "--value-bytes" => a.value_bytes = Some(one(flag, v)?),
         "--batch" => a.batch = one(flag, v)?,
@@ -127,6 +137,9 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
 fn check(a: &Args) -> Result<(), String> {
     if a.data && (a.batch == 0 || a.data_gib.is_nan() || a.data_gib <= 0.0) {
         return Err("--batch and --data-gib must be positive".into());
+    }
+    if a.dirty_percent.is_some_and(|p: f64| !(0.0..=100.0).contains(&p)) {
+        return Err("--dirty-percent must be between 0 and 100".into());
     }
     if !a.prepare && !a.measure && !a.data {
         return Err(format!("say --prepare, --measure or both\n{USAGE}"));

@@ -44,7 +44,7 @@ fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false)
 }
 
-fn bench_key(i: u64) -> String {
+pub fn bench_key(i: u64) -> String {
     // Shaped like LMCache's keys: model, world size, worker, chunk hash.
     format!("vllm@meta-llama/Llama-3.1-8B@1@0@{:016x}{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i)
 }
@@ -80,6 +80,9 @@ pub fn prepare(args: &Args) -> Result<(), String> {
         info.payload_bytes,
         sync.as_secs_f64()
     );
+    if let Some(percent) = args.dirty_percent {
+        crate::restart::dirty(&store, n, percent)?;
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! rb-bench --prepare --i-understand-this-overwrites-device [--device-path P] [--cache-space-gb 64]
 //! rb-bench --measure --io-engine posix io_uring --threads 1 8 --repeats 5 --queue-depth 128 [--compare-fio]
+//! rb-bench --prepare --measure --dirty-percent 1 ...   (restart: fast recovery vs full validation)
 //! ```
 //! `--measure` opens the device read-only for every repeat and never writes to it.
 //! `--workload data` formats its own fixture and times batched and single puts and gets.
@@ -15,6 +16,7 @@ mod hints;
 mod json;
 mod measure;
 mod report;
+mod restart;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -60,6 +62,9 @@ fn measure(args: &Args) -> Result<bool, String> {
     fixture::refuse_mounted(&args.device)?;
     report::preamble(args);
     let fixture = Fixture::open(args)?;
+    if let Some(percent) = args.dirty_percent {
+        return restart::measure(args, percent, fixture.expected);
+    }
     report::fixture(fixture.expected, args.recover_mode);
     let summaries: Vec<_> =
         measure::variants(args).iter().filter_map(|v| measure::measure_variant(args, v, fixture.expected)).collect();
