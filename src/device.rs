@@ -389,8 +389,7 @@ impl Device {
     /// alignment rule. EINTR is retried; a short read is an error (EIO).
     pub fn read_two_at(&self, header: &mut [u8], payload: &mut [u8], offset: u64) -> io::Result<()> {
         if let Some(pt) = &self.nvme {
-            pt.read(header, offset)?;
-            return pt.read(payload, offset + header.len() as u64);
+            return pt.read_two(header, payload, offset);
         }
         let iov = [
             libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() },
@@ -419,8 +418,11 @@ impl Device {
     /// so a payload goes straight from the caller's memory. Alignment as for
     /// [`read_two_at`](Self::read_two_at); a short write is an error.
     pub fn write_two_at(&self, header: &[u8], payload: &[u8], offset: u64) -> io::Result<()> {
-        if self.write_log.is_some() || self.nvme.is_some() {
-            // The simulator records writes one buffer at a time; passthrough writes each as its own commands.
+        if let (Some(pt), None) = (&self.nvme, &self.write_log) {
+            return pt.write_two(header, payload, offset);
+        }
+        if self.write_log.is_some() {
+            // The simulator records writes one buffer at a time.
             self.write_at(header, offset)?;
             return self.write_at(payload, offset + header.len() as u64);
         }

@@ -331,25 +331,59 @@ impl Passthrough {
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.check(offset, buf.len())?;
-        if buf.as_ptr() as usize % IO_ALIGN == 0 {
-            return self.transfer(Dir::Read, buf.as_mut_ptr() as u64, buf.len(), offset);
-        }
-        let mut bounce = AlignedBuf::zeroed(buf.len());
-        self.transfer(Dir::Read, bounce.as_mut_ptr() as u64, buf.len(), offset)?;
-        buf.copy_from_slice(&bounce);
-        Ok(())
+        self.read_segments(&mut [buf], offset)
+    }
+
+    /// Reads `header` then `payload` from consecutive bytes at `offset`: their commands go
+    /// out together, one wait for both.
+    pub fn read_two(&self, header: &mut [u8], payload: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_segments(&mut [header, payload], offset)
     }
 
     /// Writes all of `buf` at `offset`.
     pub fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check(offset, buf.len())?;
-        if buf.as_ptr() as usize % IO_ALIGN == 0 {
-            return self.transfer(Dir::Write, buf.as_ptr() as u64, buf.len(), offset);
+        self.write_segments(&[buf], offset)
+    }
+
+    /// Writes `header` then `payload` to consecutive bytes at `offset`, their commands together.
+    pub fn write_two(&self, header: &[u8], payload: &[u8], offset: u64) -> io::Result<()> {
+        self.write_segments(&[header, payload], offset)
+    }
+
+    fn read_segments(&self, segs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        self.check(offset, segs.iter().map(|s| s.len()))?;
+        // Unaligned memory never reaches the driver: it gets an aligned buffer of its own.
+        let mut bounces: Vec<Option<AlignedBuf>> =
+            segs.iter().map(|s| (s.as_ptr() as usize % IO_ALIGN != 0).then(|| AlignedBuf::zeroed(s.len()))).collect();
+        let addrs: Vec<(u64, usize)> = segs
+            .iter_mut()
+            .zip(bounces.iter_mut())
+            .map(|(s, b)| (b.as_mut().map_or(s.as_mut_ptr(), |b| b.as_mut_ptr()) as u64, s.len()))
+            .collect();
+        self.transfer(Dir::Read, &addrs, offset)?;
+        for (s, b) in segs.iter_mut().zip(&bounces) {
+            if let Some(b) = b {
+                s.copy_from_slice(b);
+            }
         }
-        let mut bounce = AlignedBuf::zeroed(buf.len());
-        bounce.copy_from_slice(buf);
-        self.transfer(Dir::Write, bounce.as_ptr() as u64, buf.len(), offset)
+        Ok(())
+    }
+
+    fn write_segments(&self, segs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.check(offset, segs.iter().map(|s| s.len()))?;
+        let bounces: Vec<Option<AlignedBuf>> = segs
+            .iter()
+            .map(|s| {
+                (s.as_ptr() as usize % IO_ALIGN != 0).then(|| {
+                    let mut b = AlignedBuf::zeroed(s.len());
+                    b.copy_from_slice(s);
+                    b
+                })
+            })
+            .collect();
+        let addrs: Vec<(u64, usize)> =
+            segs.iter().zip(&bounces).map(|(s, b)| (b.as_ref().map_or(s.as_ptr(), |b| b.as_ptr()) as u64, s.len())).collect();
+        self.transfer(Dir::Write, &addrs, offset)
     }
 
     /// An NVMe Flush: completed writes are on stable media when it returns.
@@ -358,21 +392,37 @@ impl Passthrough {
     }
 
     /// Offsets and lengths are whole LBAs (the store plans in logical blocks).
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
+    fn check(&self, offset: u64, lens: impl Iterator<Item = usize>) -> io::Result<()> {
         let lba = u64::from(self.ns.lba_bytes());
-        if offset % lba != 0 || len as u64 % lba != 0 || len == 0 {
+        let mut len = 0u64;
+        for n in lens {
+            if n as u64 % lba != 0 || n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            len += n as u64;
+        }
+        if offset % lba != 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        if offset + len as u64 > self.ns.capacity {
+        if offset + len > self.ns.capacity {
             // As a read past the end of a block device: short, which rawblock calls EIO.
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(())
     }
 
-    fn transfer(&self, dir: Dir, addr: u64, len: usize, offset: u64) -> io::Result<()> {
+    /// The commands of aligned segments `(address, length)` at consecutive device bytes.
+    fn transfer(&self, dir: Dir, segs: &[(u64, usize)], offset: u64) -> io::Result<()> {
         let ns = &self.ns;
-        let mut cmds = chunks(offset, addr, len, ns.max_transfer)
+        let starts = segs.iter().scan(offset, |at, &(_, n)| {
+            let here = *at;
+            *at += n as u64;
+            Some(here)
+        });
+        let mut cmds = segs
+            .iter()
+            .zip(starts)
+            .flat_map(|(&(addr, len), at)| chunks(at, addr, len, ns.max_transfer))
             .map(|c| NvmeCmd::rw(dir, ns.nsid, ns.lba_shift, c.offset, c.addr, c.len, self.fua));
         self.run(&mut cmds)
     }
