@@ -37,6 +37,9 @@ run() {
     esac
 }
 
+# The library's own namespace tests: plain commands and fixed buffers agree, unaligned memory is
+# bounced (synchronous path and queue). A filter matching no test would pass: insist on 2.
+run rust-unit sh -c '/bin/rawblock-unit nvme_guest --test-threads=1 >/tmp/unit.out 2>&1; rc=$?; cat /tmp/unit.out; [ $rc = 0 ] && grep -q "test result: ok. 2 passed" /tmp/unit.out'
 # The engine cases (batch window, faults and fallback, recovery) with uring_cmd and io_uring.
 run engines-nvme /bin/engines '*_nvme'
 # Data path, identity across names, the one-writer rule, both engines compared.

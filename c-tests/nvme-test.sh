@@ -101,6 +101,10 @@ for t in engines nvme; do
         -o "$work/bin/$t" || { echo "nvme-test: c-tests/$t.c does not compile"; exit 2; }
 done
 cp "$libdir/rb-bench" "$work/bin/rb-bench"
+# The library's unit tests that need a namespace (engine::uring_cmd::tests::nvme_guest_*).
+unit=$(cd "$root" && ${CARGO:-cargo} test --release --lib --no-run 2>&1 | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
+[ -n "$unit" ] && [ -x "$root/$unit" ] || { echo "nvme-test: cannot build the library's unit tests"; exit 2; }
+cp "$root/$unit" "$work/bin/rawblock-unit"
 soname=$(readelf -d "$libdir/librawblock.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
 strip -o "$ird/lib/${soname:-librawblock.so}" "$libdir/librawblock.so"
 for b in "$work"/bin/*; do
@@ -140,5 +144,16 @@ if ! grep -q '^guest: done' "$work/console.txt"; then
 fi
 # Every program must run for real here: a skip inside the guest is a failure.
 [ "$skipped" -eq 0 ] || { echo "nvme-test: $skipped program(s) skipped inside the guest"; fail=$((fail + skipped)); }
+# The guest's ratios, uring_cmd over io_uring (TCG emulates the CPU: they say little about a real drive).
+awk '/^ +io_uring\(qd=[0-9]+\): median/ {for (i = 1; i <= NF; i++) if ($i ~ /^headers\/s=/) { split($i, a, "="); io = a[2] } }
+     /^ +uring_cmd\(qd=[0-9]+\): median/ {for (i = 1; i <= NF; i++) if ($i ~ /^headers\/s=/) { split($i, a, "="); uc = a[2] } }
+     /^ +data: .* engine=/ { for (i = 1; i <= NF; i++) if ($i ~ /^engine=/) { split($i, a, "="); eng = a[2] } }
+     /^ +data: op=/ { split($2, o, "="); for (i = 1; i <= NF; i++) if ($i ~ /^GB\/s=/) { split($i, a, "="); rate[eng "," o[2]] = a[2] }; ops[o[2]] = 1 }
+     END {
+       line = "nvme-test: uring_cmd/io_uring in the guest (TCG, noisy):"
+       if (io > 0) line = line sprintf(" recovery headers/s %.2fx", uc / io)
+       for (op in ops) if (rate["io_uring," op] > 0) line = line sprintf(", %s %.2fx", op, rate["uring_cmd," op] / rate["io_uring," op])
+       print line
+     }' "$work/console.txt"
 echo "nvme: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
