@@ -49,8 +49,8 @@ run nvme /bin/nvme
 # The fixture is prepared through the block device; uring_cmd asked for through it runs on
 # /dev/ng0n1. TCG emulates the CPU: these numbers say little about a real drive.
 b=/bin/rb-bench
-run bench-prepare $b --device-path /dev/nvme0n1 --slot-bytes 65536 --prepare --i-understand-this-overwrites-device
-run bench-recovery $b --device-path /dev/nvme0n1 --measure --io-engine io_uring uring_cmd --threads 1 --repeats 3 --queue-depth 32
+run bench-prepare $b --device-path /dev/nvme0n1 --slot-bytes 16384 --prepare --i-understand-this-overwrites-device
+run bench-recovery $b --device-path /dev/nvme0n1 --measure --io-engine io_uring uring_cmd --threads 1 --repeats 5 --queue-depth 32
 for e in io_uring uring_cmd; do
     run bench-data-$e $b --workload data --device-path /dev/nvme0n1 --io-engine $e --slot-bytes 1048576 \
         --data-gib 0.0625 --batch 8 --queue-depth 8 --i-understand-this-overwrites-device
