@@ -51,6 +51,12 @@ run nvme /bin/nvme
 b=/bin/rb-bench
 run bench-prepare $b --device-path /dev/nvme0n1 --slot-bytes 16384 --prepare --i-understand-this-overwrites-device
 run bench-recovery $b --device-path /dev/nvme0n1 --measure --io-engine io_uring uring_cmd --threads 1 --repeats 5 --queue-depth 32
+# The seed's second bug: a fixture prepared through /dev/nvmeXnY measured through /dev/ngXnY
+# must index every entry (identity is the superblock's device id, not the path).
+# rb-bench passes when a variant is skipped, so the uring_cmd line itself is required.
+run bench-recovery-ng sh -c "$b --device-path /dev/ng0n1 --measure --io-engine uring_cmd --threads 1 --repeats 1 \
+    --queue-depth 32 >/tmp/ng.out 2>&1; rc=\$?; cat /tmp/ng.out; [ \$rc = 0 ] && grep -q '^uring_cmd(qd=32): median' /tmp/ng.out"
+run bench-recovery-ran-uring_cmd grep -q '^uring_cmd(qd=32): median' /tmp/bench-recovery.log
 for e in io_uring uring_cmd; do
     run bench-data-$e $b --workload data --device-path /dev/nvme0n1 --io-engine $e --slot-bytes 1048576 \
         --data-gib 0.0625 --batch 8 --queue-depth 8 --i-understand-this-overwrites-device

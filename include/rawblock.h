@@ -18,9 +18,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// _IOWR('N', 0x80, struct nvme_uring_cmd): the uring_cmd op of an NVMe I/O command.
-#define NVME_URING_CMD_IO 3225964160
-
 // io_uring where the kernel allows it, otherwise POSIX.
 #define RB_ENGINE_AUTO 0
 

@@ -46,7 +46,7 @@ pub struct NvmeCmd {
 const _: () = assert!(std::mem::size_of::<NvmeCmd>() == 72);
 
 /// _IOWR('N', 0x80, struct nvme_uring_cmd): the uring_cmd op of an NVMe I/O command.
-pub const NVME_URING_CMD_IO: u32 = 0xC048_4E80;
+pub(crate) const NVME_URING_CMD_IO: u32 = 0xC048_4E80;
 /// _IO('N', 0x40): the namespace id of a namespace's device.
 const NVME_IOCTL_ID: libc::c_ulong = 0x4E40;
 /// _IOWR('N', 0x41, struct nvme_passthru_cmd): one admin command (identify).
