@@ -48,8 +48,11 @@ impl UringCmdEngine {
     /// file first; without them when the kernel refuses them for uring_cmd).
     pub fn new(pt: &Arc<Passthrough>, depth: usize, record_len: usize) -> Result<UringCmdEngine, SetupError> {
         let mut first = CmdQueue::new(pt, depth, record_len, true)?;
-        let mut note = None;
+        let mut note = (!first.fixed_buffers).then(|| "registering the header arena was refused; plain commands".to_string());
         if let Err(e) = first.probe() {
+            if !first.fixed_buffers {
+                return Err(SetupError::Kernel(e));
+            }
             note = Some(format!("fixed buffers for uring_cmd refused ({e}); plain commands"));
             first = CmdQueue::new(pt, depth, record_len, false)?;
             first.probe().map_err(SetupError::Kernel)?;
