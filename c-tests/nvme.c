@@ -270,11 +270,34 @@ static int test_scan_same_both_engines(void) {
     return test_result();
 }
 
+/* AUTO never picks passthrough: on the block device it runs io_uring, and the character
+ * device, which only passthrough can read, is refused with a message that says so. */
+static int test_auto_never_picks_passthrough(void) {
+    NEED_NVME();
+    rb_options o;
+    rb_options_init(&o);
+    o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+    rb_device *dev = NULL;
+    CHECK_OK(rb_open(block_dev, &o, &dev));
+    rb_device_info info = {.struct_size = sizeof info};
+    if (dev) CHECK_OK(rb_get_info(dev, &info));
+    CHECK(dev && info.engine == RB_ENGINE_IO_URING, "AUTO on %s runs io_uring (engine %u)", block_dev, info.engine);
+    rb_close(dev);
+    dev = NULL;
+    o.flags = 0;
+    rb_status s = rb_open(char_dev, &o, &dev);
+    CHECK(s == RB_E_INVALID_ARGUMENT && strstr(rb_last_error_message(), "passthrough") != NULL,
+          "AUTO on %s is refused, naming passthrough (got %s: %s)", char_dev, rb_status_str(s), rb_last_error_message());
+    if (s == RB_OK) rb_close(dev);
+    return test_result();
+}
+
 int main(int argc, char **argv) {
     test_init(argc, argv);
     RUN(test_data_uring_cmd);
     RUN(test_identity_across_names);
     RUN(test_one_writer_across_names);
     RUN(test_scan_same_both_engines);
+    RUN(test_auto_never_picks_passthrough);
     return test_finish("nvme");
 }
