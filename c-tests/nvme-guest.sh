@@ -42,6 +42,8 @@ run() {
 run rust-unit sh -c '/bin/rawblock-unit nvme_guest --test-threads=1 >/tmp/unit.out 2>&1; rc=$?; cat /tmp/unit.out; [ $rc = 0 ] && grep -q "test result: ok. 2 passed" /tmp/unit.out'
 # The engine cases (batch window, faults and fallback, recovery) with uring_cmd and io_uring.
 run engines-nvme /bin/engines '*_nvme'
+# Ten threads on one passthrough handle: puts, gets, deletes, checkpoints, header batches.
+run stress-nvme /bin/stress uring_cmd_nvme
 # Data path, identity across names, the one-writer rule, both engines compared.
 run nvme /bin/nvme
 

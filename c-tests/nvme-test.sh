@@ -96,7 +96,7 @@ for m in lib/crc64 crypto/crc64_rocksoft_generic lib/crc64-rocksoft crypto/crct1
          crypto/crct10dif_generic lib/crc-t10dif block/t10-pi drivers/nvme/host/nvme-core drivers/nvme/host/nvme; do
     cp "$moddir/$m.ko" "$ird/modules/" || { echo "nvme-test: module $m missing from the kernel package"; exit 2; }
 done
-for t in engines nvme; do
+for t in engines nvme stress; do
     ${CC:-cc} -std=c11 -Wall -Wextra -Werror -O1 -I"$root/include" "$root/c-tests/$t.c" -L"$libdir" -lrawblock -lpthread \
         -o "$work/bin/$t" || { echo "nvme-test: c-tests/$t.c does not compile"; exit 2; }
 done
