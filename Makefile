@@ -7,7 +7,7 @@ CBINDGEN := target/tools/bin/cbindgen
 LIBDIR   := target/release
 LIB      := $(LIBDIR)/librawblock.so
 
-.PHONY: all build header check-header man man-check test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
+.PHONY: all build header check-header man man-check test wheel install install-test abi-snapshot abi-check abi-update examples-test rust-test powerloss c-test nvme-test py-test readme-example sanitize valgrind fuzz bench bench-data bench-smoke clean
 
 all: build
 
@@ -59,6 +59,14 @@ powerloss:
 c-test: build
 	CC="$(CC)" bash c-tests/run.sh
 
+# NVMe passthrough for real (issue 14): a QEMU guest (TCG) with an emulated NVMe namespace runs
+# the engine, recovery and data C tests and rb-bench with uring_cmd and with io_uring on the same
+# namespace. Fetches QEMU, busybox and a Debian kernel into target/nvme-test (apt-get download,
+# dpkg-deb -x; nothing installed system-wide). Last line: "nvme: N passed, M failed". Skips only
+# where QEMU cannot run at all, and RB_REQUIRE_NVME=1 (.ci/run) turns that skip into a failure.
+nvme-test: build
+	CC="$(CC)" bash c-tests/nvme-test.sh
+
 # The C example in README.md must compile and run as written.
 readme-example: build
 	@mkdir -p target
@@ -107,14 +115,15 @@ valgrind: build
 	for t in $(VALGRIND_TESTS); do \
 	  $(CC) -std=c11 -g -O1 -Iinclude c-tests/$$t.c -L$(LIBDIR) -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lrawblock \
 	    -o target/c-tests-valgrind/$$t || exit 1; \
-	  RB_TEST_TMP=$(CURDIR)/target/c-tests-valgrind/tmp RB_CRASH_KILL_SCALE=4 RB_CRASH_REPLACE_ITERATIONS=10 valgrind -q --error-exitcode=9 --leak-check=full \
-	    --errors-for-leak-kinds=definite target/c-tests-valgrind/$$t > target/c-tests-valgrind/$$t.log 2>&1 \
-	    || { cat target/c-tests-valgrind/$$t.log; echo "valgrind: $$t FAILED"; exit 1; }; \
-	  echo "valgrind: $$t clean"; \
+	  rc=0; RB_TEST_TMP=$(CURDIR)/target/c-tests-valgrind/tmp RB_CRASH_KILL_SCALE=4 RB_CRASH_REPLACE_ITERATIONS=10 valgrind -q --error-exitcode=9 --leak-check=full \
+	    --errors-for-leak-kinds=definite target/c-tests-valgrind/$$t > target/c-tests-valgrind/$$t.log 2>&1 || rc=$$?; \
+	  case $$rc in 0) echo "valgrind: $$t clean" ;; \
+	    77) echo "valgrind: $$t skipped ($$(grep -m1 '^skip' target/c-tests-valgrind/$$t.log))" ;; \
+	    *) cat target/c-tests-valgrind/$$t.log; echo "valgrind: $$t FAILED"; exit 1 ;; esac; \
 	done
 
 # c-test comes last: its closing line "N passed, N failed, N skipped" ends the run.
-test: check-header abi-check man-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind c-test
+test: check-header abi-check man-check rust-test readme-example bench-smoke py-test examples-test install-test sanitize valgrind nvme-test c-test
 
 # Fuzzing (issue 7): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 # Each target runs FUZZ_SECONDS from the committed corpus; a crash's input goes into

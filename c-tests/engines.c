@@ -1,6 +1,9 @@
 /* Engines: batching bounded by queue depth, input order, per-slot fallback, fault injection
  * and dispatch, for every engine (POSIX serial, POSIX pool of 8, io_uring), on a file and,
- * when run.sh could attach one, on a loop device with 4096-byte sectors. */
+ * when run.sh could attach one, on a loop device with 4096-byte sectors. The *_nvme cases run
+ * io_uring on an NVMe namespace's block device and uring_cmd (NVMe passthrough) on its
+ * generic character device: `make nvme-test` runs them in a QEMU guest (RB_TEST_NVME_CHAR,
+ * RB_TEST_NVME_BLOCK); elsewhere they skip. */
 #include "test.h"
 
 #include <dirent.h>
@@ -18,8 +21,9 @@ struct engine {
 static const struct engine POSIX_SERIAL = {"posix serial", RB_ENGINE_POSIX, 1};
 static const struct engine POSIX_POOL = {"posix pool(8)", RB_ENGINE_POSIX, 8};
 static const struct engine IO_URING = {"io_uring", RB_ENGINE_IO_URING, 1};
+static const struct engine URING_CMD = {"uring_cmd", RB_ENGINE_URING_CMD, 1};
 
-enum medium { ON_FILE, ON_BLOCK };
+enum medium { ON_FILE, ON_BLOCK, ON_NVME };
 
 /* The device a case formats and fills: a scratch file, or run.sh's loop device. */
 struct scratch {
@@ -36,7 +40,8 @@ static rb_slot_header out[SLOTS];
 static size_t value_len(int k) { return 1 + (size_t)(k * 37) % 3000; }
 
 /* At most this many reads in flight: the queue depth for io_uring, the threads for POSIX. */
-static uint64_t max_in_flight(const struct engine *e) { return e->engine == RB_ENGINE_IO_URING ? QD : e->posix_threads; }
+static int queued(const struct engine *e) { return e->engine == RB_ENGINE_IO_URING || e->engine == RB_ENGINE_URING_CMD; }
+static uint64_t max_in_flight(const struct engine *e) { return queued(e) ? QD : e->posix_threads; }
 
 /* Threads of this process named by the POSIX pool ("rawblock-io-N"); io_uring's own
  * iou-wrk workers come and go on their own and are not counted. */
@@ -70,11 +75,20 @@ static void shuffle(uint64_t *a, size_t n, uint64_t seed) {
 static int scratch_init(struct scratch *b, const struct engine *e, enum medium medium, const char *name) {
     b->e = e;
     b->medium = medium;
-    snprintf(b->label, sizeof b->label, "%s on %s", e->label, medium == ON_BLOCK ? "loop device" : "file");
+    snprintf(b->label, sizeof b->label, "%s on %s", e->label,
+             medium == ON_BLOCK ? "loop device" : medium == ON_NVME ? "NVMe namespace" : "file");
     for (int i = 0; i < SLOTS; i++) slots[i] = (uint64_t)i;
     shuffle(slots, SLOTS, 42);
     if (medium == ON_FILE) {
         test_path(b->path, sizeof b->path, name);
+        return T_EXIT_PASS;
+    }
+    if (medium == ON_NVME) {
+        /* Passthrough through the generic character device, the others through the block device. */
+        const char *var = e->engine == RB_ENGINE_URING_CMD ? "RB_TEST_NVME_CHAR" : "RB_TEST_NVME_BLOCK";
+        const char *nvme = getenv(var);
+        if (!nvme || !*nvme) SKIP("NVMe namespace: %s is not set (make nvme-test runs these cases in a QEMU guest)", var);
+        snprintf(b->path, sizeof b->path, "%s", nvme);
         return T_EXIT_PASS;
     }
     const char *block = getenv("RB_TEST_BLOCK_DEVICE");
@@ -185,12 +199,13 @@ static int batch_case(const struct engine *e, enum medium medium) {
     uint64_t want_max = max_in_flight(e);
     CHECK(st.max_in_flight <= want_max, "%s: at most %llu reads in flight (got %llu)", b.label,
           (unsigned long long)want_max, (unsigned long long)st.max_in_flight);
-    if (e->engine == RB_ENGINE_IO_URING || e->posix_threads == 1)
+    if (queued(e) || e->posix_threads == 1)
         CHECK(st.max_in_flight == want_max, "%s: the window was used: %llu in flight at once", b.label,
               (unsigned long long)st.max_in_flight);
     CHECK(st.reads_submitted == SLOTS && st.fallbacks == 0 && st.failed == 0,
           "%s: %llu reads submitted, no fallback", b.label, (unsigned long long)st.reads_submitted);
-    if (e->engine == RB_ENGINE_IO_URING) {
+    if (queued(e)) {
+        /* uring_cmd's fixed buffers need kernel 6.1+ (IORING_URING_CMD_FIXED): the guest has it. */
         CHECK(st.registered_buffers && st.registered_file, "%s: registered buffers and file", b.label);
         CHECK(st.submit_calls < SLOTS, "%s: %llu submit calls for %d reads", b.label,
               (unsigned long long)st.submit_calls, SLOTS);
@@ -277,6 +292,23 @@ static int test_auto_picks_io_uring(void) {
     return test_result();
 }
 
+/* uring_cmd is not offered on a loop device (not NVMe): RB_E_UNSUPPORTED saying why. */
+static int test_uring_cmd_unsupported_on_loop_device(void) {
+    const char *block = getenv("RB_TEST_BLOCK_DEVICE");
+    if (!block || !*block) SKIP("no loop device (run through c-tests/run.sh as root)");
+    rb_options o;
+    rb_options_init(&o);
+    o.engine = RB_ENGINE_URING_CMD;
+    rb_device *dev = NULL;
+    CHECK_STATUS(rb_open(block, &o, &dev), RB_E_UNSUPPORTED);
+    CHECK(strstr(rb_last_error_message(), "not an NVMe namespace") != NULL, "the message says why: %s",
+          rb_last_error_message());
+    o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+    CHECK_STATUS(rb_open(block, &o, &dev), RB_E_UNSUPPORTED);
+    rb_close(dev);
+    return test_result();
+}
+
 /* uring_cmd is not offered on a regular file. */
 static int test_uring_cmd_unsupported_on_file(void) {
     char path[512];
@@ -289,6 +321,7 @@ static int test_uring_cmd_unsupported_on_file(void) {
     o.engine = RB_ENGINE_URING_CMD;
     dev = NULL;
     CHECK_STATUS(rb_open(path, &o, &dev), RB_E_UNSUPPORTED);
+    CHECK(strstr(rb_last_error_message(), "regular file") != NULL, "the message says why: %s", rb_last_error_message());
     rb_close(dev);
     unlink(path);
     return test_result();
@@ -312,11 +345,18 @@ static int test_faults_io_uring_block(void) { return faults_case(&IO_URING, ON_B
 static int test_recovery_posix_serial_block(void) { return recovery_case(&POSIX_SERIAL, ON_BLOCK); }
 static int test_recovery_posix_pool_block(void) { return recovery_case(&POSIX_POOL, ON_BLOCK); }
 static int test_recovery_io_uring_block(void) { return recovery_case(&IO_URING, ON_BLOCK); }
+static int test_batch_io_uring_nvme(void) { return batch_case(&IO_URING, ON_NVME); }
+static int test_faults_io_uring_nvme(void) { return faults_case(&IO_URING, ON_NVME); }
+static int test_recovery_io_uring_nvme(void) { return recovery_case(&IO_URING, ON_NVME); }
+static int test_batch_uring_cmd_nvme(void) { return batch_case(&URING_CMD, ON_NVME); }
+static int test_faults_uring_cmd_nvme(void) { return faults_case(&URING_CMD, ON_NVME); }
+static int test_recovery_uring_cmd_nvme(void) { return recovery_case(&URING_CMD, ON_NVME); }
 
 int main(int argc, char **argv) {
     test_init(argc, argv);
     RUN(test_auto_picks_io_uring);
     RUN(test_uring_cmd_unsupported_on_file);
+    RUN(test_uring_cmd_unsupported_on_loop_device);
     RUN(test_batch_posix_serial_file);
     RUN(test_batch_posix_pool_file);
     RUN(test_batch_io_uring_file);
@@ -335,5 +375,11 @@ int main(int argc, char **argv) {
     RUN(test_recovery_posix_serial_block);
     RUN(test_recovery_posix_pool_block);
     RUN(test_recovery_io_uring_block);
+    RUN(test_batch_io_uring_nvme);
+    RUN(test_faults_io_uring_nvme);
+    RUN(test_recovery_io_uring_nvme);
+    RUN(test_batch_uring_cmd_nvme);
+    RUN(test_faults_uring_cmd_nvme);
+    RUN(test_recovery_uring_cmd_nvme);
     return test_finish("engines");
 }

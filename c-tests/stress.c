@@ -3,7 +3,8 @@
  * Each worker owns 16 keys, so it knows what it last put: a get must return exactly that, or
  * RB_E_NOT_FOUND when it last deleted. 16 more keys are shared by all workers; their values name
  * their key and carry a checksum, so a get must return a whole value of that key, never another's.
- * Runs once with io_uring (AUTO) and once with the POSIX pool. */
+ * Runs once with io_uring (AUTO) and once with the POSIX pool; in make nvme-test's QEMU guest also
+ * with NVMe passthrough (uring_cmd, its synchronous rings and its ring pool under 10 threads). */
 #include "test.h"
 
 #include <pthread.h>
@@ -200,26 +201,39 @@ static void check_final_checkpoint(const char *path, rb_options o, const char *l
     dev = NULL;
 }
 
-static int stress_with(uint32_t engine, uint32_t posix_threads, const char *label) {
+static int stress_on(const char *device, uint32_t engine, uint32_t posix_threads, const char *label) {
     char path[512];
-    test_path(path, sizeof path, "stress");
+    if (device)
+        snprintf(path, sizeof path, "%s", device);
+    else
+        test_path(path, sizeof path, "stress");
     rb_options o = options(engine, posix_threads);
     dev = NULL;
     CHECK_OK(rb_open(path, &o, &dev));
     if (!dev) return T_EXIT_FAIL;
     run_threads(label);
     check_final_checkpoint(path, o, label);
-    unlink(path);
+    if (!device) unlink(path);
     return test_result();
+}
+
+static int stress_with(uint32_t engine, uint32_t posix_threads, const char *label) {
+    return stress_on(NULL, engine, posix_threads, label);
 }
 
 static int test_io_uring(void) { return stress_with(RB_ENGINE_AUTO, 1, "io_uring"); }
 static int test_posix_pool(void) { return stress_with(RB_ENGINE_POSIX, 4, "posix pool"); }
+static int test_uring_cmd_nvme(void) {
+    const char *ng = getenv("RB_TEST_NVME_CHAR");
+    if (!ng || !*ng) SKIP("RB_TEST_NVME_CHAR is not set (make nvme-test runs this case in a QEMU guest)");
+    return stress_on(ng, RB_ENGINE_URING_CMD, 1, "uring_cmd");
+}
 
 int main(int argc, char **argv) {
     test_init(argc, argv);
     alarm(240); /* a deadlock ends the test instead of hanging CI */
     RUN(test_io_uring);
     RUN(test_posix_pool);
+    RUN(test_uring_cmd_nvme);
     return test_finish("stress");
 }

@@ -17,7 +17,8 @@
  * "name: FAILED (...)".
  *
  * One case alone: `bash c-tests/run.sh data stale_header`, or a built program with the case's
- * name (with or without "test_") as its argument; `--list` prints the names.
+ * name (with or without "test_") as its argument ("*_nvme": every case ending so); `--list`
+ * prints the names.
  */
 #ifndef RB_C_TEST_H
 #define RB_C_TEST_H
@@ -124,8 +125,13 @@ static inline void test_init(int argc, char **argv) {
         rb_test_run.only = argv[1];
 }
 
+/* A name, with or without "test_", or "*SUFFIX": every case whose name ends in SUFFIX. */
 static inline int test_selected(const char *name) {
     const char *only = rb_test_run.only;
+    if (only && only[0] == '*') {
+        size_t n = strlen(name), k = strlen(only + 1);
+        return n >= k && strcmp(name + n - k, only + 1) == 0;
+    }
     return !only || strcmp(only, name) == 0 || (strncmp(name, "test_", 5) == 0 && strcmp(only, name + 5) == 0);
 }
 

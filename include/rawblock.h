@@ -27,7 +27,9 @@
 // io_uring with registered buffers and file, at most queue_depth reads in flight.
 #define RB_ENGINE_IO_URING 2
 
-// NVMe passthrough (io_uring_cmd); not implemented yet: RB_E_UNSUPPORTED.
+// NVMe passthrough: every I/O an NVMe command sent with io_uring_cmd to the namespace's
+// /dev/ngXnY (the path may name it or /dev/nvmeXnY). Never picked by AUTO; on a device
+// that is not an NVMe namespace, RB_E_UNSUPPORTED saying why.
 #define RB_ENGINE_URING_CMD 3
 
 // Format the device with the options' geometry.

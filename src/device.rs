@@ -5,6 +5,13 @@
 //! node of it), every handle takes an advisory lock, a loop device's handle
 //! locks its backing file as well, and a regular file backing an attached loop
 //! device is refused for writing.
+//!
+//! An NVMe namespace opened for passthrough ([`nvme`]) does its I/O through its generic
+//! character device whichever of its two names was given; its claim (O_EXCL) and lock live
+//! on its block device, which the character device's own open does not claim, so the rule
+//! holds across both names.
+
+pub mod nvme;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -14,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::aligned::AlignedBuf;
+use crate::engine::EngineChoice;
 use crate::error::{Error, HostSpace, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +46,11 @@ pub struct OpenMode {
     pub access: Access,
     /// Open without O_DIRECT.
     pub buffered: bool,
-    /// Open with O_DSYNC: every write is durable when it returns.
+    /// Open with O_DSYNC: every write is durable when it returns (passthrough: FUA writes).
     pub sync_writes: bool,
+    /// Every I/O as NVMe commands through the namespace's generic character device
+    /// (RB_ENGINE_URING_CMD); a path that is not an NVMe namespace is refused.
+    pub passthrough: bool,
 }
 
 /// An open device with its size and logical block size.
@@ -67,6 +78,10 @@ pub struct Device {
     opened_len: u64,
     /// Test support: sees every write and sync (the power-loss simulator).
     write_log: Option<(Arc<dyn WriteLog>, bool)>,
+    /// NVMe passthrough: every read, write and sync goes through it.
+    nvme: Option<Arc<nvme::Passthrough>>,
+    /// The node the advisory lock is taken on: the path, or an NVMe namespace's block device.
+    lock_path: PathBuf,
 }
 
 /// Sees, in order, every write and sync that reaches a device: the power-loss simulator
@@ -101,6 +116,9 @@ pub enum Allocated {
 
 impl Device {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Device> {
+        if mode.passthrough {
+            return Self::open_nvme(path, mode);
+        }
         let write = mode.access != Access::ReadOnly;
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
@@ -132,7 +150,58 @@ impl Device {
             created,
             opened_len: capacity,
             write_log: None,
+            nvme: None,
+            lock_path: path.to_path_buf(),
         })
+    }
+
+    /// Opens an NVMe namespace for passthrough from either of its names. A writer claims the
+    /// block device (O_EXCL) as a block device writer would: the character device has no
+    /// claim of its own, so without this a writer through /dev/ngXnY and one through
+    /// /dev/nvmeXnY would not see each other.
+    fn open_nvme(path: &Path, mode: OpenMode) -> Result<Device> {
+        let unavailable = |reason: String| Error::EngineUnavailable { engine: EngineChoice::UringCmd, reason };
+        if mode.buffered {
+            return Err(unavailable("passthrough never goes through the page cache: buffered I/O cannot be asked of it".into()));
+        }
+        let ns = nvme::probe(path).map_err(unavailable)?;
+        let write = mode.access != Access::ReadOnly;
+        let claim = match (&ns.block_path, write) {
+            (Some(block), true) => Some(claim_block_device(block)?),
+            _ => None,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&ns.char_path)
+            .map_err(|e| Error::io(format!("cannot open {}", ns.char_path.display()), e))?;
+        let lock_path = ns.block_path.clone().unwrap_or_else(|| ns.char_path.clone());
+        let (capacity, logical_block) = (ns.capacity, ns.lba_bytes());
+        let io_file = file.try_clone().map_err(|e| Error::io("cannot duplicate a descriptor", e))?;
+        let pt = nvme::Passthrough::new(io_file, ns, mode.sync_writes)
+            .map_err(|e| unavailable(format!("the kernel refused a ring with 128-byte SQEs and 32-byte CQEs: {e}")))?;
+        Ok(Device {
+            file,
+            path: path.to_path_buf(),
+            kind: DeviceKind::BlockDevice,
+            capacity,
+            logical_block,
+            direct: true,
+            writable: write,
+            lock_file: claim,
+            backing_lock: None,
+            created: false,
+            opened_len: capacity,
+            write_log: None,
+            nvme: Some(Arc::new(pt)),
+            lock_path,
+        })
+    }
+
+    /// The NVMe passthrough every I/O goes through, when the device was opened for it.
+    pub fn passthrough(&self) -> Option<&Arc<nvme::Passthrough>> {
+        self.nvme.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -165,14 +234,15 @@ impl Device {
     /// writer, shared for a reader, so two writers never share a device. A
     /// loop device's backing file is locked the same way, so a writer on the
     /// loop device and one on its file exclude each other in either order.
+    /// An NVMe namespace is locked on its block device whichever name was opened.
     pub fn lock(&mut self) -> Result<()> {
         let file = match self.lock_file.take() {
             Some(claimed) => claimed,
             None => OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_CLOEXEC)
-                .open(&self.path)
-                .map_err(|e| Error::io(format!("cannot open {} to lock it", self.path.display()), e))?,
+                .open(&self.lock_path)
+                .map_err(|e| Error::io(format!("cannot open {} to lock it", self.lock_path.display()), e))?,
         };
         let held = if self.writable { "in use" } else { "open for writing" };
         match self.flock(&file) {
@@ -182,7 +252,7 @@ impl Device {
             }
             Err(e) => return Err(Error::io(format!("cannot lock {}", self.path.display()), e)),
         }
-        if self.kind == DeviceKind::BlockDevice {
+        if self.kind == DeviceKind::BlockDevice && self.nvme.is_none() {
             if let Some((backing, file)) = self.loop_backing_file() {
                 match self.flock(&file) {
                     Ok(()) => self.backing_lock = Some(file),
@@ -308,13 +378,19 @@ impl Device {
 
     /// Reads exactly `buf.len()` bytes at `offset`; EINTR is retried, a short read is an error.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.nvme {
+            Some(pt) => pt.read(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
     }
 
     /// Reads `header` then `payload` from consecutive bytes at `offset` in one call (preadv),
     /// so a payload lands straight in the caller's memory. Both must meet the O_DIRECT
     /// alignment rule. EINTR is retried; a short read is an error (EIO).
     pub fn read_two_at(&self, header: &mut [u8], payload: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(pt) = &self.nvme {
+            return pt.read_two(header, payload, offset);
+        }
         let iov = [
             libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() },
             libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
@@ -342,6 +418,9 @@ impl Device {
     /// so a payload goes straight from the caller's memory. Alignment as for
     /// [`read_two_at`](Self::read_two_at); a short write is an error.
     pub fn write_two_at(&self, header: &[u8], payload: &[u8], offset: u64) -> io::Result<()> {
+        if let (Some(pt), None) = (&self.nvme, &self.write_log) {
+            return pt.write_two(header, payload, offset);
+        }
         if self.write_log.is_some() {
             // The simulator records writes one buffer at a time.
             self.write_at(header, offset)?;
@@ -374,10 +453,10 @@ impl Device {
     /// filesystem; `Error::io` turns it into `Error::HostNoSpace`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match &self.write_log {
-            None => self.file.write_all_at(buf, offset).map_err(|e| self.space(e)),
+            None => self.write_all_at(buf, offset).map_err(|e| self.space(e)),
             Some((log, dsync)) => {
                 let n = log.cut(offset, buf.len()).unwrap_or(buf.len()).min(buf.len());
-                let done = self.file.write_all_at(&buf[..n], offset);
+                let done = self.write_all_at(&buf[..n], offset);
                 log.wrote(offset, &buf[..n], *dsync);
                 done.and(if n < buf.len() { Err(io::Error::from_raw_os_error(libc::ENOSPC)) } else { Ok(()) })
                     .map_err(|e| self.space(e))
@@ -385,9 +464,20 @@ impl Device {
         }
     }
 
-    /// Makes completed writes durable (fdatasync); out of space as in [`Device::write_at`].
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match &self.nvme {
+            Some(pt) => pt.write(buf, offset),
+            None => self.file.write_all_at(buf, offset),
+        }
+    }
+
+    /// Makes completed writes durable (fdatasync; passthrough: an NVMe Flush); out of space
+    /// as in [`Device::write_at`].
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data().map_err(|e| self.space(e))?;
+        match &self.nvme {
+            Some(pt) => pt.flush()?,
+            None => self.file.sync_data().map_err(|e| self.space(e))?,
+        }
         if let Some((log, _)) = &self.write_log {
             log.synced();
         }
@@ -423,6 +513,10 @@ fn kind_of(path: &Path, meta: Option<&std::fs::Metadata>) -> Result<DeviceKind> 
         Some(m) if m.is_file() => Ok(DeviceKind::RegularFile),
         None => Ok(DeviceKind::RegularFile),
         Some(m) if m.is_dir() => Err(Error::InvalidArgument(format!("{shown} is a directory, not a block device or file"))),
+        Some(m) if m.file_type().is_char_device() && nvme::probe(path).is_ok() => Err(Error::InvalidArgument(format!(
+            "{shown} is an NVMe namespace's generic character device: only NVMe passthrough (the uring_cmd engine) \
+             reads it; other engines take its block device"
+        ))),
         Some(_) => Err(Error::InvalidArgument(format!("{shown} is neither a block device nor a regular file"))),
     }
 }

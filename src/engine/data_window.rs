@@ -308,7 +308,7 @@ mod tests {
         let path = dir.join(format!("{name}-{}.img", std::process::id()));
         let bytes: Vec<u8> = (0..200 * 4096).map(|i| (i / 4096) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
-        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, sync_writes: false }).unwrap();
+        let dev = Device::open(&path, OpenMode { access: Access::ReadOnly, buffered: true, ..Default::default() }).unwrap();
         std::fs::remove_file(&path).unwrap();
         dev
     }

@@ -5,6 +5,7 @@
 //! - [`posix`]: a serial pread loop, or a pool of threads kept by the handle;
 //! - [`uring`]: io_uring with registered buffers and file, a window of at
 //!   most `queue_depth` reads kept full ([`window`]);
+//! - [`uring_cmd`]: the same windows, every I/O an NVMe command (passthrough);
 //! - every engine retries a failed read once on its own ([`sync_fallback`]),
 //!   so one bad slot never spoils its neighbours.
 
@@ -14,6 +15,7 @@ pub mod faults;
 pub mod posix;
 pub mod registry;
 pub mod uring;
+pub mod uring_cmd;
 mod window;
 
 use crate::device::{errno_of, Device};
@@ -26,6 +28,7 @@ pub use faults::{FaultMode, FaultTable};
 pub enum EngineKind {
     Posix,
     IoUring,
+    UringCmd,
 }
 
 impl EngineKind {
@@ -33,6 +36,7 @@ impl EngineKind {
         match self {
             EngineKind::Posix => "posix",
             EngineKind::IoUring => "io_uring",
+            EngineKind::UringCmd => "uring_cmd",
         }
     }
 }
@@ -51,7 +55,7 @@ pub enum EngineChoice {
     Auto,
     Posix,
     IoUring,
-    /// NVMe passthrough (io_uring_cmd): not implemented yet.
+    /// NVMe passthrough (io_uring_cmd) on an NVMe namespace; never picked by AUTO.
     UringCmd,
 }
 
@@ -250,6 +254,7 @@ pub struct Engine {
 enum Inner {
     Posix(posix::PosixEngine),
     IoUring(uring::UringEngine),
+    UringCmd(uring_cmd::UringCmdEngine),
 }
 
 impl Engine {
@@ -264,7 +269,20 @@ impl Engine {
         let (inner, note) = match cfg.choice() {
             EngineChoice::Posix => (posix()?, None),
             EngineChoice::UringCmd => {
-                return Err(Error::EngineUnavailable { engine: cfg.choice(), reason: "not implemented yet".into() })
+                let unavailable = |reason: String| Error::EngineUnavailable { engine: cfg.choice(), reason };
+                let Some(pt) = dev.passthrough() else {
+                    return Err(unavailable(format!("{} was not opened for NVMe passthrough", dev.path().display())));
+                };
+                match uring_cmd::UringCmdEngine::new(pt, cfg.uring_depth(record_len), record_len) {
+                    Ok(u) => {
+                        let note = u.note().map(str::to_string);
+                        (Inner::UringCmd(u), note)
+                    }
+                    Err(uring::SetupError::Kernel(e)) => {
+                        return Err(unavailable(format!("the kernel refused an NVMe read command through io_uring: {e}")))
+                    }
+                    Err(uring::SetupError::Memory(e)) => return Err(e),
+                }
             }
             EngineChoice::IoUring => match uring() {
                 Ok(u) => (u, None),
@@ -298,6 +316,7 @@ impl Engine {
         match self.inner {
             Inner::Posix(_) => EngineKind::Posix,
             Inner::IoUring(_) => EngineKind::IoUring,
+            Inner::UringCmd(_) => EngineKind::UringCmd,
         }
     }
 
@@ -305,11 +324,12 @@ impl Engine {
     pub fn concurrency(&self) -> usize {
         match &self.inner {
             Inner::IoUring(u) => u.queue_depth(),
+            Inner::UringCmd(u) => u.queue_depth(),
             Inner::Posix(p) => p.threads(),
         }
     }
 
-    /// Why AUTO fell back from io_uring, if it did.
+    /// Why AUTO fell back from io_uring, if it did (uring_cmd: why it runs without fixed buffers).
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()
     }
@@ -322,6 +342,7 @@ impl Engine {
         match &self.inner {
             Inner::Posix(p) => p.run_data(ctx, job),
             Inner::IoUring(u) => u.run_data(ctx, job),
+            Inner::UringCmd(u) => u.run_data(ctx, job),
         }
     }
 
@@ -334,6 +355,7 @@ impl Engine {
         match &self.inner {
             Inner::Posix(p) => p.read_slots(ctx, slots, out, decode),
             Inner::IoUring(u) => u.read_slots(ctx, slots, out, decode),
+            Inner::UringCmd(u) => u.read_slots(ctx, slots, out, decode),
         }
     }
 }

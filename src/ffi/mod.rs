@@ -314,6 +314,7 @@ fn engine_code(k: EngineKind) -> u32 {
     match k {
         EngineKind::Posix => RB_ENGINE_POSIX,
         EngineKind::IoUring => RB_ENGINE_IO_URING,
+        EngineKind::UringCmd => RB_ENGINE_URING_CMD,
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Index {
 /// Slot indices are ours (not caller input) and already well spread: a multiply hashes them
 /// far faster than SipHash, which matters for the half-million inserts of a fast recovery.
 #[derive(Default)]
-pub struct SlotHasher(u64);
+pub(crate) struct SlotHasher(u64);
 
 impl std::hash::Hasher for SlotHasher {
     fn finish(&self) -> u64 {
@@ -56,7 +56,8 @@ impl std::hash::Hasher for SlotHasher {
     }
 }
 
-pub type SlotSet = HashSet<SlotIndex, std::hash::BuildHasherDefault<SlotHasher>>;
+/// cbindgen:ignore
+type SlotSet = HashSet<SlotIndex, std::hash::BuildHasherDefault<SlotHasher>>;
 
 /// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
 /// A fresh device is one range; each allocated slot splits at most one range in

@@ -66,7 +66,8 @@ impl Store {
             OpenMode::Create(_) | OpenMode::OpenOrCreate(_) => Access::Create,
         };
         super::first_start::check_mode(&opts.mode)?;
-        let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes };
+        let passthrough = opts.engine.choice() == crate::engine::EngineChoice::UringCmd;
+        let mode = device::OpenMode { access, buffered: opts.buffered, sync_writes: opts.sync_writes, passthrough };
         let mut dev = Device::open(path, mode)?;
         dev.lock()?;
         let fresh = |dev: &mut Device, f: &FormatOptions| match format(dev, f, &opts.engine) {

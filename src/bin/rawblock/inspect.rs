@@ -23,7 +23,9 @@ use crate::{open, open_store, show, Failure, Outcome, Result};
 
 /// A second descriptor on the device, read-only, for the reads the Store does not offer.
 fn open_raw(common: &Common) -> Result<Device> {
-    let mode = device::OpenMode { access: Access::ReadOnly, buffered: common.buffered, sync_writes: false };
+    // Through /dev/ngXnY (or with --engine uring_cmd) the raw reads go as NVMe commands too.
+    let passthrough = matches!(common.engine, crate::args::Engine::UringCmd);
+    let mode = device::OpenMode { access: Access::ReadOnly, buffered: common.buffered, sync_writes: false, passthrough };
     Ok(Device::open(&common.device, mode)?)
 }
 

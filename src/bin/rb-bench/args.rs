@@ -10,7 +10,7 @@ pub const USAGE: &str = "usage: rb-bench [--device-path PATH] [--cache-space-gb 
                 [--measure] [--io-engine posix io_uring uring_cmd] [--threads 1 8] [--repeats 5]
                 [--queue-depth 128] [--recover-mode checkpoint|auto|scan] [--compare-fio] [--buffered] [--json FILE]
                 [--dirty-percent P]
-       rb-bench --workload data [--device-path PATH] [--i-understand-this-overwrites-device] [--io-engine io_uring|posix]
+       rb-bench --workload data [--device-path PATH] [--i-understand-this-overwrites-device] [--io-engine io_uring|posix|uring_cmd]
                 [--threads N] [--queue-depth 16] [--batch 64] [--value-bytes N] [--data-gib 2] [--compare-fio]
 defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-gb 64, --slot-bytes 1048576;
 --recover-mode checkpoint (full validation: every header, the read fio is compared with) is the default;

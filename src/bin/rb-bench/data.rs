@@ -101,12 +101,14 @@ pub fn run(args: &Args) -> Result<bool, String> {
 }
 
 fn engine_config(args: &Args) -> Result<EngineConfig, String> {
-    // One engine: io_uring whenever it is listed (it is by default), else posix.
+    // One engine: uring_cmd when listed (NVMe passthrough: asked for, never the default), else
+    // io_uring whenever it is listed (it is by default), else posix.
     let listed = |e: &str| args.engines.iter().any(|x| x == e);
-    let choice = match (listed("io_uring"), listed("posix")) {
-        (true, _) => EngineChoice::IoUring,
-        (false, true) => EngineChoice::Posix,
-        _ => return Err(format!("--workload data runs posix or io_uring, not {:?}", args.engines)),
+    let choice = match (listed("uring_cmd"), listed("io_uring"), listed("posix")) {
+        (true, _, _) => EngineChoice::UringCmd,
+        (false, true, _) => EngineChoice::IoUring,
+        (false, false, true) => EngineChoice::Posix,
+        _ => return Err(format!("--workload data runs posix, io_uring or uring_cmd, not {:?}", args.engines)),
     };
     Ok(EngineConfig::new(choice, *args.threads.last().unwrap_or(&1), args.queue_depth))
 }

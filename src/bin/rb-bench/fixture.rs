@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use rawblock::engine::{EngineChoice, EngineConfig};
 use rawblock::format::{Geometry, GeometryRequest};
 use rawblock::store::{FormatOptions, OpenMode, RecoverMode, RecoverOptions};
 use rawblock::{OpenOptions, Store};
@@ -147,7 +148,13 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn open(args: &Args) -> Result<Fixture, String> {
-        let opts = OpenOptions { mode: OpenMode::ReadOnly, buffered: args.buffered, ..Default::default() };
+        // An NVMe namespace's character device (/dev/ngXnY) is read only through passthrough.
+        let char_device = std::fs::metadata(&args.device).is_ok_and(|m| m.file_type().is_char_device());
+        let engine = match char_device {
+            true => EngineConfig::new(EngineChoice::UringCmd, 1, 0),
+            false => EngineConfig::default(),
+        };
+        let opts = OpenOptions { mode: OpenMode::ReadOnly, buffered: args.buffered, engine, ..Default::default() };
         let store = Store::open(&args.device, &opts).map_err(|e| hints::open_fixture(e, &args.device, !args.buffered))?;
         let r = store
             .recover(&RecoverOptions { mode: RecoverMode::Checkpoint, ..Default::default() })

@@ -35,8 +35,8 @@ pub fn open_fixture(e: Error, device: &Path, direct: bool) -> String {
 /// A variant's engine could not be set up (or its recovery failed).
 pub fn engine(e: Error, choice: EngineChoice, device: &Path, direct: bool) -> String {
     match (e, choice) {
-        (Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. }, _) => {
-            "NVMe passthrough is not implemented yet; --io-engine io_uring reads the same headers".into()
+        (e @ Error::EngineUnavailable { engine: EngineChoice::UringCmd, .. }, _) => {
+            format!("{e}; --io-engine io_uring reads the same headers through the block layer")
         }
         (e @ Error::EngineUnavailable { engine: EngineChoice::IoUring, .. }, _) => format!("{e}; --io-engine posix needs no io_uring"),
         (e, _) => common(e, device, direct),

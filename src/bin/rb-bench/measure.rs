@@ -28,7 +28,10 @@ pub fn variants(args: &Args) -> Vec<Variant> {
                 label: format!("io_uring(qd={})", args.queue_depth),
                 config: config(EngineChoice::IoUring, 1),
             }),
-            _ => v.push(Variant { label: "uring_cmd".into(), config: config(EngineChoice::UringCmd, 1) }),
+            _ => v.push(Variant {
+                label: format!("uring_cmd(qd={})", args.queue_depth),
+                config: config(EngineChoice::UringCmd, 1),
+            }),
         }
     }
     v
@@ -72,6 +75,9 @@ fn run_once(args: &Args, v: &Variant) -> Result<Run, String> {
     let store = Store::open(&args.device, &opts).map_err(|e| hints::engine(e, v.config.choice(), &args.device, !args.buffered))?;
     if v.config.choice() == EngineChoice::IoUring && store.engine_kind() != EngineKind::IoUring {
         return Err("io_uring did not run".into());
+    }
+    if v.config.choice() == EngineChoice::UringCmd && store.engine_kind() != EngineKind::UringCmd {
+        return Err("uring_cmd did not run".into());
     }
     let cpu0 = cpu_time();
     let t0 = Instant::now();
