@@ -153,6 +153,8 @@ enum Op {
     /// A write call with nothing of its own to write: runs the invalidations recovery queued.
     Poke,
     Checkpoint { snapshot: Vec<Seen> },
+    /// rb_sync: every write acknowledged before it is durable.
+    Sync,
     /// A clean reopen and recovery; `live` is what it found.
     Restart { live: Vec<Seen> },
 }
@@ -465,6 +467,14 @@ impl Recording {
         self.step(Op::Delete { key }, start);
     }
 
+    fn sync(&mut self) {
+        let start = self.rec.len();
+        if let Err(e) = self.store().sync() {
+            panic!("run {}: sync failed: {e}", self.run.number);
+        }
+        self.step(Op::Sync, start);
+    }
+
     fn checkpoint(&mut self) {
         let start = self.rec.len();
         if let Err(e) = self.store().checkpoint() {
@@ -563,6 +573,7 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
             55..=66 => w.delete(key),
             67..=78 => w.checkpoint(),
             79..=85 => w.put(key, true, tally),
+            86..=91 => w.sync(),
             _ => w.restart(tally),
         }
     }
@@ -621,7 +632,7 @@ fn expect_after_restart(run: &Run, k: usize, live: &[Seen], from_checkpoint: boo
                 allowed.push(Seen::Value(vid));
                 allowed.push(Seen::Corrupt);
             }
-            Op::Put { .. } | Op::PutMany { .. } | Op::Delete { .. } | Op::Poke | Op::Checkpoint { .. } => break,
+            Op::Put { .. } | Op::PutMany { .. } | Op::Delete { .. } | Op::Poke | Op::Checkpoint { .. } | Op::Sync => break,
             Op::Restart { .. } => {}
         }
     }
@@ -666,6 +677,10 @@ struct KeyModel {
     unsynced_slot_write: bool,
     /// An eviction of the key's old copy was in flight with a put of it: absent is possible.
     may_be_absent: bool,
+    /// The acknowledged state at the last completed rb_sync or checkpoint, and whether any
+    /// operation touched the key since (begun or done).
+    synced: Option<Seen>,
+    touched_since_sync: bool,
 }
 
 /// Keys an eviction batch removed, before the put that triggered it: done, they are
@@ -674,6 +689,7 @@ fn evict(keys: &mut [KeyModel], evicted: &[usize], done: bool) {
     for &k in evicted {
         let km = &mut keys[k];
         km.touched = true;
+        km.touched_since_sync = true;
         if done {
             km.acked = Some(Seen::Absent);
             km.failed.clear();
@@ -725,6 +741,7 @@ impl Run {
                     let km = &mut keys[*key];
                     km.ever.push(*vid);
                     km.touched = true;
+                    km.touched_since_sync = true;
                     if !done {
                         km.in_flight = Some(InFlight::Put(*vid));
                         km.may_be_absent |= evicted.contains(key);
@@ -741,6 +758,7 @@ impl Run {
                         let km = &mut keys[key];
                         km.ever.push(vid);
                         km.touched = true;
+                        km.touched_since_sync = true;
                         if !done {
                             km.in_flight = Some(InFlight::Put(vid));
                             km.may_be_absent |= evicted.contains(&key);
@@ -753,6 +771,7 @@ impl Run {
                 Op::Delete { key } => {
                     let km = &mut keys[*key];
                     km.touched = true;
+                    km.touched_since_sync = true;
                     if done {
                         km.acked = Some(Seen::Absent);
                         km.failed.clear();
@@ -765,6 +784,12 @@ impl Run {
                     if done {
                         checkpoint = Some(snapshot.clone());
                         keys.iter_mut().for_each(|km| km.touched = false);
+                        keys.iter_mut().for_each(|km| (km.synced, km.touched_since_sync) = (km.acked, false));
+                    }
+                }
+                Op::Sync => {
+                    if done {
+                        keys.iter_mut().for_each(|km| (km.synced, km.touched_since_sync) = (km.acked, false));
                     }
                 }
                 Op::Restart { live } => {
@@ -780,6 +805,7 @@ impl Run {
                         if !failed_value {
                             km.acked = Some(*seen);
                         }
+                        km.touched_since_sync = true; // the obligation restarts at the next sync
                     }
                 }
             }
@@ -1028,6 +1054,17 @@ fn judge(run: &Run, m: &Model, k: usize, seen: Seen, scanned: bool, intact_copy:
     if let Some(Seen::Value(v)) = m.checkpoint.as_ref().map(|c| c[k]) {
         if !km.touched && seen != Seen::Value(v) {
             return Err("a value of the last completed checkpoint, untouched since, was lost");
+        }
+    }
+    if let Some(synced) = km.synced {
+        // A put that failed before the sync may show (its clean-up may have failed too).
+        let failed_shows = match seen {
+            Seen::Value(v) => km.failed.contains(&v),
+            Seen::Corrupt => !km.failed.is_empty(),
+            Seen::Absent => false,
+        };
+        if scanned && !km.touched_since_sync && seen != synced && !failed_shows {
+            return Err("a state acknowledged before a completed rb_sync (or checkpoint), untouched since, was lost or undone");
         }
     }
     let acked_value = matches!(km.acked, Some(Seen::Value(_)));
