@@ -366,6 +366,11 @@ impl Store {
         Ok(p)
     }
 
+    /// Lease records this handle wrote (each one write and one fdatasync).
+    pub fn lease_records_written(&self) -> u64 {
+        lock(&self.state).leases.records_written
+    }
+
     /// Makes every write acknowledged before it durable (fdatasync): after it returns, those
     /// puts and deletes survive a power cut. (Without it they survive a process kill; with
     /// RB_OPEN_SYNC_WRITES each is durable when it returns.)

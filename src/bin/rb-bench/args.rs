@@ -16,7 +16,8 @@ defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-
 --recover-mode checkpoint (full validation: every header, the read fio is compared with) is the default;
 --dirty-percent P: --prepare changes P% of the entries after its checkpoint and stops as a crash would,
 --measure then times fast recovery (auto) against full validation and prints the restart: line;
---workload data formats its own fixture (it writes; --measure of the recovery workload never does)";
+--workload data formats its own fixture (it writes; --measure of the recovery workload never does);
+--workload lease-cost formats its own fixture twice (with and without the lease journal) and times puts";
 
 #[derive(Debug)]
 pub struct Args {
@@ -41,6 +42,8 @@ pub struct Args {
     pub json: Option<PathBuf>,
     /// `--workload data`: the data path instead of recovery.
     pub data: bool,
+    /// `--workload lease-cost`: puts with and without the lease journal, in one run.
+    pub lease_cost: bool,
     /// Bytes per value (default: the slot's whole payload).
     pub value_bytes: Option<usize>,
     pub batch: usize,
@@ -72,6 +75,7 @@ impl Default for Args {
             dirty_percent: None,
             json: None,
             data: false,
+            lease_cost: false,
             value_bytes: None,
             batch: 64,
             data_gib: 2.0,
@@ -124,7 +128,10 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
         "--recover-mode" => a.recover_mode = recover_mode(&one::<String>(flag, v)?)?,
         "--json" => a.json = Some(one(flag, v)?),
         "--dirty-percent" => a.dirty_percent = Some(one(flag, v)?),
-        "--workload" => a.data = workload(&one::<String>(flag, v)?)?,
+        "--workload" => match one::<String>(flag, v)?.as_str() {
+            "lease-cost" => a.lease_cost = true,
+            other => a.data = workload(other)?,
+        },
         "--value-bytes" => a.value_bytes = Some(one(flag, v)?),
         "--batch" => a.batch = one(flag, v)?,
         "--data-gib" => a.data_gib = one(flag, v)?,
@@ -141,7 +148,7 @@ fn check(a: &Args) -> Result<(), String> {
     if a.dirty_percent.is_some_and(|p: f64| !(0.0..=100.0).contains(&p)) {
         return Err("--dirty-percent must be between 0 and 100".into());
     }
-    if !a.prepare && !a.measure && !a.data {
+    if !a.prepare && !a.measure && !a.data && !a.lease_cost {
         return Err(format!("say --prepare, --measure or both\n{USAGE}"));
     }
     if let Some(bad) = a.engines.iter().find(|e| !["posix", "io_uring", "uring_cmd"].contains(&e.as_str())) {
@@ -161,7 +168,7 @@ fn workload(s: &str) -> Result<bool, String> {
     match s {
         "recovery" => Ok(false),
         "data" => Ok(true),
-        other => Err(format!("--workload: {other:?} is not recovery or data")),
+        other => Err(format!("--workload: {other:?} is not recovery, data or lease-cost")),
     }
 }
 

@@ -48,6 +48,9 @@ fn run(args: &Args) -> Result<bool, String> {
     if args.data {
         return data::run(args);
     }
+    if args.lease_cost {
+        return restart::lease_cost(args);
+    }
     if args.prepare {
         fixture::prepare(args)?;
     }

@@ -12,8 +12,11 @@
 
 use std::time::Instant;
 
+use rawblock::aligned::AlignedBuf;
 use rawblock::engine::{EngineChoice, EngineConfig};
-use rawblock::store::{OpenMode, RecoverMode, RecoverOptions, RecoverReport};
+use rawblock::format::geometry::NO_JOURNAL;
+use rawblock::format::GeometryRequest;
+use rawblock::store::{FormatOptions, OpenMode, RecoverMode, RecoverOptions, RecoverReport};
 use rawblock::{Error, OpenOptions, Store};
 
 use crate::args::Args;
@@ -152,6 +155,66 @@ fn judge(store: &Store, plan: &DirtyPlan, n: u64) -> Result<(u64, u64, u64), Str
         }
     }
     Ok((recovered, lost, resurrected))
+}
+
+/// `--workload lease-cost`: what the lease journal costs a put. Formats the fixture with a
+/// journal and without one (as devices from before it), and times the same single puts of
+/// `--value-bytes` (default 4 KiB: small values show a per-put cost most) into each, in
+/// alternating rounds, O_DIRECT, in one run. Prints `lease_cost: ... ratio=R`, R being puts/s
+/// with the journal over puts/s without.
+pub fn lease_cost(args: &Args) -> Result<bool, String> {
+    crate::fixture::refuse_mounted(&args.device)?;
+    if !args.overwrite_ok && args.device.exists() {
+        return Err(format!("{} exists: --workload lease-cost formats it (add --i-understand-this-overwrites-device)", args.device.display()));
+    }
+    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let value = args.value_bytes.unwrap_or(4096);
+    let rounds = args.repeats.max(2);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut journal_records = 0;
+    for round in 0..rounds {
+        for journal in [true, false] {
+            let geometry = GeometryRequest {
+                slot_bytes: args.slot_bytes,
+                journal_blocks: if journal { 0 } else { NO_JOURNAL },
+                ..Default::default()
+            };
+            let format = FormatOptions {
+                capacity_bytes: (args.cache_space_gb * (1u64 << 30) as f64) as u64,
+                geometry,
+                overwrite: true,
+                preallocate: true,
+            };
+            let engine = EngineConfig::new(EngineChoice::Auto, 1, args.queue_depth);
+            let opts = OpenOptions { mode: OpenMode::Create(format), engine, buffered: args.buffered, ..Default::default() };
+            let store = Store::open(&args.device, &opts).map_err(|e| hints::prepare(e, &args.device, !args.buffered))?;
+            let n = (store.geometry().slot_count() as usize).min(20_000);
+            let mut buf = AlignedBuf::zeroed(store.padded_len(value as u64) as usize);
+            buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+            let t = Instant::now();
+            for i in 0..n {
+                store.put(bench_key(i as u64).as_bytes(), &buf[..value]).map_err(|e| format!("put {i}: {e}"))?;
+            }
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            if journal {
+                with.push(rate);
+                journal_records = store.lease_records_written();
+            } else {
+                without.push(rate);
+            }
+            eprintln!("lease-cost round {round}: journal={journal} {n} puts, {rate:.0}/s");
+        }
+    }
+    let _ = std::fs::remove_file(&args.device);
+    let (w, wo) = (median(with), median(without));
+    println!(
+        "lease_cost: value={value} slot_bytes={} rounds={rounds} puts_per_s_with_journal={w:.0} puts_per_s_without={wo:.0} ratio={:.3} lease_records={journal_records}",
+        args.slot_bytes,
+        w / wo
+    );
+    Ok(true)
 }
 
 #[cfg(test)]
