@@ -161,6 +161,19 @@ public:
         return count;
     }
     void checkpoint() { check(rb_checkpoint(dev_), "rb_checkpoint"); }
+    // Every put and delete acknowledged before it survives a power cut.
+    void sync() { check(rb_sync(dev_), "rb_sync"); }
+    // Checkpoint by itself after every_changes changes or every_ms ms with changes (0: off).
+    void set_auto_checkpoint(uint64_t every_changes, uint64_t every_ms) {
+        check(rb_set_auto_checkpoint(dev_, every_changes, every_ms), "rb_set_auto_checkpoint");
+    }
+    // After a fast recovery: verify up to max_entries entries indexed unread.
+    rb_verify_progress verify_step(size_t max_entries) {
+        rb_verify_progress p{};
+        p.struct_size = sizeof p;
+        check(rb_verify_step(dev_, max_entries, &p), "rb_verify_step");
+        return p;
+    }
     rb_recover_report recover(uint32_t mode = RB_RECOVER_AUTO) {
         rb_recover_options o;
         rb_recover_options_init(&o);

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
             }
             for (int i = 0; i < n; i++) dev.put("cpp-key-" + std::to_string(i), value_of(i));
             dev.erase("cpp-key-0");
+            dev.sync();
             dev.checkpoint();
         }
         rawblock::Device dev(path, rawblock::Options().read_only());
@@ -29,6 +30,14 @@ int main(int argc, char** argv) {
         if (r.indexed != n - 1 || r.dropped_stale != 0) {
             std::fprintf(stderr, "recovered %llu entries (%llu stale), want %d\n", (unsigned long long)r.indexed,
                          (unsigned long long)r.dropped_stale, n - 1);
+            return 1;
+        }
+        // Fast recovery indexed the checkpoint's entries unread; verify them all now.
+        rb_verify_progress v = dev.verify_step(1000);
+        if (r.source != RB_RECOVERED_JOURNAL || v.verified != (uint64_t)(n - 1) || v.dropped != 0 || v.remaining != 0) {
+            std::fprintf(stderr, "fast recovery or verification: source %u, %llu verified, %llu dropped, %llu left\n",
+                         r.source, (unsigned long long)v.verified, (unsigned long long)v.dropped,
+                         (unsigned long long)v.remaining);
             return 1;
         }
         size_t listed = 0;

@@ -121,13 +121,38 @@ func (d *Device) Delete(key []byte) error {
 // Checkpoint makes the index durable.
 func (d *Device) Checkpoint() error { return check(C.rb_checkpoint(d.dev)) }
 
+// Sync makes every put and delete acknowledged before it survive a power cut.
+func (d *Device) Sync() error { return check(C.rb_sync(d.dev)) }
+
+// SetAutoCheckpoint makes the handle checkpoint by itself after everyChanges changes or
+// everyMs milliseconds with changes pending (0 turns a trigger off).
+func (d *Device) SetAutoCheckpoint(everyChanges, everyMs uint64) error {
+	return check(C.rb_set_auto_checkpoint(d.dev, C.uint64_t(everyChanges), C.uint64_t(everyMs)))
+}
+
+// VerifyProgress is where background verification stands (VerifyStep).
+type VerifyProgress struct {
+	Checked, Verified, Dropped, Unreadable, Remaining uint64
+}
+
+// VerifyStep verifies up to max entries a fast recovery indexed unread.
+func (d *Device) VerifyStep(max int) (VerifyProgress, error) {
+	var p C.rb_verify_progress
+	p.struct_size = C.size_t(unsafe.Sizeof(p))
+	if err := check(C.rb_verify_step(d.dev, C.size_t(max), &p)); err != nil {
+		return VerifyProgress{}, err
+	}
+	return VerifyProgress{uint64(p.checked), uint64(p.verified), uint64(p.dropped), uint64(p.unreadable), uint64(p.remaining)}, nil
+}
+
 // Report is what Recover did.
 type Report struct {
 	Indexed, DroppedStale, DroppedUnreadable, CheckpointSequence, HeaderReads uint64
 	Engine                                                                    uint32
 }
 
-// Recover rebuilds the index (checkpoint and header validation, or a scan).
+// Recover rebuilds the index with RB_RECOVER_AUTO (fast recovery: the checkpoint and the
+// slots leased since it; or full validation, or a scan).
 func (d *Device) Recover() (Report, error) {
 	var r C.rb_recover_report
 	r.struct_size = C.size_t(unsafe.Sizeof(r))

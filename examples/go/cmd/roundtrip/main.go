@@ -35,6 +35,9 @@ func run(path string) error {
 	if err := dev.Delete([]byte("go-key-0")); err != nil {
 		return err
 	}
+	if err := dev.Sync(); err != nil {
+		return err
+	}
 	if err := dev.Checkpoint(); err != nil {
 		return err
 	}
@@ -52,6 +55,10 @@ func run(path string) error {
 	}
 	if r.Indexed != n-1 || r.DroppedStale != 0 {
 		return fmt.Errorf("recovered %d entries (%d stale), want %d", r.Indexed, r.DroppedStale, n-1)
+	}
+	// Fast recovery indexed the checkpoint's entries unread; verify them all now.
+	if v, err := dev.VerifyStep(1000); err != nil || v.Verified != uint64(n-1) || v.Dropped != 0 || v.Remaining != 0 {
+		return fmt.Errorf("verification: %+v, %v", v, err)
 	}
 	var listed [][]byte
 	err = dev.ListKeys(nil, 16, func(k rawblock.KeyInfo) error {
