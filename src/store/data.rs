@@ -232,7 +232,6 @@ impl Store {
             return Some(Error::Corrupt(format!("slot {} of key: {why}", e.slot)));
         }
         st.index.remove(key);
-        st.lazily_dropped += 1;
         if !self.is_read_only() {
             match why {
                 Mismatch::HeaderGone => st.index.release(e.slot),

@@ -164,6 +164,9 @@ impl Store {
                 }
                 if st.leases.overflowed {
                     drop(st);
+                    // Under lease_io: no checkpoint snapshot may fall between taking the slot
+                    // and marking it in flight, or that checkpoint would not carry it.
+                    let _snapshot_waits = lock(&self.lease_io);
                     let slot = self.allocate_unleased()?;
                     lock(&self.state).leases.in_flight.insert(slot);
                     return Ok(slot);

@@ -74,8 +74,6 @@ struct State {
     /// Puts, deletes and evictions since open, and their count at the last checkpoint.
     changes: u64,
     checkpointed_changes: u64,
-    /// Entries trusted by a fast recovery that their first read found gone.
-    lazily_dropped: u64,
     /// When the handle checkpoints by itself, and when it last checkpointed.
     auto_checkpoint: checkpoint::AutoCheckpoint,
     checkpointed_at: std::time::Instant,

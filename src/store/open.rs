@@ -109,7 +109,6 @@ impl Store {
                 leases: if phase == Phase::Fresh { super::lease::Leases::fresh(g.journal_blocks()) } else { Default::default() },
                 changes: 0,
                 checkpointed_changes: 0,
-                lazily_dropped: 0,
                 auto_checkpoint: Default::default(),
                 checkpointed_at: std::time::Instant::now(),
                 auto_checkpoint_failures: 0,

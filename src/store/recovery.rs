@@ -163,10 +163,9 @@ impl Store {
         let mut report = RecoverReport::new(self.engine.kind(), start.elapsed().as_nanos() as u64);
         let validate_start = Instant::now();
         // Fast recovery needs the newest commit record on the device to be the checkpoint
-        // that loaded (or none ever written): a damaged newer one may have obsoleted
-        // journal records the older checkpoint would need.
-        // With no commit record at all, the journal must never have seen a checkpoint either
-        // (every record of epoch 0): otherwise the checkpoints were destroyed, not absent.
+        // that loaded: a damaged newer one may have obsoleted journal records the older
+        // checkpoint would need. With no commit record at all, the journal must never have
+        // seen a checkpoint either (every record of epoch 0), or they were destroyed, not absent.
         let newest_loaded = match (&loaded, &journal) {
             (Some(ck), _) => ck.header.sequence + 1 == cursor.next_sequence,
             (None, Some(j)) => cursor.next_sequence <= 1 && !j.saw_a_checkpoint(),
@@ -267,7 +266,7 @@ impl Store {
 
         // The checkpoint's entries: a leased slot was read, and its header decides.
         let mut kept: Vec<(&[u8], Entry)> = Vec::with_capacity(entries.len() + found.len());
-        let mut trusted: Vec<(SlotIndex, &[u8])> = Vec::with_capacity(entries.len());
+        let mut trusted: Vec<SlotIndex> = Vec::with_capacity(entries.len());
         let mut listed: std::collections::HashSet<SlotIndex> = std::collections::HashSet::new();
         for ce in &entries {
             let plausible =
@@ -284,7 +283,7 @@ impl Store {
                 }
             } else {
                 kept.push((ce.key, entry));
-                trusted.push((ce.slot, ce.key));
+                trusted.push(ce.slot);
             }
         }
         kept.extend(found.iter().map(|(k, e)| (&k[..], *e)));
@@ -297,10 +296,10 @@ impl Store {
         }
         report.dropped_stale += losers.len() as u64;
         invalidate.extend(losers.iter().map(|e| e.slot).filter(|&s| !index.is_used(s)));
-        // Every trusted entry is a winner: its slot was not leased, so no copy read from a
-        // leased slot shares it, and a newer copy of its key supersedes it only as a loser.
+        // A trusted entry's slot was not leased, so no copy read from a leased slot shares it:
+        // it lost only if a newer copy of its key superseded it, and then it is a loser.
         let lost: std::collections::HashSet<SlotIndex> = losers.iter().map(|e| e.slot).collect();
-        let winners: Vec<SlotIndex> = trusted.into_iter().map(|(s, _)| s).filter(|s| !lost.contains(s)).collect();
+        let winners: Vec<SlotIndex> = trusted.into_iter().filter(|s| !lost.contains(s)).collect();
         report.trusted_unread = winners.len() as u64;
         index.mark_unverified(winners.into_iter())?;
         report.recovered_since_checkpoint = found
