@@ -486,8 +486,9 @@ rb_status rb_recover_options_init(struct rb_recover_options *opts);
 // `path` is a NUL-terminated string; `opts` is NULL or a valid rb_options; `out` is writable.
 rb_status rb_open(const char *path, const struct rb_options *opts, struct rb_device **out);
 
-// Closes a handle (NULL is a no-op). Does not checkpoint: call rb_checkpoint first
-// to make the index durable.
+// Closes a handle (NULL is a no-op). Does not checkpoint: the next RB_RECOVER_AUTO finds
+// the puts made since the last checkpoint through the lease journal, and rb_checkpoint
+// first makes that restart read less.
 //
 // # Safety
 // `dev` is NULL or a handle from rb_open not yet closed, with no call in progress on it.

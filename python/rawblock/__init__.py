@@ -104,7 +104,8 @@ class Engine(IntEnum):
 
 
 class RecoverMode(IntEnum):
-    """How recover() rebuilds the index: AUTO (checkpoint, else scan), CHECKPOINT only, or SCAN."""
+    """How recover() rebuilds the index: AUTO (fast: the checkpoint and the slots leased since),
+    CHECKPOINT (full validation of the checkpoint only), or SCAN (every slot header)."""
     AUTO = _lib.RB_RECOVER_AUTO
     CHECKPOINT = _lib.RB_RECOVER_CHECKPOINT
     SCAN = _lib.RB_RECOVER_SCAN

@@ -179,8 +179,9 @@ pub unsafe extern "C" fn rb_open(path: *const c_char, opts: *const rb_options, o
     })
 }
 
-/// Closes a handle (NULL is a no-op). Does not checkpoint: call rb_checkpoint first
-/// to make the index durable.
+/// Closes a handle (NULL is a no-op). Does not checkpoint: the next RB_RECOVER_AUTO finds
+/// the puts made since the last checkpoint through the lease journal, and rb_checkpoint
+/// first makes that restart read less.
 ///
 /// # Safety
 /// `dev` is NULL or a handle from rb_open not yet closed, with no call in progress on it.
