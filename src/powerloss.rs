@@ -189,6 +189,8 @@ struct Run {
 struct Tally {
     runs: usize,
     sync_runs: usize,
+    /// Checkpoints the workloads took that were deltas.
+    deltas: usize,
     events: usize,
     crash_points: usize,
     images: usize,
@@ -228,6 +230,7 @@ impl Tally {
     fn merge(&mut self, o: Tally) {
         self.runs += o.runs;
         self.sync_runs += o.sync_runs;
+        self.deltas += o.deltas;
         self.events += o.events;
         self.crash_points += o.crash_points;
         self.images += o.images;
@@ -288,6 +291,12 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Checkpoints in the sweep are deltas whenever a full one was taken by the handle (the
+/// default share of an eighth would almost never allow one with this few keys).
+fn set_deltas(store: &Store) {
+    store.set_delta_max_permille(1000);
+}
+
 fn set_eviction(store: &Store, cfg: Config) {
     if cfg.evict {
         let lru = crate::store::Eviction { policy: crate::store::EvictionPolicy::Lru, low_watermark_permille: 0 };
@@ -344,6 +353,8 @@ struct Recording {
     live: Vec<Seen>,
     /// The step of the last checkpoint and what it holds.
     last_checkpoint: Option<(usize, Vec<Seen>)>,
+    /// Checkpoints that were deltas.
+    deltas: usize,
 }
 
 /// A key no workload uses: deleting it writes nothing of its own but runs the
@@ -477,8 +488,9 @@ impl Recording {
 
     fn checkpoint(&mut self) {
         let start = self.rec.len();
-        if let Err(e) = self.store().checkpoint() {
-            panic!("run {}: checkpoint failed: {e}", self.run.number);
+        match self.store().checkpoint() {
+            Ok(info) => self.deltas += info.delta_of.is_some() as usize,
+            Err(e) => panic!("run {}: checkpoint failed: {e}", self.run.number),
         }
         self.last_checkpoint = Some((self.run.steps.len(), self.live.clone()));
         self.step(Op::Checkpoint { snapshot: self.live.clone() }, start);
@@ -492,6 +504,7 @@ impl Recording {
         let mut store = Store::open(&self.path, &open_opts(OpenMode::ReadWrite, EngineChoice::Posix, cfg.sync_writes)).expect("reopen");
         store.set_write_log(self.rec.clone());
         set_eviction(&store, cfg);
+        set_deltas(&store);
         let store = &*self.store.insert(store);
         // AUTO is fast recovery (the lease journal). AUTO + SCRUB_FREE validates the
         // checkpoint instead, forgetting puts since it; without its scrub that leaves headers a
@@ -547,6 +560,7 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
     let rec = Arc::new(Recorder { data_base: store.geometry().data_base(), ..Default::default() });
     store.set_write_log(rec.clone());
     set_eviction(&store, cfg);
+    set_deltas(&store);
     let run = Run {
         number,
         seed,
@@ -561,7 +575,7 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
         headers: Vec::new(),
         steps: Vec::new(),
     };
-    let mut w = Recording { run, path, store: Some(store), rec, rng: Rng::new(seed), live: vec![Seen::Absent; cfg.keys], last_checkpoint: None };
+    let mut w = Recording { run, path, store: Some(store), rec, rng: Rng::new(seed), live: vec![Seen::Absent; cfg.keys], last_checkpoint: None, deltas: 0 };
     for _ in 0..cfg.ops {
         let key = w.rng.below(cfg.keys as u64) as usize;
         match w.rng.below(100) {
@@ -577,7 +591,8 @@ fn record(number: usize, seed: u64, cfg: Config, dir: &Path, tally: &mut Tally) 
             _ => w.restart(tally),
         }
     }
-    let Recording { mut run, path, store, rec, .. } = w;
+    let Recording { mut run, path, store, rec, deltas, .. } = w;
+    tally.deltas += deltas;
     drop(store);
     let _ = std::fs::remove_file(&path);
     run.events = std::mem::take(&mut *lock(&rec.events));
@@ -1207,8 +1222,8 @@ fn powerloss_sweep_keeps_every_recovery_guarantee() {
     let start = Instant::now();
     let t = simulate(seed, images, 2);
     println!(
-        "powerloss: POWERLOSS_SEED={seed:#x}: {} runs ({} with SYNC_WRITES), {} recorded events, {} failed puts injected, {} keys evicted, {} clean restarts",
-        t.runs, t.sync_runs, t.events, t.failed_puts, t.evicted, t.restarts
+        "powerloss: POWERLOSS_SEED={seed:#x}: {} runs ({} with SYNC_WRITES), {} recorded events, {} failed puts injected, {} keys evicted, {} clean restarts, {} delta checkpoints",
+        t.runs, t.sync_runs, t.events, t.failed_puts, t.evicted, t.restarts, t.deltas
     );
     println!(
         "powerloss: {} crash images from {} crash points (unsynced writes: {} dropped, {} whole, {} torn)",

@@ -16,6 +16,10 @@ pub const ENTRY_FIXED_BYTES: u64 = 30;
 pub const FLAG_CARRIED_LEASES: u32 = 1;
 /// Bytes of one carried run.
 pub const CARRIED_RUN_BYTES: u64 = 12;
+/// Header flag: a delta checkpoint. Its payload starts with the sequence of the full
+/// checkpoint it applies to (u64, in the other container), then the keys removed since that
+/// base (count u64, then key_len u16 + key each); its entries are the keys put since.
+pub const FLAG_DELTA: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointHeader {
@@ -56,7 +60,7 @@ impl CheckpointHeader {
         let payload_len = d.u64()?;
         let entry_count = d.u64()?;
         let payload_crc = d.u32()?;
-        if !d.crc_matches_prefix()? || version != FORMAT_VERSION || flags & !FLAG_CARRIED_LEASES != 0 {
+        if !d.crc_matches_prefix()? || version != FORMAT_VERSION || flags & !(FLAG_CARRIED_LEASES | FLAG_DELTA) != 0 {
             return None;
         }
         Some(CheckpointHeader { device_id, sequence, payload_len, entry_count, payload_crc, flags })
@@ -129,6 +133,55 @@ pub fn split_payload(payload: &[u8], flags: u32) -> Result<(&[u8], Vec<SlotRun>)
         runs.push(SlotRun { start: SlotIndex(d.u64().ok_or("short run")?), len: d.u32().ok_or("short run")? });
     }
     Ok((&payload[..entries_len as usize], runs))
+}
+
+/// A checkpoint payload taken apart by its header's flags.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PayloadParts<'a> {
+    /// A delta's base: the sequence of the full checkpoint it applies to.
+    pub base: Option<u64>,
+    /// A delta's removed keys.
+    pub removed: Vec<&'a [u8]>,
+    /// The entries, to decode with [`decode_payload`].
+    pub entries: &'a [u8],
+    pub carried: Vec<SlotRun>,
+}
+
+/// Bytes a delta's prefix takes for these removed keys.
+pub fn delta_prefix_len<'a>(removed: impl Iterator<Item = &'a [u8]>) -> u64 {
+    16 + removed.map(|k| 2 + k.len() as u64).sum::<u64>()
+}
+
+/// Writes a delta's prefix (its base and removed keys) at the start of `out`; returns the bytes.
+pub fn encode_delta_prefix<'a>(base: u64, removed: impl ExactSizeIterator<Item = &'a [u8]>, out: &mut [u8]) -> usize {
+    let mut e = Enc::new(out);
+    e.u64(base).u64(removed.len() as u64);
+    for k in removed {
+        e.u16(u16::try_from(k.len()).expect("key length checked at put")).bytes(k);
+    }
+    e.pos()
+}
+
+/// Splits a payload by `flags` into its parts (a full checkpoint has no base and no removed keys).
+pub fn payload_parts(payload: &[u8], flags: u32) -> Result<PayloadParts<'_>, String> {
+    let (rest, carried) = split_payload(payload, flags)?;
+    if flags & FLAG_DELTA == 0 {
+        return Ok(PayloadParts { base: None, removed: Vec::new(), entries: rest, carried });
+    }
+    let mut d = Dec::new(rest);
+    let short = || "the delta's prefix runs past its payload".to_string();
+    let base = d.u64().ok_or_else(short)?;
+    let count = d.u64().ok_or_else(short)?;
+    if count > rest.len() as u64 / 2 {
+        return Err(format!("{count} removed keys cannot fit in {} bytes", rest.len()));
+    }
+    let mut removed = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = d.u16().ok_or_else(short)? as usize;
+        removed.push(d.bytes(len).ok_or_else(short)?);
+    }
+    let used = rest.len() - d.remaining();
+    Ok(PayloadParts { base: Some(base), removed, entries: &rest[used..], carried })
 }
 
 /// Decodes exactly `count` entries filling all of `payload`.
@@ -236,5 +289,28 @@ mod tests {
         assert_eq!(split_payload(&buf, 0).unwrap().0.len(), buf.len(), "without the flag it is all entries");
         assert!(split_payload(&[1, 0, 0, 0], FLAG_CARRIED_LEASES).is_err(), "one run claimed, no bytes for it");
         assert!(split_payload(&[], FLAG_CARRIED_LEASES).is_err());
+    }
+
+    #[test]
+    fn a_delta_names_its_base_and_removed_keys() {
+        let keys = vec![b"put".to_vec()];
+        let es = entries(&keys);
+        let removed: Vec<&[u8]> = vec![b"gone", b"also-gone"];
+        let runs = crate::format::lease::runs_of(&[SlotIndex(7)]);
+        let len = delta_prefix_len(removed.iter().copied()) + es[0].encoded_len() + carried_len(runs.len());
+        let mut buf = vec![0u8; len as usize];
+        let mut n = encode_delta_prefix(41, removed.iter().copied(), &mut buf);
+        n += encode_payload(es.iter().copied(), &mut buf[n..]);
+        n += encode_carried(&runs, &mut buf[n..]);
+        assert_eq!(n as u64, len);
+        let parts = payload_parts(&buf, FLAG_CARRIED_LEASES | FLAG_DELTA).unwrap();
+        assert_eq!((parts.base, parts.removed.clone(), parts.carried.clone()), (Some(41), removed, runs));
+        assert_eq!(decode_payload(parts.entries, 1).unwrap(), es);
+        let full = payload_parts(&buf, FLAG_CARRIED_LEASES).unwrap();
+        assert_eq!((full.base, full.removed.len()), (None, 0), "without the flag the prefix is not read");
+        assert!(payload_parts(&buf[..10], FLAG_DELTA).is_err());
+        let mut absurd = buf.clone();
+        absurd[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(payload_parts(&absurd, FLAG_CARRIED_LEASES | FLAG_DELTA).is_err());
     }
 }

@@ -4,8 +4,8 @@ use super::Store;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::checkpoint::{
-    carried_len, decode_payload, encode_carried, encode_payload, split_payload, CheckpointEntry, CheckpointHeader,
-    ENTRY_FIXED_BYTES, FLAG_CARRIED_LEASES,
+    carried_len, decode_payload, delta_prefix_len, encode_carried, encode_delta_prefix, encode_payload, payload_parts,
+    CheckpointEntry, CheckpointHeader, ENTRY_FIXED_BYTES, FLAG_CARRIED_LEASES, FLAG_DELTA,
 };
 use crate::format::lease::SlotRun;
 use crate::format::{crc32, round_up, Container};
@@ -14,24 +14,45 @@ use crate::sync::lock;
 /// Which container to write next, and with which sequence.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Cursor {
-    /// The container holding the newest checkpoint that verifies.
+    /// The container the next checkpoint must not overwrite: the newest that verifies, or
+    /// after a recovery from a delta, the delta's base.
     pub newest: Option<Container>,
     /// Above every sequence seen on the device, valid or not.
     pub next_sequence: u64,
+    /// The full checkpoint this handle committed last (sequence, container): deltas apply to
+    /// it. `None` after open and after a failed full checkpoint: the next one is full.
+    pub base: Option<(u64, Container)>,
 }
 
 impl Cursor {
+    /// Deltas and full checkpoints alike go to the container not holding the base, so a
+    /// torn write always leaves the base (and the journal records since it) to recover from.
     fn target(&self) -> Container {
-        self.newest.map_or(Container::A, Container::other)
+        match self.base {
+            Some((_, c)) => c.other(),
+            None => self.newest.map_or(Container::A, Container::other),
+        }
     }
+}
+
+/// Whether a checkpoint writes the whole index or only what changed since the base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CheckpointKind {
+    /// A delta when there is a base and little changed; otherwise full.
+    Auto,
+    /// Full: the only kind that lets the lease journal reuse its blocks.
+    Full,
 }
 
 /// What a completed checkpoint wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointInfo {
     pub sequence: u64,
+    /// Entries written: every indexed one (full), or those put since the base (delta).
     pub entries: u64,
     pub payload_bytes: u64,
+    /// A delta on the full checkpoint `base`, holding only what changed since it.
+    pub delta_of: Option<u64>,
 }
 
 /// When a handle checkpoints by itself, checked after each write call: after `every_changes`
@@ -44,22 +65,47 @@ pub struct AutoCheckpoint {
     pub every: std::time::Duration,
 }
 
-/// A checkpoint whose header and payload both verified.
+/// A checkpoint whose header and payload both verified (a delta with its verified base).
 pub(super) struct LoadedCheckpoint {
     pub header: CheckpointHeader,
     /// The payload, padded to the block size; `payload_len` bytes of it are meaningful.
     pub payload: AlignedBuf,
+    /// A delta's base (a full checkpoint).
+    pub base: Option<Box<LoadedCheckpoint>>,
+    /// Fast recovery may start here: this is the newest commit record of the device, or
+    /// every newer one is a delta (deltas keep the journal's records since their base).
+    pub fast_ok: bool,
 }
 
 impl LoadedCheckpoint {
+    fn bytes(&self) -> &[u8] {
+        &self.payload[..self.header.payload_len as usize]
+    }
+
+    /// Every entry: a full checkpoint's, or a delta's base less what the delta removed or
+    /// replaced (by key, or by slot: a slot a delta entry holds is no longer the base's),
+    /// plus the delta's entries.
     pub fn entries(&self) -> std::result::Result<Vec<CheckpointEntry<'_>>, String> {
-        let (entries, _) = split_payload(&self.payload[..self.header.payload_len as usize], self.header.flags)?;
-        decode_payload(entries, self.header.entry_count)
+        let parts = payload_parts(self.bytes(), self.header.flags)?;
+        let own = decode_payload(parts.entries, self.header.entry_count)?;
+        let Some(base) = &self.base else { return Ok(own) };
+        let keys: std::collections::HashSet<&[u8]> = own.iter().map(|e| e.key).chain(parts.removed.iter().copied()).collect();
+        let slots: std::collections::HashSet<crate::format::SlotIndex> = own.iter().map(|e| e.slot).collect();
+        let mut all: Vec<CheckpointEntry<'_>> =
+            base.entries()?.into_iter().filter(|e| !keys.contains(e.key) && !slots.contains(&e.slot)).collect();
+        all.extend(own);
+        Ok(all)
     }
 
     /// The slots leased but not installed when its snapshot was taken (none before leases).
     pub fn carried(&self) -> std::result::Result<Vec<SlotRun>, String> {
-        split_payload(&self.payload[..self.header.payload_len as usize], self.header.flags).map(|(_, runs)| runs)
+        payload_parts(self.bytes(), self.header.flags).map(|p| p.carried)
+    }
+
+    /// The sequence below which the lease journal may have reused its blocks: a delta's
+    /// base, or this checkpoint's own.
+    pub fn journal_floor(&self) -> u64 {
+        self.base.as_ref().map_or(self.header.sequence, |b| b.header.sequence)
     }
 }
 
@@ -69,23 +115,39 @@ struct EncodedIndex {
     entries: u64,
     len: u64,
     flags: u32,
+    delta_of: Option<u64>,
 }
 
 /// Big sequential reads for loading a checkpoint payload.
 const LOAD_CHUNK: usize = 8 << 20;
 
 impl Store {
-    /// Writes the index to the container not holding the newest checkpoint:
-    /// payload, fdatasync, then the header block as the commit record, fdatasync.
-    /// A checkpoint too large for its container is [`Error::CheckpointTooLarge`] and writes nothing.
+    /// Makes the index durable: a delta (only what changed since this handle's last full
+    /// checkpoint) when there is one and little changed, otherwise the whole index. Written to
+    /// the container not holding the base: payload, fdatasync, then the header block as the
+    /// commit record, fdatasync. A checkpoint too large for its container is
+    /// [`Error::CheckpointTooLarge`] and writes nothing.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        self.checkpoint_as(CheckpointKind::Auto)
+    }
+
+    /// A full checkpoint whatever changed: the whole index, and a new base for deltas.
+    pub fn checkpoint_full(&self) -> Result<CheckpointInfo> {
+        self.checkpoint_as(CheckpointKind::Full)
+    }
+
+    pub(super) fn checkpoint_as(&self, kind: CheckpointKind) -> Result<CheckpointInfo> {
         let mut cursor = lock(&self.checkpoints);
         let target = cursor.target();
         let sequence = cursor.next_sequence.max(1);
         // No batch is leased while the snapshot is taken (see store/lease.rs).
         let leasing = lock(&self.lease_io);
-        let encoded = self.encode_index(sequence)?;
+        let encoded = self.encode_index(sequence, if kind == CheckpointKind::Full { None } else { cursor.base });
         drop(leasing);
+        let encoded = match encoded {
+            Ok(e) => e,
+            Err(e) => return Err(e),
+        };
         let header = CheckpointHeader {
             device_id: self.sb.device_id,
             sequence,
@@ -94,26 +156,66 @@ impl Store {
             payload_crc: crc32(&encoded.payload[..encoded.len as usize]),
             flags: encoded.flags,
         };
-        self.write_checkpoint(target, &header, &encoded.payload)?;
-        *cursor = Cursor { newest: Some(target), next_sequence: sequence + 1 };
+        // Deltas too: the first fdatasync makes every write before the checkpoint durable
+        // before its commit record can be (the power-loss simulator finds a delta committed
+        // over torn records otherwise).
+        if let Err(e) = self.write_checkpoint(target, &header, &encoded.payload) {
+            if encoded.delta_of.is_none() {
+                // Changes were counted from this snapshot, which never became a base.
+                cursor.base = None;
+                lock(&self.state).index.forget_changes();
+            }
+            return Err(e);
+        }
+        cursor.newest = Some(target);
+        cursor.next_sequence = sequence + 1;
         let mut st = lock(&self.state);
-        st.leases.committed(sequence);
+        if encoded.delta_of.is_none() {
+            cursor.base = Some((sequence, target));
+            // Only a full checkpoint lets the journal reuse older records: a torn delta
+            // falls back to its base and every record since.
+            st.leases.committed(sequence);
+        }
         st.checkpointed_changes = st.changes;
         st.checkpointed_at = std::time::Instant::now();
-        Ok(CheckpointInfo { sequence, entries: encoded.entries, payload_bytes: encoded.len })
+        Ok(CheckpointInfo { sequence, entries: encoded.entries, payload_bytes: encoded.len, delta_of: encoded.delta_of })
     }
 
-    /// Encodes the index under the state lock (a writable, recovered handle only). On a
-    /// device with a lease journal this is the snapshot of checkpoint `sequence`: the slots
-    /// leased and not installed are carried in the payload, and later leases belong to
-    /// `sequence`'s epoch.
-    fn encode_index(&self, sequence: u64) -> Result<EncodedIndex> {
+    /// Encodes the index under the state lock (a writable, recovered handle only): a delta on
+    /// `base` when one is given, the journal is less than half full and not overflowed, and at
+    /// most an eighth of the entries changed since; else everything. On a device with a lease journal this is
+    /// the snapshot of checkpoint `sequence`: the slots leased and not installed are carried
+    /// in the payload, and later leases belong to `sequence`'s epoch.
+    fn encode_index(&self, sequence: u64, base: Option<(u64, Container)>) -> Result<EncodedIndex> {
         let g = self.sb.geometry;
         let mut st = self.writable()?;
         let carried = if self.has_journal() { Some(st.leases.carried()) } else { None };
-        let entries_len: u64 = st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum();
-        let len = entries_len + carried.as_ref().map_or(0, |c| carried_len(c.len()));
-        let entries = st.index.len() as u64;
+        let small = |n: usize| n as u64 * 1000 <= st.index.len() as u64 * st.delta_max_permille as u64;
+        let delta_base = match (base, st.index.changed_keys()) {
+            (Some((b, _)), Some(changed))
+                if carried.is_some() && small(changed.len()) && !st.leases.half_full() && !st.leases.overflowed =>
+            {
+                Some(b)
+            }
+            _ => None,
+        };
+        // The keys to write, and (a delta's) the keys removed since the base.
+        let changed = st.index.changed_keys();
+        let removed: Vec<&[u8]> = match (delta_base, changed) {
+            (Some(_), Some(c)) => c.iter().filter(|k| st.index.get(k).is_none()).map(|k| &k[..]).collect(),
+            _ => Vec::new(),
+        };
+        let written_entries: Vec<(&[u8], super::index::Entry)> = match (delta_base, changed) {
+            (Some(_), Some(c)) => c.iter().filter_map(|k| st.index.get(k).map(|e| (&k[..], e))).collect(),
+            _ => Vec::new(),
+        };
+        let entries_len: u64 = match delta_base {
+            Some(_) => written_entries.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum(),
+            None => st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum(),
+        };
+        let prefix_len = if delta_base.is_some() { delta_prefix_len(removed.iter().copied()) } else { 0 };
+        let len = prefix_len + entries_len + carried.as_ref().map_or(0, |c| carried_len(c.len()));
+        let entries = if delta_base.is_some() { written_entries.len() } else { st.index.len() } as u64;
         if len > g.checkpoint_capacity() {
             return Err(Error::CheckpointTooLarge { entries, needed: len, capacity: g.checkpoint_capacity() });
         }
@@ -122,26 +224,31 @@ impl Store {
             .ok()
             .and_then(AlignedBuf::try_zeroed)
             .ok_or_else(|| Error::out_of_memory("the checkpoint payload", padded))?;
-        let written = encode_payload(
-            st.index.iter().map(|(key, e)| CheckpointEntry {
-                key,
-                slot: e.slot,
-                generation: e.generation,
-                payload_len: e.payload_len,
-                payload_crc: e.payload_crc,
-            }),
-            &mut payload,
-        );
-        debug_assert_eq!(written as u64, entries_len);
-        let flags = match &carried {
-            Some(runs) => {
-                encode_carried(runs, &mut payload[written..]);
-                st.leases.epoch = sequence;
-                FLAG_CARRIED_LEASES
-            }
-            None => 0,
-        };
-        Ok(EncodedIndex { payload, entries, len, flags })
+        fn as_entry<'k>((key, e): (&'k [u8], &super::index::Entry)) -> CheckpointEntry<'k> {
+            CheckpointEntry { key, slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc }
+        }
+        let mut written = 0;
+        if let Some(b) = delta_base {
+            written += encode_delta_prefix(b, removed.iter().copied(), &mut payload);
+            written += encode_payload(written_entries.iter().map(|(k, e)| as_entry((k, e))), &mut payload[written..]);
+        } else {
+            written += encode_payload(st.index.iter().map(as_entry), &mut payload);
+        }
+        debug_assert_eq!(written as u64, prefix_len + entries_len);
+        drop((removed, written_entries));
+        let mut flags = 0;
+        if let Some(runs) = &carried {
+            encode_carried(runs, &mut payload[written..]);
+            st.leases.epoch = sequence;
+            flags |= FLAG_CARRIED_LEASES;
+        }
+        if delta_base.is_some() {
+            flags |= FLAG_DELTA;
+        } else if carried.is_some() {
+            // A full snapshot: the next delta holds what changes from here.
+            st.index.track_changes();
+        }
+        Ok(EncodedIndex { payload, entries, len, flags, delta_of: delta_base })
     }
 
     /// Payload, sync, commit record, sync: a crash anywhere leaves the other container newest.
@@ -158,6 +265,13 @@ impl Store {
         self.dev.sync().map_err(|e| io("syncing the payload", e))?;
         self.dev.write_at(&header_block, base).map_err(|e| io("writing the commit record", e))?;
         self.dev.sync().map_err(|e| io("syncing the commit record", e))
+    }
+
+    /// Test support: the share of changed entries (in thousandths of the index) up to which a
+    /// checkpoint is a delta (default 125: an eighth).
+    #[cfg(test)]
+    pub(crate) fn set_delta_max_permille(&self, permille: u32) {
+        lock(&self.state).delta_max_permille = permille;
     }
 
     /// Sets when this handle checkpoints by itself ([`AutoCheckpoint`]).
@@ -196,20 +310,50 @@ impl Store {
     pub(super) fn load_checkpoint(&self) -> Result<(Cursor, Option<LoadedCheckpoint>)> {
         let (mut headers, max_seq) = self.read_checkpoint_headers()?;
         headers.sort_by_key(|(_, h)| std::cmp::Reverse(h.sequence));
-        let mut cursor = Cursor { newest: None, next_sequence: max_seq + 1 };
-        for (which, header) in headers {
-            let payload = self.read_payload(which, header.payload_len)?;
-            if crc32(&payload[..header.payload_len as usize]) != header.payload_crc {
+        let mut cursor = Cursor { newest: None, next_sequence: max_seq + 1, base: None };
+        // Only deltas were passed over so far (and no foreign record is newer).
+        let listed_max = headers.first().map_or(0, |(_, h)| h.sequence);
+        let mut only_deltas_above = listed_max == max_seq;
+        for (i, &(which, header)) in headers.iter().enumerate() {
+            let Some(mut loaded) = self.load_one(which, header)? else {
+                only_deltas_above &= header.flags & FLAG_DELTA != 0;
                 continue;
+            };
+            if header.flags & FLAG_DELTA != 0 {
+                // Its base must be the other container's full checkpoint of the named sequence.
+                let want = payload_parts(loaded.bytes(), header.flags).ok().and_then(|p| p.base);
+                let base = headers[i + 1..].iter().find(|(_, h)| Some(h.sequence) == want && h.flags & FLAG_DELTA == 0);
+                let base = match base {
+                    Some(&(bw, bh)) => self.load_one(bw, bh)?,
+                    None => None,
+                };
+                let Some(base) = base else {
+                    only_deltas_above = false; // a delta without its base: recover without both
+                    continue;
+                };
+                loaded.base = Some(Box::new(base));
+                // The next (full) checkpoint overwrites the delta, never its base.
+                cursor.newest = Some(which.other());
+            } else {
+                cursor.newest = Some(which);
             }
-            let loaded = LoadedCheckpoint { header, payload };
             if loaded.entries().is_err() {
+                only_deltas_above = false;
                 continue;
             }
-            cursor.newest = Some(which);
+            loaded.fast_ok = only_deltas_above;
             return Ok((cursor, Some(loaded)));
         }
         Ok((cursor, None))
+    }
+
+    /// One container's checkpoint when its payload verifies against its commit record.
+    fn load_one(&self, which: Container, header: CheckpointHeader) -> Result<Option<LoadedCheckpoint>> {
+        let payload = self.read_payload(which, header.payload_len)?;
+        if crc32(&payload[..header.payload_len as usize]) != header.payload_crc {
+            return Ok(None);
+        }
+        Ok(Some(LoadedCheckpoint { header, payload, base: None, fast_ok: false }))
     }
 
     /// The well-formed commit records of this device, and the highest sequence of any.

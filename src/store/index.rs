@@ -34,6 +34,9 @@ pub struct Index {
     /// The slots of entries a fast recovery indexed from the checkpoint without reading
     /// their header: the first read verifies each, or finds it gone.
     unverified: SlotSet,
+    /// Keys put or removed since the last full checkpoint's snapshot, while a delta
+    /// checkpoint may follow it (`None`: not tracked, the next checkpoint is full).
+    changed: Option<HashSet<Box<[u8]>>>,
 }
 
 /// Slot indices are ours (not caller input) and already well spread: a multiply hashes them
@@ -148,7 +151,7 @@ const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
 impl Index {
     /// An index with every one of `slot_count` slots free; allocates nothing per slot.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default() }
+        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default(), changed: None }
     }
 
     pub fn len(&self) -> usize {
@@ -191,6 +194,9 @@ impl Index {
             let Some(key) = order.pop_coldest() else { break };
             if let Some(e) = self.map.remove(&key) {
                 self.unverified.remove(&e.slot);
+                if let Some(changed) = self.changed.as_mut() {
+                    changed.insert(key.clone());
+                }
                 out.push((key, e));
             }
         }
@@ -242,6 +248,9 @@ impl Index {
         if let Displaced::Replaced(old) = &displaced {
             self.unverified.remove(&old.slot);
         }
+        if !matches!(displaced, Displaced::Superseded(_)) {
+            self.note_change(key);
+        }
         if let (false, Some(order)) = (matches!(displaced, Displaced::Superseded(_)), self.order.as_mut()) {
             order.insert(key);
         }
@@ -255,7 +264,31 @@ impl Index {
         }
         let e = self.map.remove(key)?;
         self.unverified.remove(&e.slot);
+        self.note_change(key);
         Some(e)
+    }
+
+    fn note_change(&mut self, key: &[u8]) {
+        if let Some(changed) = self.changed.as_mut() {
+            if !changed.contains(key) {
+                changed.insert(key.into());
+            }
+        }
+    }
+
+    /// Starts recording changed keys afresh (a full checkpoint's snapshot).
+    pub fn track_changes(&mut self) {
+        self.changed = Some(HashSet::new());
+    }
+
+    /// Stops recording: the next checkpoint must be full.
+    pub fn forget_changes(&mut self) {
+        self.changed = None;
+    }
+
+    /// Keys put or removed since [`track_changes`](Self::track_changes), if tracked.
+    pub fn changed_keys(&self) -> Option<&HashSet<Box<[u8]>>> {
+        self.changed.as_ref()
     }
 
     /// Marks the entries in `slots` as indexed without a read.
@@ -305,7 +338,7 @@ impl Index {
         // The slots claimed so far, to settle a slot claimed twice.
         let mut claimed: HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>> = HashSet::default();
         claimed.try_reserve(hint).map_err(|_| oom(hint))?;
-        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default() };
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default(), changed: None };
         let mut losers = Vec::new();
         for (key, e) in entries {
             if claimed.contains(&e.slot.0) {

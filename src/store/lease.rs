@@ -84,10 +84,11 @@ impl Journal {
 }
 
 impl Leases {
-    /// The lease state after recovering from checkpoint `committed` with this journal.
-    pub fn recovered(committed: u64, journal: &Journal) -> Leases {
+    /// The lease state after recovering from checkpoint `epoch` (a delta or a full one) whose
+    /// journal floor is `committed` (the delta's base, or itself), with this journal.
+    pub fn recovered(epoch: u64, committed: u64, journal: &Journal) -> Leases {
         Leases {
-            epoch: committed,
+            epoch,
             committed,
             next_serial: journal.records.iter().flatten().map(|r| r.serial + 1).max().unwrap_or(1),
             ring: journal.records.iter().map(|r| r.as_ref().map(|r| r.epoch)).collect(),
@@ -136,6 +137,13 @@ impl Leases {
         let serial = self.next_serial;
         self.next_serial += 1;
         Some((pos, serial, self.epoch))
+    }
+
+    /// Whether half the journal's blocks hold live records: time for a full checkpoint,
+    /// the only kind that makes them reusable.
+    pub fn half_full(&self) -> bool {
+        let live = self.ring.iter().filter(|e| e.is_some_and(|e| e >= self.committed)).count();
+        live * 2 >= self.ring.len()
     }
 
     /// Leased but unused slots: free for the counters' purposes.
@@ -200,7 +208,7 @@ impl Store {
                 // Every block holds a live record: a checkpoint makes them obsolete. If it
                 // cannot be taken (say the index outgrew its container), puts go on without
                 // leases and the next recovery scans.
-                if self.checkpoint().is_err() {
+                if self.checkpoint_as(super::checkpoint::CheckpointKind::Full).is_err() {
                     return self.overflow_journal(); // allocate_slot now takes slots unleased
                 }
                 continue;

@@ -347,3 +347,94 @@ fn the_auto_checkpoint_policy_checkpoints_after_enough_changes_or_time() {
     let r = s.recover(&auto()).unwrap();
     assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.recovered_since_checkpoint), (3, 120, 0));
 }
+
+/// A checkpoint after a small change is a delta: it writes what changed since the last full
+/// one, recovers to the same index, and costs a fraction of a full checkpoint's bytes.
+#[test]
+fn a_delta_checkpoint_writes_only_what_changed() {
+    let (p, s) = small("delta");
+    let mut model = HashMap::new();
+    for i in 0..200 {
+        let (k, v) = (format!("k{i}"), format!("base {i}").into_bytes());
+        s.put(k.as_bytes(), &v).unwrap();
+        model.insert(k, v);
+    }
+    let full = s.checkpoint().unwrap();
+    assert_eq!(full.delta_of, None, "the first checkpoint of a handle is full");
+    for i in (0..200).step_by(20) {
+        let (k, v) = (format!("k{i}"), format!("replaced {i}").into_bytes());
+        s.put(k.as_bytes(), &v).unwrap();
+        model.insert(k, v);
+    }
+    for i in [3, 33, 63] {
+        s.delete(format!("k{i}").as_bytes()).unwrap();
+        model.remove(&format!("k{i}"));
+    }
+    s.put(b"k200", b"new").unwrap();
+    model.insert("k200".into(), b"new".to_vec());
+    let delta = s.checkpoint().unwrap();
+    assert_eq!(delta.delta_of, Some(full.sequence));
+    assert_eq!(delta.entries, 11, "10 replaced and 1 new");
+    assert!(delta.payload_bytes * 10 < full.payload_bytes, "{} bytes against {}", delta.payload_bytes, full.payload_bytes);
+    // A second delta holds everything since the base, not since the first delta.
+    s.put(b"k1", b"again").unwrap();
+    model.insert("k1".into(), b"again".to_vec());
+    let second = s.checkpoint().unwrap();
+    assert_eq!((second.delta_of, second.entries), (Some(full.sequence), 12));
+    drop(s);
+    for mode in [RecoverMode::Auto, RecoverMode::Checkpoint] {
+        let s = reopen(&p, true);
+        let r = s.recover(&RecoverOptions { mode, ..Default::default() }).unwrap();
+        assert_eq!((r.checkpoint_sequence, r.checkpoint_entries, r.indexed), (second.sequence, 198, 198), "{mode:?}");
+        assert_eq!(r.recovered_since_checkpoint, 0);
+        assert_holds(&s, &model, 201);
+    }
+}
+
+/// A delta torn by a crash (or damaged) leaves its base, and the journal records since the
+/// base are all still there: fast recovery from the base loses nothing. A lost base makes
+/// its delta unusable: AUTO scans.
+#[test]
+fn a_torn_delta_falls_back_to_its_base_and_a_lost_base_to_a_scan() {
+    let (p, s) = small("delta-torn");
+    let mut model = HashMap::new();
+    for i in 0..200 {
+        let (k, v) = (format!("k{i}"), format!("base {i}").into_bytes());
+        s.put(k.as_bytes(), &v).unwrap();
+        model.insert(k, v);
+    }
+    s.checkpoint().unwrap();
+    for round in 0..3 {
+        for i in (round..200).step_by(40) {
+            let (k, v) = (format!("k{i}"), format!("round {round} {i}").into_bytes());
+            s.put(k.as_bytes(), &v).unwrap();
+            model.insert(k, v);
+        }
+        assert!(s.checkpoint().unwrap().delta_of.is_some());
+    }
+    let newest = lock(&s.checkpoints).newest.unwrap();
+    let base = lock(&s.checkpoints).base.unwrap().1;
+    assert_ne!(newest, base);
+    let g = *s.geometry();
+    drop(s);
+    let image = std::fs::read(&p).unwrap();
+    // The newest delta's payload torn: its commit record stays, its CRC fails.
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0xEE; 64], g.container_offset(newest) + g.block_size() as u64 + 8).unwrap();
+    drop(f);
+    let s = reopen(&p, true);
+    let r = s.recover(&auto()).unwrap();
+    assert_eq!((r.from, r.checkpoint_sequence), (RecoveredFrom::Journal, 1), "fast, from the base");
+    assert_eq!(r.recovered_since_checkpoint, 15, "every put since the base, through the journal");
+    assert_holds(&s, &model, 200);
+    drop(s);
+    // The base lost instead: the delta cannot be used alone.
+    std::fs::write(&p, &image).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0xEE; 64], g.container_offset(base) + g.block_size() as u64 + 8).unwrap();
+    drop(f);
+    let s = reopen(&p, true);
+    let r = s.recover(&auto()).unwrap();
+    assert_eq!(r.from, RecoveredFrom::Scan);
+    assert_holds(&s, &model, 200);
+}

@@ -78,6 +78,8 @@ struct State {
     auto_checkpoint: checkpoint::AutoCheckpoint,
     checkpointed_at: std::time::Instant,
     auto_checkpoint_failures: u64,
+    /// Changed entries, in thousandths of the index, up to which a checkpoint is a delta.
+    delta_max_permille: u32,
 }
 
 /// An open rawblock device. All methods take `&self` and are safe to call

@@ -112,6 +112,7 @@ impl Store {
                 auto_checkpoint: Default::default(),
                 checkpointed_at: std::time::Instant::now(),
                 auto_checkpoint_failures: 0,
+                delta_max_permille: 125,
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             lease_io: Mutex::new(()),

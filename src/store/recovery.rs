@@ -167,15 +167,17 @@ impl Store {
         // checkpoint would need. With no commit record at all, the journal must never have
         // seen a checkpoint either (every record of epoch 0), or they were destroyed, not absent.
         let newest_loaded = match (&loaded, &journal) {
-            (Some(ck), _) => ck.header.sequence + 1 == cursor.next_sequence,
+            (Some(ck), _) => ck.fast_ok,
             (None, Some(j)) => cursor.next_sequence <= 1 && !j.saw_a_checkpoint(),
             (None, None) => false,
         };
         let fast = opts.mode == RecoverMode::Auto && !opts.keep_unreadable && !opts.scrub_free && newest_loaded;
         let since = loaded.as_ref().map_or(0, |ck| ck.header.sequence);
+        // Journal records from here on are kept (a delta keeps those since its base).
+        let floor = loaded.as_ref().map_or(0, |ck| ck.journal_floor());
         let (index, invalidate) = match (&journal, fast) {
             // Slots were written without leases: only a scan finds them all.
-            (Some(j), true) if j.overflowed_since(since) => {
+            (Some(j), true) if j.overflowed_since(floor) => {
                 self.rebuild(&RecoverOptions { mode: RecoverMode::Scan, ..*opts }, loaded.as_ref(), &mut report)?
             }
             (Some(j), true) => self.rebuild_fast(loaded.as_ref(), j, &mut report)?,
@@ -198,7 +200,7 @@ impl Store {
             }
         }
         if let Some(j) = &journal {
-            st.leases = Leases::recovered(since, j);
+            st.leases = Leases::recovered(since, floor, j);
         }
         st.phase = Phase::Ready;
         *cursor_slot = cursor;

@@ -84,19 +84,29 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        if let Err(e) = run("losetup", &["-d", self.dev.to_str().unwrap()]) {
+        // A handle's io_uring rings release the device in a kernel worker after close: on a
+        // loaded machine losetup -d can find it busy, and the detach can lag. Retry and wait.
+        let mut detached = Err(String::new());
+        for _ in 0..50 {
+            detached = run("losetup", &["-d", self.dev.to_str().unwrap()]);
+            if detached.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if let Err(e) = detached {
             eprintln!("cannot detach {}: {e}", self.dev.display());
             return;
         }
         let name = self.dev.file_name().unwrap().to_string_lossy().to_string();
         let attached = Path::new("/sys/block").join(name).join("loop/backing_file");
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if !attached.exists() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        eprintln!("{} is still attached 5 s after losetup -d", self.dev.display());
+        eprintln!("{} is still attached 30 s after losetup -d", self.dev.display());
     }
 }
 

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rawblock::aligned::AlignedBuf;
 use rawblock::device::{self, Access, Device};
 use rawblock::engine::{Engine, EngineChoice, EngineConfig};
-use rawblock::format::checkpoint::{decode_payload, split_payload, CheckpointHeader, MAGIC as CHECKPOINT_MAGIC};
+use rawblock::format::checkpoint::{decode_payload, payload_parts, CheckpointHeader, MAGIC as CHECKPOINT_MAGIC};
 use rawblock::format::{crc32, round_up, Container, Decoded, Geometry, SlotHeader, SlotIndex, SlotState};
 use rawblock::store::{HeaderRead, OpenMode, SuperblockSource};
 use rawblock::Store;
@@ -90,8 +90,9 @@ fn read_containers(store: &Store, raw: &Device) -> Result<Vec<ContainerReport>> 
                         why: "its payload fails the commit record's CRC (a torn or damaged write)".into(),
                     }
                 } else {
-                    // The payload may end with the slots leased at its snapshot (the lease journal's carry).
-                    match split_payload(bytes, h.flags).and_then(|(entries, _)| decode_payload(entries, h.entry_count)) {
+                    // The payload may start with a delta's base and removed keys and end with the
+                    // slots leased at its snapshot; a delta's entries are the keys put since its base.
+                    match payload_parts(bytes, h.flags).and_then(|p| decode_payload(p.entries, h.entry_count)) {
                         Ok(es) => ContainerState::Valid {
                             header: h,
                             entries: es
@@ -145,8 +146,9 @@ fn container_text(c: &ContainerReport, newest: Option<Container>) -> String {
     match &c.state {
         ContainerState::Empty => "empty (no checkpoint written here)".into(),
         ContainerState::Valid { header, .. } => format!(
-            "sequence {}, {}, {} payload{}",
+            "sequence {}, {}{}, {} payload{}",
             header.sequence,
+            if header.flags & rawblock::format::checkpoint::FLAG_DELTA != 0 { "a delta: " } else { "" },
             show::count(header.entry_count, "entry", "entries"),
             show::bytes(header.payload_len),
             if newest == Some(c.which) { " (newest)" } else { "" }

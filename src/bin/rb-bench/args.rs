@@ -17,7 +17,8 @@ defaults: --device-path target/bench/fixture.img (a sparse file), --cache-space-
 --dirty-percent P: --prepare changes P% of the entries after its checkpoint and stops as a crash would,
 --measure then times fast recovery (auto) against full validation and prints the restart: line;
 --workload data formats its own fixture (it writes; --measure of the recovery workload never does);
---workload lease-cost formats its own fixture twice (with and without the lease journal) and times puts";
+--workload lease-cost formats its own fixture twice (with and without the lease journal) and times puts;
+--workload checkpoint-cost fills its own fixture and times full checkpoints against deltas after --dirty-percent";
 
 #[derive(Debug)]
 pub struct Args {
@@ -44,6 +45,8 @@ pub struct Args {
     pub data: bool,
     /// `--workload lease-cost`: puts with and without the lease journal, in one run.
     pub lease_cost: bool,
+    /// `--workload checkpoint-cost`: a full checkpoint against a delta, in one run.
+    pub checkpoint_cost: bool,
     /// Bytes per value (default: the slot's whole payload).
     pub value_bytes: Option<usize>,
     pub batch: usize,
@@ -76,6 +79,7 @@ impl Default for Args {
             json: None,
             data: false,
             lease_cost: false,
+            checkpoint_cost: false,
             value_bytes: None,
             batch: 64,
             data_gib: 2.0,
@@ -130,6 +134,7 @@ fn apply(a: &mut Args, flag: &str, v: Vec<String>) -> Result<(), String> {
         "--dirty-percent" => a.dirty_percent = Some(one(flag, v)?),
         "--workload" => match one::<String>(flag, v)?.as_str() {
             "lease-cost" => a.lease_cost = true,
+            "checkpoint-cost" => a.checkpoint_cost = true,
             other => a.data = workload(other)?,
         },
         "--value-bytes" => a.value_bytes = Some(one(flag, v)?),
@@ -148,7 +153,7 @@ fn check(a: &Args) -> Result<(), String> {
     if a.dirty_percent.is_some_and(|p: f64| !(0.0..=100.0).contains(&p)) {
         return Err("--dirty-percent must be between 0 and 100".into());
     }
-    if !a.prepare && !a.measure && !a.data && !a.lease_cost {
+    if !a.prepare && !a.measure && !a.data && !a.lease_cost && !a.checkpoint_cost {
         return Err(format!("say --prepare, --measure or both\n{USAGE}"));
     }
     if let Some(bad) = a.engines.iter().find(|e| !["posix", "io_uring", "uring_cmd"].contains(&e.as_str())) {
@@ -168,7 +173,7 @@ fn workload(s: &str) -> Result<bool, String> {
     match s {
         "recovery" => Ok(false),
         "data" => Ok(true),
-        other => Err(format!("--workload: {other:?} is not recovery, data or lease-cost")),
+        other => Err(format!("--workload: {other:?} is not recovery, data, lease-cost or checkpoint-cost")),
     }
 }
 

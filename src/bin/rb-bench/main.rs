@@ -51,6 +51,9 @@ fn run(args: &Args) -> Result<bool, String> {
     if args.lease_cost {
         return restart::lease_cost(args);
     }
+    if args.checkpoint_cost {
+        return restart::checkpoint_cost(args);
+    }
     if args.prepare {
         fixture::prepare(args)?;
     }

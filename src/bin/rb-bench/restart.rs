@@ -217,6 +217,81 @@ pub fn lease_cost(args: &Args) -> Result<bool, String> {
     Ok(true)
 }
 
+/// `--workload checkpoint-cost`: a full checkpoint against a delta after `--dirty-percent`
+/// (default 1) of the entries were replaced, alternating, `--repeats` rounds, in one run.
+/// Fills its own fixture (`--max-entries`, default 524,272, in `--slot-bytes` slots; through
+/// the page cache like `--prepare`; every checkpoint ends with its fdatasyncs). Prints
+/// `checkpoint_cost: ... ratio=R`, R being the delta's time over the full one's.
+pub fn checkpoint_cost(args: &Args) -> Result<bool, String> {
+    crate::fixture::refuse_mounted(&args.device)?;
+    if !args.overwrite_ok && args.device.exists() {
+        return Err(format!("{} exists: --workload checkpoint-cost formats it (add --i-understand-this-overwrites-device)", args.device.display()));
+    }
+    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let n = args.max_entries.unwrap_or(524_272);
+    let percent = args.dirty_percent.unwrap_or(1.0);
+    let capacity = ((n + n / 16 + 64) * args.slot_bytes) as f64 * 1.05;
+    let format = FormatOptions {
+        capacity_bytes: capacity as u64,
+        geometry: GeometryRequest { slot_bytes: args.slot_bytes, ..Default::default() },
+        overwrite: true,
+        preallocate: false,
+    };
+    let opts = OpenOptions { mode: OpenMode::Create(format), buffered: true, ..Default::default() };
+    let store = Store::open(&args.device, &opts).map_err(|e| hints::prepare(e, &args.device, false))?;
+    let value = [0x5Au8; 64];
+    std::thread::scope(|s| {
+        let threads = args.prepare_threads as u64;
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let store = &store;
+                s.spawn(move || -> Result<(), String> {
+                    for i in (t..n).step_by(threads as usize) {
+                        store.put(bench_key(i).as_bytes(), &value).map_err(|e| format!("put {i}: {e}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err("a writer panicked".into())))
+    })?;
+    let changed = ((n as f64 * percent / 100.0).round() as u64).max(1);
+    let (mut full, mut delta, mut bytes) = (Vec::new(), Vec::new(), (0, 0));
+    // Each checkpoint is timed after an rb_sync: its own first fdatasync would otherwise also
+    // flush the puts before it (the page cache holds them), which is the puts' cost, not its.
+    for round in 0..args.repeats.max(2) {
+        store.sync().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let f = store.checkpoint_full().map_err(|e| e.to_string())?;
+        full.push(t.elapsed().as_secs_f64());
+        for j in 0..changed {
+            let i = (j * n / changed + round as u64) % n;
+            store.put(bench_key(i).as_bytes(), &DIRTY_VALUE).map_err(|e| format!("put {i}: {e}"))?;
+        }
+        store.sync().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let d = store.checkpoint().map_err(|e| e.to_string())?;
+        delta.push(t.elapsed().as_secs_f64());
+        if d.delta_of.is_none() {
+            return Err(format!("the checkpoint after {percent}% was not a delta"));
+        }
+        bytes = (f.payload_bytes, d.payload_bytes);
+    }
+    drop(store);
+    let _ = std::fs::remove_file(&args.device);
+    let (f, d) = (median(full), median(delta));
+    println!(
+        "checkpoint_cost: entries={n} dirty={percent} full_s={f:.4} delta_s={d:.4} ratio={:.3} full_bytes={} delta_bytes={} rounds={}",
+        d / f,
+        bytes.0,
+        bytes.1,
+        args.repeats.max(2)
+    );
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
