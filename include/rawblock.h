@@ -530,9 +530,10 @@ rb_status rb_delete(struct rb_device *dev, const void *key, size_t key_len);
 // `dev` is a live handle; `key` has `key_len` readable bytes; `found` is writable.
 rb_status rb_contains(struct rb_device *dev, const void *key, size_t key_len, bool *found);
 
-// Makes the index durable: writes it to the checkpoint container not holding the newest
-// checkpoint (payload, fdatasync, commit record, fdatasync). RB_E_NO_SPACE if it does not fit;
-// the older checkpoint stays intact.
+// Makes the index durable: writes it to the checkpoint container not holding the last full
+// checkpoint (payload, fdatasync, commit record, fdatasync). After the handle's first full
+// checkpoint, one following a small change is a delta: only what changed since. RB_E_NO_SPACE
+// if it does not fit; the older checkpoint stays intact.
 //
 // # Safety
 // `dev` is a live handle.

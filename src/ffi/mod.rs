@@ -297,9 +297,10 @@ pub unsafe extern "C" fn rb_contains(dev: *mut rb_device, key: *const c_void, ke
     })
 }
 
-/// Makes the index durable: writes it to the checkpoint container not holding the newest
-/// checkpoint (payload, fdatasync, commit record, fdatasync). RB_E_NO_SPACE if it does not fit;
-/// the older checkpoint stays intact.
+/// Makes the index durable: writes it to the checkpoint container not holding the last full
+/// checkpoint (payload, fdatasync, commit record, fdatasync). After the handle's first full
+/// checkpoint, one following a small change is a delta: only what changed since. RB_E_NO_SPACE
+/// if it does not fit; the older checkpoint stays intact.
 ///
 /// # Safety
 /// `dev` is a live handle.
