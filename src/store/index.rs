@@ -194,11 +194,11 @@ impl Index {
             let Some(key) = order.pop_coldest() else { break };
             if let Some(e) = self.map.remove(&key) {
                 self.unverified.remove(&e.slot);
-                if let Some(changed) = self.changed.as_mut() {
-                    changed.insert(key.clone());
-                }
                 out.push((key, e));
             }
+        }
+        for (key, _) in &out {
+            self.note_change(key);
         }
         out
     }
@@ -272,6 +272,11 @@ impl Index {
         if let Some(changed) = self.changed.as_mut() {
             if !changed.contains(key) {
                 changed.insert(key.into());
+            }
+            // Past this no delta would be written anyway: stop, so memory stays bounded by
+            // the entries even when deletes of ever new keys go on without a checkpoint.
+            if changed.len() > self.map.len() + 64 {
+                self.changed = None;
             }
         }
     }
@@ -411,6 +416,26 @@ mod tests {
         assert!(matches!(ix.allocate(), Err(Error::SlotsFull { slot_count: 3 })));
         ix.release(SlotIndex(1));
         assert_eq!(ix.allocate().ok(), s(1));
+    }
+
+    #[test]
+    fn changes_are_tracked_for_deltas_and_stay_bounded() {
+        let mut ix = Index::new(1 << 20);
+        ix.install(b"kept", e(0, 1));
+        assert!(ix.changed_keys().is_none(), "nothing tracked before a full checkpoint");
+        ix.track_changes();
+        ix.install(b"a", e(1, 2));
+        ix.remove(b"kept");
+        let changed: Vec<&[u8]> = ix.changed_keys().unwrap().iter().map(|k| &k[..]).collect();
+        assert_eq!(changed.len(), 2);
+        assert!(changed.contains(&&b"a"[..]) && changed.contains(&&b"kept"[..]));
+        // Ever new keys put and deleted: past the entries (+64) tracking stops; the next is full.
+        for i in 0..100u64 {
+            let k = format!("t{i}");
+            ix.install(k.as_bytes(), e(10 + i, 3));
+            ix.remove(k.as_bytes());
+        }
+        assert!(ix.changed_keys().is_none());
     }
 
     #[test]
