@@ -50,6 +50,11 @@ pub fn checkpoint(data: &[u8]) {
         assert_eq!(crate::format::checkpoint::encode_carried(&runs, &mut again), tail.len());
         assert_eq!(again, tail, "carried leases do not round-trip");
     }
+    // A delta's prefix: any bytes split cleanly or are refused, never a panic.
+    let _ = crate::format::checkpoint::payload_parts(
+        payload,
+        crate::format::checkpoint::FLAG_CARRIED_LEASES | crate::format::checkpoint::FLAG_DELTA,
+    );
     // Lease journal records: a block that decodes re-encodes to itself (the block's tail is zero).
     if data.len() >= 4096 {
         if let Some(rec) = crate::format::lease::LeaseRecord::decode(&data[..4096]) {
