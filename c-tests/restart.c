@@ -1,5 +1,5 @@
 /* Instant restart: fast recovery (RB_RECOVER_AUTO with the lease journal), rb_sync,
- * rb_verify_step, and what a first read of an entry trusted unread answers. The writer is a
+ * rb_verify_step, rb_set_auto_checkpoint, and what a first read of an entry trusted unread answers. The writer is a
  * child process killed with SIGKILL, so nothing is closed or checkpointed on its way out. */
 #include "test.h"
 
@@ -172,10 +172,40 @@ static int test_first_get_of_a_deleted_entry(void) {
     return test_result();
 }
 
+/* rb_set_auto_checkpoint: after every 10 changes the handle checkpoints by itself; a restart
+ * then finds the last of those checkpoints and only the puts made after it in the journal. */
+static int test_auto_checkpoint(void) {
+    char path[512];
+    test_path(path, sizeof path, "restart-auto");
+    rb_device *dev = test_create(path, CAPACITY, SLOT, RB_ENGINE_AUTO, 0);
+    if (!dev) return T_EXIT_FAIL;
+    CHECK_STATUS(rb_set_auto_checkpoint(NULL, 10, 0), RB_E_INVALID_ARGUMENT);
+    CHECK_OK(rb_set_auto_checkpoint(dev, 10, 0));
+    char key[32];
+    for (int i = 0; i < 25; i++) {
+        key_of(i, key, sizeof key);
+        CHECK_OK(rb_put(dev, key, strlen(key), "v", 1));
+    }
+    CHECK_OK(rb_close(dev)); /* no rb_checkpoint call */
+    dev = open_rw(path);
+    rb_recover_report rep = {.struct_size = sizeof rep};
+    CHECK_OK(rb_recover(dev, NULL, &rep));
+    CHECK(rep.checkpoint_sequence == 2 && rep.checkpoint_entries == 20 && rep.recovered_since_checkpoint == 5,
+          "two automatic checkpoints (sequence %llu, %llu entries), 5 puts since (%llu)",
+          (unsigned long long)rep.checkpoint_sequence, (unsigned long long)rep.checkpoint_entries,
+          (unsigned long long)rep.recovered_since_checkpoint);
+    CHECK(rep.indexed == 25, "all 25 keys (%llu)", (unsigned long long)rep.indexed);
+    CHECK_OK(rb_set_auto_checkpoint(dev, 0, 0)); /* off again */
+    CHECK_OK(rb_close(dev));
+    unlink(path);
+    return test_result();
+}
+
 int main(int argc, char **argv) {
     test_init(argc, argv);
     RUN(test_sigkill_after_the_checkpoint_loses_nothing);
     RUN(test_verify_step);
     RUN(test_first_get_of_a_deleted_entry);
+    RUN(test_auto_checkpoint);
     return test_finish("restart");
 }

@@ -594,6 +594,21 @@ mod tests {
         std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
     }
 
+    /// Formats an 8 MiB file through rb_open with `engine`; the caller closes the handle.
+    fn create(path: &CStr, engine: u32) -> *mut rb_device {
+        let mut o = rb_options::default();
+        let mut dev = std::ptr::null_mut();
+        // SAFETY: valid options, path and out pointer.
+        unsafe {
+            rb_options_init(&mut o);
+            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
+            o.capacity_bytes = 8 << 20;
+            o.engine = engine;
+            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
+        }
+        dev
+    }
+
     fn message() -> String {
         // SAFETY: rb_last_error_message never returns NULL and the string lives until the next failure.
         unsafe { CStr::from_ptr(rb_last_error_message()) }.to_string_lossy().into_owned()
@@ -629,17 +644,14 @@ mod tests {
     #[test]
     fn recover_report_accepts_the_size_before_fast_recovery() {
         let path = scratch("ffi-report");
-        let mut o = rb_options::default();
-        let mut dev = std::ptr::null_mut();
+        let mut dev = create(&path, RB_ENGINE_AUTO);
         // SAFETY: valid pointers throughout; the handle is closed at the end.
         unsafe {
-            rb_options_init(&mut o);
-            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
-            o.capacity_bytes = 8 << 20;
-            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
             assert_eq!(rb_put(dev, c"k".as_ptr().cast(), 1, c"v".as_ptr().cast(), 1), RB_OK);
             assert_eq!(rb_checkpoint(dev), RB_OK);
             assert_eq!(rb_close(dev), RB_OK);
+            let mut o = rb_options::default();
+            rb_options_init(&mut o);
             o.flags = RB_OPEN_READ_ONLY;
             assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
             let old = std::mem::offset_of!(rb_recover_report, trusted_unread);
@@ -660,15 +672,9 @@ mod tests {
     #[test]
     fn device_info_accepts_the_size_before_engine_note() {
         let path = scratch("ffi-info");
-        let mut o = rb_options::default();
-        let mut dev = std::ptr::null_mut();
+        let dev = create(&path, RB_ENGINE_POSIX);
         // SAFETY: valid pointers throughout; the handle is closed at the end.
         unsafe {
-            rb_options_init(&mut o);
-            o.flags = RB_OPEN_CREATE | RB_OPEN_OVERWRITE_OK;
-            o.capacity_bytes = 8 << 20;
-            o.engine = RB_ENGINE_POSIX;
-            assert_eq!(rb_open(path.as_ptr(), &o, &mut dev), RB_OK);
             let old = std::mem::offset_of!(rb_device_info, engine_note);
             let mut info = rb_device_info { struct_size: old, engine_note: [0x7f; RB_ENGINE_NOTE_BYTES], ..Default::default() };
             assert_eq!(rb_get_info(dev, &mut info), RB_OK);

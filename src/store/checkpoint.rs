@@ -199,16 +199,17 @@ impl Store {
             }
             _ => None,
         };
-        // The keys to write, and (a delta's) the keys removed since the base.
-        let changed = st.index.changed_keys();
-        let removed: Vec<&[u8]> = match (delta_base, changed) {
-            (Some(_), Some(c)) => c.iter().filter(|k| st.index.get(k).is_none()).map(|k| &k[..]).collect(),
-            _ => Vec::new(),
-        };
-        let written_entries: Vec<(&[u8], super::index::Entry)> = match (delta_base, changed) {
-            (Some(_), Some(c)) => c.iter().filter_map(|k| st.index.get(k).map(|e| (&k[..], e))).collect(),
-            _ => Vec::new(),
-        };
+        // A delta lists the keys changed since its base: those indexed now, and those removed.
+        let mut removed: Vec<&[u8]> = Vec::new();
+        let mut written_entries: Vec<(&[u8], super::index::Entry)> = Vec::new();
+        if let (Some(_), Some(changed)) = (delta_base, st.index.changed_keys()) {
+            for k in changed {
+                match st.index.get(k) {
+                    Some(e) => written_entries.push((k, e)),
+                    None => removed.push(k),
+                }
+            }
+        }
         let entries_len: u64 = match delta_base {
             Some(_) => written_entries.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum(),
             None => st.index.iter().map(|(k, _)| ENTRY_FIXED_BYTES + k.len() as u64).sum(),
@@ -277,11 +278,17 @@ impl Store {
     /// Sets when this handle checkpoints by itself ([`AutoCheckpoint`]).
     pub fn set_auto_checkpoint(&self, policy: AutoCheckpoint) {
         lock(&self.state).auto_checkpoint = policy;
+        let on = policy.every_changes > 0 || !policy.every.is_zero();
+        self.auto_checkpoint_on.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes a checkpoint when the auto-checkpoint policy says it is due. A failure leaves
     /// the write that triggered it acknowledged: it is counted, and the next write tries again.
     pub(super) fn maybe_checkpoint(&self) {
+        // Every write call comes here: without a policy (the default) it costs one load.
+        if !self.auto_checkpoint_on.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let due = {
             let st = lock(&self.state);
             let changed = st.changes - st.checkpointed_changes;

@@ -93,6 +93,8 @@ pub struct Store {
     checkpoints: Mutex<checkpoint::Cursor>,
     /// Held while a lease batch is written, and while a checkpoint's snapshot is taken.
     lease_io: Mutex<()>,
+    /// An auto-checkpoint policy is set (read by every write call without the state lock).
+    auto_checkpoint_on: std::sync::atomic::AtomicBool,
     io_totals: Mutex<BatchStats>,
     records: data::RecordPool,
     superblock_source: SuperblockSource,

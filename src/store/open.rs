@@ -116,6 +116,7 @@ impl Store {
             }),
             checkpoints: Mutex::new(checkpoint::Cursor::default()),
             lease_io: Mutex::new(()),
+            auto_checkpoint_on: Default::default(),
             io_totals: Mutex::new(BatchStats::default()),
             records: RecordPool::new(g.record_bytes(g.max_payload()) as usize),
             superblock_source,

@@ -115,9 +115,7 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
 
 fn format_fixture(args: &Args, engine: EngineConfig) -> Result<Store, String> {
     crate::fixture::refuse_mounted(&args.device)?;
-    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    crate::fixture::make_parent_dir(&args.device)?;
     let is_block = std::fs::metadata(&args.device).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type())).unwrap_or(false);
     let format = FormatOptions {
         capacity_bytes: if is_block { 0 } else { (args.cache_space_gb * (1u64 << 30) as f64) as u64 },

@@ -36,6 +36,27 @@ pub fn refuse_mounted(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates the directory a fixture file goes in.
+pub fn make_parent_dir(path: &Path) -> Result<(), String> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display())),
+        None => Ok(()),
+    }
+}
+
+/// For the workloads that format their own fixture and delete it after: refuses a mounted
+/// device, and an existing path without --i-understand-this-overwrites-device.
+pub fn own_fixture(args: &Args, workload: &str) -> Result<(), String> {
+    refuse_mounted(&args.device)?;
+    if !args.overwrite_ok && args.device.exists() {
+        return Err(format!(
+            "{} exists: --workload {workload} formats it (add --i-understand-this-overwrites-device)",
+            args.device.display()
+        ));
+    }
+    make_parent_dir(&args.device)
+}
+
 fn sysfs_path(rdev: u64) -> Option<PathBuf> {
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
     std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
@@ -53,9 +74,7 @@ pub fn bench_key(i: u64) -> String {
 /// `--prepare`: formats the device, puts one entry per slot (or `--max-entries`), checkpoints.
 pub fn prepare(args: &Args) -> Result<(), String> {
     refuse_mounted(&args.device)?;
-    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    make_parent_dir(&args.device)?;
     let store = format_device(args)?;
     let g = *store.geometry();
     let n = args.max_entries.map_or(g.slot_count(), |m| m.min(g.slot_count()));

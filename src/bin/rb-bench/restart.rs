@@ -163,13 +163,7 @@ fn judge(store: &Store, plan: &DirtyPlan, n: u64) -> Result<(u64, u64, u64), Str
 /// alternating rounds, O_DIRECT, in one run. Prints `lease_cost: ... ratio=R`, R being puts/s
 /// with the journal over puts/s without.
 pub fn lease_cost(args: &Args) -> Result<bool, String> {
-    crate::fixture::refuse_mounted(&args.device)?;
-    if !args.overwrite_ok && args.device.exists() {
-        return Err(format!("{} exists: --workload lease-cost formats it (add --i-understand-this-overwrites-device)", args.device.display()));
-    }
-    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    crate::fixture::own_fixture(args, "lease-cost")?;
     let value = args.value_bytes.unwrap_or(4096);
     let rounds = args.repeats.max(2);
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -223,13 +217,7 @@ pub fn lease_cost(args: &Args) -> Result<bool, String> {
 /// the page cache like `--prepare`; every checkpoint ends with its fdatasyncs). Prints
 /// `checkpoint_cost: ... ratio=R`, R being the delta's time over the full one's.
 pub fn checkpoint_cost(args: &Args) -> Result<bool, String> {
-    crate::fixture::refuse_mounted(&args.device)?;
-    if !args.overwrite_ok && args.device.exists() {
-        return Err(format!("{} exists: --workload checkpoint-cost formats it (add --i-understand-this-overwrites-device)", args.device.display()));
-    }
-    if let Some(dir) = args.device.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    crate::fixture::own_fixture(args, "checkpoint-cost")?;
     let n = args.max_entries.unwrap_or(524_272);
     let percent = args.dirty_percent.unwrap_or(1.0);
     let capacity = ((n + n / 16 + 64) * args.slot_bytes) as f64 * 1.05;
