@@ -186,30 +186,53 @@ pub fn payload_parts(payload: &[u8], flags: u32) -> Result<PayloadParts<'_>, Str
 
 /// Decodes exactly `count` entries filling all of `payload`.
 pub fn decode_payload(payload: &[u8], count: u64) -> Result<Vec<CheckpointEntry<'_>>, String> {
+    check_payload(payload, count)?;
+    Ok(PayloadEntries::new(payload).collect())
+}
+
+/// Whether `payload` holds exactly `count` well-formed entries, without keeping them.
+pub fn check_payload(payload: &[u8], count: u64) -> Result<(), String> {
     // Every entry takes at least ENTRY_FIXED_BYTES, which bounds an absurd count.
     if count > payload.len() as u64 / ENTRY_FIXED_BYTES {
         return Err(format!("{count} entries cannot fit in {} payload bytes", payload.len()));
     }
-    let mut d = Dec::new(payload);
-    let mut out = Vec::with_capacity(count as usize);
+    let mut entries = PayloadEntries::new(payload);
     for i in 0..count {
-        let entry = (|| {
-            let key_len = d.u16()? as usize;
-            Some(CheckpointEntry {
-                key: d.bytes(key_len)?,
-                slot: SlotIndex(d.u64()?),
-                generation: Generation(d.u64()?),
-                payload_len: d.u64()?,
-                payload_crc: d.u32()?,
-            })
-        })()
-        .ok_or_else(|| format!("entry {i} runs past the end of the payload"))?;
-        out.push(entry);
+        entries.next().ok_or_else(|| format!("entry {i} runs past the end of the payload"))?;
     }
-    if d.remaining() != 0 {
-        return Err(format!("{} bytes follow the last entry", d.remaining()));
+    match entries.d.remaining() {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes follow the last entry")),
     }
-    Ok(out)
+}
+
+/// The entries of a payload in order, decoded as they are taken: a payload that
+/// [`check_payload`] passed can be gone over any number of times without copies. Ends at
+/// the end of the bytes, or at an entry that runs past it.
+#[derive(Clone)]
+pub struct PayloadEntries<'a> {
+    d: Dec<'a>,
+}
+
+impl<'a> PayloadEntries<'a> {
+    pub fn new(payload: &'a [u8]) -> PayloadEntries<'a> {
+        PayloadEntries { d: Dec::new(payload) }
+    }
+}
+
+impl<'a> Iterator for PayloadEntries<'a> {
+    type Item = CheckpointEntry<'a>;
+
+    fn next(&mut self) -> Option<CheckpointEntry<'a>> {
+        let key_len = self.d.u16()? as usize;
+        Some(CheckpointEntry {
+            key: self.d.bytes(key_len)?,
+            slot: SlotIndex(self.d.u64()?),
+            generation: Generation(self.d.u64()?),
+            payload_len: self.d.u64()?,
+            payload_crc: self.d.u32()?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ impl<'a> Enc<'a> {
 
 /// Little-endian reader over a byte slice; every read is bounds-checked and
 /// a short input reads as `None`.
+#[derive(Clone)]
 pub(crate) struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,

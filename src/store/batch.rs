@@ -247,7 +247,7 @@ impl DataJob for GetJob<'_> {
         let (out, cap) = self.outs[i];
         let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| {
             let e = st.index.lookup(key).ok_or(Error::NotFound)?;
-            Ok((e, st.index.is_unverified(e.slot)))
+            Ok((e, st.index.is_unverified(key)))
         });
         let e = match lookup {
             Ok((e, _)) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),
@@ -319,7 +319,7 @@ impl DataJob for GetJob<'_> {
         *state = match verdict {
             Ok(()) => {
                 if unverified {
-                    lock(&s.state).index.set_verified(e.slot);
+                    lock(&s.state).index.set_verified(key, &e);
                 }
                 GetState::Done(Ok(len))
             }
@@ -424,8 +424,11 @@ impl DataJob for PutJob<'_> {
             return;
         }
         let entry = Entry { slot, generation: self.generations[i], payload_len: value.len() as u64, payload_crc };
-        let displaced = lock(&s.state).install(key, entry);
-        *state = PutState::Done(Ok(match displaced {
+        let installed = lock(&s.state).install(key, entry);
+        if installed.is_err() {
+            s.discard_failed_record(slot, self.generations[i]);
+        }
+        *state = PutState::Done(installed.map(|displaced| match displaced {
             Displaced::Nothing => None,
             Displaced::Replaced(old) | Displaced::Superseded(old) => Some(old.slot),
         }));

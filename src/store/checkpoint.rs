@@ -1,10 +1,12 @@
 //! Writing and loading checkpoints in the two alternating containers.
 
+use std::sync::Arc;
+
 use super::Store;
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::checkpoint::{
-    carried_len, decode_payload, delta_prefix_len, encode_carried, encode_delta_prefix, encode_payload, payload_parts,
+    carried_len, check_payload, delta_prefix_len, encode_carried, encode_delta_prefix, encode_payload, payload_parts, PayloadEntries,
     CheckpointEntry, CheckpointHeader, ENTRY_FIXED_BYTES, FLAG_CARRIED_LEASES, FLAG_DELTA,
 };
 use crate::format::lease::SlotRun;
@@ -69,7 +71,8 @@ pub struct AutoCheckpoint {
 pub(super) struct LoadedCheckpoint {
     pub header: CheckpointHeader,
     /// The payload, padded to the block size; `payload_len` bytes of it are meaningful.
-    pub payload: AlignedBuf,
+    /// Shared: an index rebuilt from it keeps the keys where they lie.
+    pub payload: Arc<AlignedBuf>,
     /// A delta's base (a full checkpoint).
     pub base: Option<Box<LoadedCheckpoint>>,
     /// Fast recovery may start here: this is the newest commit record of the device, or
@@ -86,15 +89,28 @@ impl LoadedCheckpoint {
     /// replaced (by key, or by slot: a slot a delta entry holds is no longer the base's),
     /// plus the delta's entries.
     pub fn entries(&self) -> std::result::Result<Vec<CheckpointEntry<'_>>, String> {
+        Ok(self.entry_set()?.iter().collect())
+    }
+
+    /// The buffers [`entries`](Self::entries)' keys lie in (a delta's and its base's).
+    pub fn buffers(&self) -> Vec<Arc<AlignedBuf>> {
+        std::iter::once(self.payload.clone()).chain(self.base.iter().map(|b| b.payload.clone())).collect()
+    }
+
+    /// [`entries`](Self::entries), checked, to go over as often as needed without a copy.
+    pub fn entry_set(&self) -> std::result::Result<EntrySet<'_>, String> {
         let parts = payload_parts(self.bytes(), self.header.flags)?;
-        let own = decode_payload(parts.entries, self.header.entry_count)?;
-        let Some(base) = &self.base else { return Ok(own) };
-        let keys: std::collections::HashSet<&[u8]> = own.iter().map(|e| e.key).chain(parts.removed.iter().copied()).collect();
-        let slots: std::collections::HashSet<crate::format::SlotIndex> = own.iter().map(|e| e.slot).collect();
-        let mut all: Vec<CheckpointEntry<'_>> =
-            base.entries()?.into_iter().filter(|e| !keys.contains(e.key) && !slots.contains(&e.slot)).collect();
-        all.extend(own);
-        Ok(all)
+        check_payload(parts.entries, self.header.entry_count)?;
+        let own = parts.entries;
+        let Some(base) = &self.base else { return Ok(EntrySet { own, base: None, len: self.header.entry_count as usize }) };
+        let base_entries = payload_parts(base.bytes(), base.header.flags)?.entries;
+        check_payload(base_entries, base.header.entry_count)?;
+        let superseded = Superseded {
+            keys: PayloadEntries::new(own).map(|e| e.key).chain(parts.removed.iter().copied()).collect(),
+            slots: PayloadEntries::new(own).map(|e| e.slot).collect(),
+        };
+        let kept = PayloadEntries::new(base_entries).filter(|e| !superseded.covers(e)).count();
+        Ok(EntrySet { own, base: Some((base_entries, superseded)), len: kept + self.header.entry_count as usize })
     }
 
     /// The slots leased but not installed when its snapshot was taken (none before leases).
@@ -106,6 +122,42 @@ impl LoadedCheckpoint {
     /// base, or this checkpoint's own.
     pub fn journal_floor(&self) -> u64 {
         self.base.as_ref().map_or(self.header.sequence, |b| b.header.sequence)
+    }
+}
+
+/// A checkpoint's entries (see [`LoadedCheckpoint::entries`]), checked and not copied.
+pub struct EntrySet<'a> {
+    own: &'a [u8],
+    /// A delta's base: its entries, and what of them the delta supersedes.
+    base: Option<(&'a [u8], Superseded<'a>)>,
+    len: usize,
+}
+
+/// The keys a delta removed or put again, and the slots its entries hold.
+struct Superseded<'a> {
+    keys: std::collections::HashSet<&'a [u8]>,
+    slots: std::collections::HashSet<crate::format::SlotIndex>,
+}
+
+impl Superseded<'_> {
+    fn covers(&self, e: &CheckpointEntry<'_>) -> bool {
+        self.keys.contains(e.key) || self.slots.contains(&e.slot)
+    }
+}
+
+impl<'a> EntrySet<'a> {
+    /// No entries (no checkpoint).
+    pub fn empty() -> EntrySet<'static> {
+        EntrySet { own: &[], base: None, len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = CheckpointEntry<'a>> + '_ {
+        let base = self.base.iter().flat_map(|(bytes, superseded)| PayloadEntries::new(bytes).filter(|e| !superseded.covers(e)));
+        base.chain(PayloadEntries::new(self.own))
     }
 }
 
@@ -144,10 +196,7 @@ impl Store {
         let leasing = lock(&self.lease_io);
         let encoded = self.encode_index(sequence, if kind == CheckpointKind::Full { None } else { cursor.base });
         drop(leasing);
-        let encoded = match encoded {
-            Ok(e) => e,
-            Err(e) => return Err(e),
-        };
+        let encoded = encoded?;
         let header = CheckpointHeader {
             device_id: self.sb.device_id,
             sequence,
@@ -225,13 +274,13 @@ impl Store {
             .ok()
             .and_then(AlignedBuf::try_zeroed)
             .ok_or_else(|| Error::out_of_memory("the checkpoint payload", padded))?;
-        fn as_entry<'k>((key, e): (&'k [u8], &super::index::Entry)) -> CheckpointEntry<'k> {
+        fn as_entry<'k>((key, e): (&'k [u8], super::index::Entry)) -> CheckpointEntry<'k> {
             CheckpointEntry { key, slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc }
         }
         let mut written = 0;
         if let Some(b) = delta_base {
             written += encode_delta_prefix(b, removed.iter().copied(), &mut payload);
-            written += encode_payload(written_entries.iter().map(|(k, e)| as_entry((k, e))), &mut payload[written..]);
+            written += encode_payload(written_entries.iter().map(|&(k, e)| as_entry((k, e))), &mut payload[written..]);
         } else {
             written += encode_payload(st.index.iter().map(as_entry), &mut payload);
         }
@@ -344,7 +393,7 @@ impl Store {
             } else {
                 cursor.newest = Some(which);
             }
-            if loaded.entries().is_err() {
+            if loaded.entry_set().is_err() {
                 only_deltas_above = false;
                 continue;
             }
@@ -360,7 +409,7 @@ impl Store {
         if crc32(&payload[..header.payload_len as usize]) != header.payload_crc {
             return Ok(None);
         }
-        Ok(Some(LoadedCheckpoint { header, payload, base: None, fast_ok: false }))
+        Ok(Some(LoadedCheckpoint { header, payload: Arc::new(payload), base: None, fast_ok: false }))
     }
 
     /// The well-formed commit records of this device, and the highest sequence of any.

@@ -97,7 +97,14 @@ impl Store {
             self.discard_failed_record(slot, generation);
             return Err(Error::io(format!("writing slot {slot}"), e));
         }
-        let displaced = lock(&self.state).install(key, Entry { slot, generation, payload_len, payload_crc });
+        let installed = lock(&self.state).install(key, Entry { slot, generation, payload_len, payload_crc });
+        let displaced = match installed {
+            Ok(displaced) => displaced,
+            Err(e) => {
+                self.discard_failed_record(slot, generation);
+                return Err(e);
+            }
+        };
         match displaced {
             Displaced::Nothing => Ok(()),
             Displaced::Replaced(old) | Displaced::Superseded(old) => self.invalidate_or_queue(old.slot),
@@ -166,14 +173,14 @@ impl Store {
             let (e, unverified) = {
                 let mut st = self.ready()?;
                 let e = st.index.lookup(key).ok_or(Error::NotFound)?;
-                (e, st.index.is_unverified(e.slot))
+                (e, st.index.is_unverified(key))
             };
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });
             }
             if let Some(n) = self.read_entry(key, &e, out)? {
                 if unverified {
-                    lock(&self.state).index.set_verified(e.slot);
+                    lock(&self.state).index.set_verified(key, &e);
                 }
                 return Ok(n);
             }
@@ -228,7 +235,7 @@ impl Store {
         if st.index.get(key) != Some(*e) {
             return None;
         }
-        if why == Mismatch::Payload || !st.index.is_unverified(e.slot) {
+        if why == Mismatch::Payload || !st.index.is_unverified(key) {
             return Some(Error::Corrupt(format!("slot {} of key: {why}", e.slot)));
         }
         st.index.remove(key);

@@ -73,11 +73,11 @@ pub(super) struct EvictionOrder {
 
 impl EvictionOrder {
     /// The order for `entries`, oldest generation first (a restart starts from generation order).
-    pub fn new<'k>(policy: EvictionPolicy, entries: impl Iterator<Item = (&'k [u8], &'k Entry)>) -> Option<EvictionOrder> {
+    pub fn new<'k>(policy: EvictionPolicy, entries: impl Iterator<Item = (&'k [u8], Generation)>) -> Option<EvictionOrder> {
         if policy == EvictionPolicy::None {
             return None;
         }
-        let mut by_gen: Vec<(Generation, &[u8])> = entries.map(|(k, e)| (e.generation, k)).collect();
+        let mut by_gen: Vec<(Generation, &[u8])> = entries.map(|(k, g)| (g, k)).collect();
         by_gen.sort_unstable();
         let mut order = EvictionOrder { policy, by_rank: BTreeMap::new(), rank_of: HashMap::with_capacity(by_gen.len()), next_rank: 0 };
         for (_, key) in by_gen {
@@ -216,8 +216,16 @@ impl Store {
             if whole {
                 // Still on the device: back into the index, unless a newer put of the key
                 // came in meanwhile (then this copy is zeroed before the next write).
-                if let super::index::Displaced::Superseded(old) = st.index.install(&key, e) {
-                    st.pending_invalidation.push(old.slot);
+                match st.index.install(&key, e) {
+                    Ok(super::index::Displaced::Superseded(old)) => st.pending_invalidation.push(old.slot),
+                    Ok(_) => {}
+                    // No memory for its key: it stays evicted, and its header is zeroed before
+                    // the next write (a crash before then can bring it back).
+                    Err(_) => {
+                        st.pending_invalidation.push(e.slot);
+                        evicted += 1;
+                        st.evicted.push(Evicted { key, value_len: e.payload_len, generation: e.generation });
+                    }
                 }
                 continue;
             }
@@ -285,16 +293,16 @@ mod tests {
     #[test]
     fn fifo_and_lru_orders() {
         let es = [(b"c".as_slice(), e(3)), (b"a".as_slice(), e(1)), (b"b".as_slice(), e(2))];
-        let mut fifo = EvictionOrder::new(EvictionPolicy::Fifo, es.iter().map(|(k, e)| (*k, e))).unwrap();
+        let mut fifo = EvictionOrder::new(EvictionPolicy::Fifo, es.iter().map(|(k, e)| (*k, e.generation))).unwrap();
         fifo.touch(b"a");
         assert_eq!(fifo.pop_coldest().as_deref(), Some(&b"a"[..]), "FIFO ignores reads; generation order at start");
-        let mut lru = EvictionOrder::new(EvictionPolicy::Lru, es.iter().map(|(k, e)| (*k, e))).unwrap();
+        let mut lru = EvictionOrder::new(EvictionPolicy::Lru, es.iter().map(|(k, e)| (*k, e.generation))).unwrap();
         lru.touch(b"a");
         lru.insert(b"d");
         lru.remove(b"c");
         let order: Vec<Box<[u8]>> = std::iter::from_fn(|| lru.pop_coldest()).collect();
         assert_eq!(order, vec![b"b".as_slice().into(), b"a".as_slice().into(), b"d".as_slice().into()]);
-        assert!(EvictionOrder::new(EvictionPolicy::None, es.iter().map(|(k, e)| (*k, e))).is_none());
+        assert!(EvictionOrder::new(EvictionPolicy::None, es.iter().map(|(k, e)| (*k, e.generation))).is_none());
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The in-memory index: key -> where its newest value lives, plus slot allocation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::aligned::AlignedBuf;
 
 use crate::error::{Error, Result};
 use super::evict::{EvictionOrder, EvictionPolicy};
+use super::keytable::{KeyTable, Parts, Shard, SHARDS};
 use crate::format::{Generation, SlotIndex};
 
 /// Where a key's value lives and what its header must say.
@@ -13,6 +17,28 @@ pub struct Entry {
     pub generation: Generation,
     pub payload_len: u64,
     pub payload_crc: u32,
+}
+
+/// Where a recovered entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Its slot header was read and matched.
+    Read,
+    /// A checkpoint's, trusted without a read: verified by its first read.
+    Trusted,
+}
+
+/// Puts `entry` into `row` (made for it just now when `new`) unless the row holds a newer
+/// generation. Returns what it displaced and whether the row was, and is, unverified.
+fn settle_row(row: &mut Indexed, new: bool, entry: Entry, unverified: bool) -> (Displaced, bool, bool) {
+    if new {
+        (Displaced::Nothing, false, unverified)
+    } else if row.generation > entry.generation {
+        (Displaced::Superseded(entry), row.unverified, row.unverified)
+    } else {
+        let old = std::mem::replace(row, Indexed::new(entry, unverified));
+        (Displaced::Replaced(old.entry()), old.unverified, unverified)
+    }
 }
 
 /// What installing an entry displaced, if anything: its slot must be invalidated.
@@ -25,18 +51,45 @@ pub enum Displaced {
     Superseded(Entry),
 }
 
+/// Keys the index changed, hashed as its table hashes them (see [`KeyTable`]).
+/// cbindgen:ignore
+type KeySet = HashSet<Box<[u8]>, foldhash::quality::RandomState>;
+
+/// What the index keeps per key: its entry, and whether a fast recovery indexed it without
+/// reading its header (the first read verifies it, or finds it gone). One flat struct, so a
+/// row stays 40 bytes.
+#[derive(Clone, Copy)]
+struct Indexed {
+    slot: SlotIndex,
+    generation: Generation,
+    payload_len: u64,
+    payload_crc: u32,
+    unverified: bool,
+}
+
+impl Indexed {
+    fn new(e: Entry, unverified: bool) -> Indexed {
+        Indexed { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc, unverified }
+    }
+
+    fn entry(&self) -> Entry {
+        Entry { slot: self.slot, generation: self.generation, payload_len: self.payload_len, payload_crc: self.payload_crc }
+    }
+}
+
 pub struct Index {
-    map: HashMap<Box<[u8]>, Entry>,
+    map: KeyTable<Indexed>,
     /// Every slot not allocated (indexed, being written, or being invalidated).
     free: FreeRanges,
     /// The entries in eviction order, when the handle evicts.
     order: Option<EvictionOrder>,
-    /// The slots of entries a fast recovery indexed from the checkpoint without reading
-    /// their header: the first read verifies each, or finds it gone.
-    unverified: SlotSet,
+    /// Entries whose `unverified` flag is set.
+    unverified: usize,
+    /// The highest generation ever put into this index (losers and removed entries too).
+    newest: Generation,
     /// Keys put or removed since the last full checkpoint's snapshot, while a delta
     /// checkpoint may follow it (`None`: not tracked, the next checkpoint is full).
-    changed: Option<HashSet<Box<[u8]>>>,
+    changed: Option<KeySet>,
 }
 
 /// Slot indices are ours (not caller input) and already well spread: a multiply hashes them
@@ -59,8 +112,9 @@ impl std::hash::Hasher for SlotHasher {
     }
 }
 
+/// A set of slots (ours, not caller input: [`SlotHasher`] is safe for them).
 /// cbindgen:ignore
-type SlotSet = HashSet<SlotIndex, std::hash::BuildHasherDefault<SlotHasher>>;
+pub(crate) type SlotSet = HashSet<SlotIndex, std::hash::BuildHasherDefault<SlotHasher>>;
 
 /// Free slots as disjoint, non-adjacent ranges `start..end`, keyed by `start`.
 /// A fresh device is one range; each allocated slot splits at most one range in
@@ -145,13 +199,191 @@ impl FreeRanges {
     }
 }
 
-/// Heap bytes of one map bucket (the boxed key's bytes come on top).
-const BUCKET_BYTES: usize = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
+fn oom(n: usize) -> Error {
+    Error::out_of_memory("the index", n.saturating_mul(ROW_BYTES))
+}
+
+/// Entries below which a rebuild runs on one thread: threads would cost more than they save.
+#[cfg(not(test))]
+const PARALLEL_MIN: usize = 1 << 16;
+/// Small in unit tests, so that every recovery there takes the threaded path.
+#[cfg(test)]
+const PARALLEL_MIN: usize = 64;
+
+/// Threads to rebuild `n` entries on: one below [`PARALLEL_MIN`], else the cores up to the
+/// table's shards, a power of two so groups are even.
+fn build_threads(n: usize) -> usize {
+    if n < PARALLEL_MIN {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()).min(SHARDS);
+    1 << cores.ilog2()
+}
+
+pub(super) fn spawn<'s, T: Send + 's>(scope: &'s std::thread::Scope<'s, '_>, f: impl FnOnce() -> T + Send + 's) -> Option<std::thread::ScopedJoinHandle<'s, T>> {
+    std::thread::Builder::new().name("rb-rebuild".into()).spawn_scoped(scope, f).ok()
+}
+
+pub(super) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// What one thread of a threaded rebuild put into its shards.
+struct Filled {
+    losers: Vec<Entry>,
+    unverified: usize,
+    newest: Generation,
+    /// The slots of every entry of the group, winner or loser.
+    claims: Claims,
+}
+
+/// Puts the entries of group `group` into its shards. `None` when the group names a slot twice.
+fn fill_group<'k>(
+    shards: &mut [Shard<Indexed>],
+    group: usize,
+    parts: Parts<'_>,
+    slot_count: u64,
+    n: usize,
+    entries: impl Iterator<Item = (&'k [u8], Entry, Source)>,
+) -> Result<Option<Filled>> {
+    let mut claims = Claims::new(slot_count, n).ok_or_else(|| oom(n))?;
+    let (mut losers, mut unverified, mut newest) = (Vec::new(), 0, Generation::default());
+    for (key, e, source) in entries {
+        let (h, g, shard) = parts.place(key);
+        if g != group {
+            continue;
+        }
+        newest = newest.max(e.generation);
+        if claims.contains(e.slot.0) {
+            return Ok(None);
+        }
+        claims.reserve_one().ok_or_else(|| oom(n))?;
+        claims.insert(e.slot.0);
+        let trusted = source == Source::Trusted;
+        let (row, new) = shards[shard].get_or_insert_with(h, key, parts.hasher(), || Indexed::new(e, trusted)).ok_or_else(|| oom(1))?;
+        let (displaced, was, now) = settle_row(row, new, e, trusted);
+        unverified = unverified - was as usize + now as usize;
+        match displaced {
+            Displaced::Nothing => {}
+            Displaced::Replaced(old) => losers.push(old),
+            Displaced::Superseded(e) => losers.push(e),
+        }
+    }
+    Ok(Some(Filled { losers, unverified, newest, claims }))
+}
+
+/// The slots claimed while an index is rebuilt, to settle a slot claimed twice: a bitmap
+/// while it costs at most 8 bytes an entry (64 slots per entry; one bit test per claim),
+/// else a set, so memory follows the entries on a sparse device too.
+enum Claims {
+    Bits { words: Vec<u64>, count: usize },
+    Set(HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>>),
+}
+
+impl Claims {
+    /// Room for `entries` claims of slots below `slot_count`; `None` if the host refuses it.
+    fn new(slot_count: u64, entries: usize) -> Option<Claims> {
+        if slot_count <= (entries.max(1) as u64).saturating_mul(64) {
+            let mut words = Vec::new();
+            words.try_reserve_exact(slot_count.div_ceil(64) as usize).ok()?;
+            words.resize(slot_count.div_ceil(64) as usize, 0);
+            return Some(Claims::Bits { words, count: 0 });
+        }
+        let mut set = HashSet::default();
+        set.try_reserve(entries).ok()?;
+        Some(Claims::Set(set))
+    }
+
+    fn contains(&self, slot: u64) -> bool {
+        match self {
+            Claims::Bits { words, .. } => words[(slot / 64) as usize] & (1 << (slot % 64)) != 0,
+            Claims::Set(set) => set.contains(&slot),
+        }
+    }
+
+    /// Room for one more claim (a bitmap has room for all).
+    fn reserve_one(&mut self) -> Option<()> {
+        match self {
+            Claims::Bits { .. } => Some(()),
+            Claims::Set(set) => set.try_reserve(1).ok(),
+        }
+    }
+
+    fn insert(&mut self, slot: u64) {
+        match self {
+            Claims::Bits { words, count } => {
+                *count += (words[(slot / 64) as usize] & (1 << (slot % 64)) == 0) as usize;
+                words[(slot / 64) as usize] |= 1 << (slot % 64);
+            }
+            Claims::Set(set) => {
+                set.insert(slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u64) {
+        match self {
+            Claims::Bits { words, count } => {
+                *count -= (words[(slot / 64) as usize] & (1 << (slot % 64)) != 0) as usize;
+                words[(slot / 64) as usize] &= !(1 << (slot % 64));
+            }
+            Claims::Set(set) => {
+                set.remove(&slot);
+            }
+        }
+    }
+
+    /// Adds `other`'s claims (made alike): `Some(false)` if it shares a slot with these,
+    /// `None` if the host refuses memory.
+    fn absorb(&mut self, other: Claims) -> Option<bool> {
+        match (self, other) {
+            (Claims::Bits { words, count }, Claims::Bits { words: theirs, count: n }) => {
+                if words.iter().zip(&theirs).any(|(a, b)| a & b != 0) {
+                    return Some(false);
+                }
+                words.iter_mut().zip(&theirs).for_each(|(a, b)| *a |= b);
+                *count += n;
+                Some(true)
+            }
+            (Claims::Set(set), Claims::Set(theirs)) => {
+                set.try_reserve(theirs.len()).ok()?;
+                Some(theirs.into_iter().all(|s| set.insert(s)))
+            }
+            _ => unreachable!("claims of one rebuild are all bitmaps or all sets"),
+        }
+    }
+
+    /// The claimed slots in ascending order.
+    fn into_sorted(self) -> Option<Vec<u64>> {
+        let mut used = Vec::new();
+        match self {
+            Claims::Bits { words, count } => {
+                used.try_reserve_exact(count).ok()?;
+                for (w, &word) in words.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        used.push(w as u64 * 64 + bits.trailing_zeros() as u64);
+                        bits &= bits - 1;
+                    }
+                }
+            }
+            Claims::Set(set) => {
+                used.try_reserve_exact(set.len()).ok()?;
+                used.extend(set);
+                used.sort_unstable();
+            }
+        }
+        Some(used)
+    }
+}
+
+/// Heap bytes of one table row, its control byte and 64 bytes of key, for error messages.
+const ROW_BYTES: usize = 40 + 1 + 64;
 
 impl Index {
     /// An index with every one of `slot_count` slots free; allocates nothing per slot.
     pub fn new(slot_count: u64) -> Index {
-        Index { map: HashMap::new(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default(), changed: None }
+        Index { map: KeyTable::default(), free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: 0, changed: None, newest: Generation::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -159,7 +391,7 @@ impl Index {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     pub fn free_slots(&self) -> usize {
@@ -167,12 +399,12 @@ impl Index {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.map.get(key).copied()
+        self.map.get(key).map(Indexed::entry)
     }
 
     /// [`get`](Self::get) for a read that counts as a use (LRU eviction).
     pub fn lookup(&mut self, key: &[u8]) -> Option<Entry> {
-        let e = self.map.get(key).copied();
+        let e = self.get(key);
         if let (Some(_), Some(order)) = (e, self.order.as_mut()) {
             order.touch(key);
         }
@@ -182,7 +414,7 @@ impl Index {
     /// Keeps the entries in `policy`'s eviction order from now on, starting from
     /// generation order (the oldest put coldest).
     pub fn set_eviction(&mut self, policy: EvictionPolicy) {
-        self.order = EvictionOrder::new(policy, self.map.iter().map(|(k, e)| (&k[..], e)));
+        self.order = EvictionOrder::new(policy, self.map.iter().map(|(k, e)| (k, e.generation)));
     }
 
     /// Takes up to `n` of the coldest entries out of the index; their slots stay
@@ -193,8 +425,8 @@ impl Index {
         while out.len() < n {
             let Some(key) = order.pop_coldest() else { break };
             if let Some(e) = self.map.remove(&key) {
-                self.unverified.remove(&e.slot);
-                out.push((key, e));
+                self.unverified -= e.unverified as usize;
+                out.push((key, e.entry()));
             }
         }
         for (key, _) in &out {
@@ -203,8 +435,8 @@ impl Index {
         out
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.map.iter().map(|(k, e)| (&k[..], e))
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Entry)> {
+        self.map.iter().map(|(k, e)| (k, e.entry()))
     }
 
     /// Whether `slot` is allocated; slots past the device's end never are.
@@ -221,9 +453,7 @@ impl Index {
         // Every allocated slot may become an entry; the map holds room for all of them.
         let allocated = (self.free.slot_count - self.free.count) as usize;
         let additional = (allocated + 1).saturating_sub(self.map.len());
-        self.map
-            .try_reserve(additional)
-            .map_err(|_| Error::out_of_memory("the index", (self.map.len() + additional).saturating_mul(2 * BUCKET_BYTES)))?;
+        self.map.reserve_spread(additional).ok_or_else(|| oom(self.map.len() + additional))?;
         self.free.take_lowest().map(SlotIndex).ok_or(Error::SlotsFull { slot_count: self.free.slot_count })
     }
 
@@ -235,26 +465,27 @@ impl Index {
         }
     }
 
-    /// Installs `entry` (whose slot the caller allocated) for `key`, keeping the newer generation.
-    pub fn install(&mut self, key: &[u8], entry: Entry) -> Displaced {
-        let displaced = match self.map.get_mut(key) {
-            None => {
-                self.map.insert(key.into(), entry);
-                Displaced::Nothing
-            }
-            Some(current) if current.generation > entry.generation => Displaced::Superseded(entry),
-            Some(current) => Displaced::Replaced(std::mem::replace(current, entry)),
-        };
-        if let Displaced::Replaced(old) = &displaced {
-            self.unverified.remove(&old.slot);
-        }
+    /// Installs `entry` (whose slot the caller allocated) for `key`, keeping the newer
+    /// generation. A new key's bytes may need memory the host refuses: then nothing changed
+    /// and the caller undoes its write as it would a failed one.
+    pub fn install(&mut self, key: &[u8], entry: Entry) -> Result<Displaced> {
+        let displaced = self.put(key, entry, false).ok_or_else(|| Error::out_of_memory("the index", key.len() as u64 + ROW_BYTES as u64))?;
         if !matches!(displaced, Displaced::Superseded(_)) {
             self.note_change(key);
+            if let Some(order) = self.order.as_mut() {
+                order.insert(key);
+            }
         }
-        if let (false, Some(order)) = (matches!(displaced, Displaced::Superseded(_)), self.order.as_mut()) {
-            order.insert(key);
-        }
-        displaced
+        Ok(displaced)
+    }
+
+    /// Puts `entry` for `key` unless the key holds a newer generation; `None` when memory is refused.
+    fn put(&mut self, key: &[u8], entry: Entry, unverified: bool) -> Option<Displaced> {
+        self.newest = self.newest.max(entry.generation);
+        let (row, new) = self.map.get_or_insert_with(key, || Indexed::new(entry, unverified))?;
+        let (displaced, was, now) = settle_row(row, new, entry, unverified);
+        self.unverified = self.unverified - was as usize + now as usize;
+        Some(displaced)
     }
 
     /// Removes the key; its slot stays allocated until the caller releases it.
@@ -263,9 +494,9 @@ impl Index {
             order.remove(key);
         }
         let e = self.map.remove(key)?;
-        self.unverified.remove(&e.slot);
+        self.unverified -= e.unverified as usize;
         self.note_change(key);
-        Some(e)
+        Some(e.entry())
     }
 
     fn note_change(&mut self, key: &[u8]) {
@@ -283,7 +514,7 @@ impl Index {
 
     /// Starts recording changed keys afresh (a full checkpoint's snapshot).
     pub fn track_changes(&mut self) {
-        self.changed = Some(HashSet::new());
+        self.changed = Some(KeySet::default());
     }
 
     /// Stops recording: the next checkpoint must be full.
@@ -292,93 +523,151 @@ impl Index {
     }
 
     /// Keys put or removed since [`track_changes`](Self::track_changes), if tracked.
-    pub fn changed_keys(&self) -> Option<&HashSet<Box<[u8]>>> {
+    pub fn changed_keys(&self) -> Option<&KeySet> {
         self.changed.as_ref()
     }
 
-    /// Marks the entries in `slots` as indexed without a read.
-    pub fn mark_unverified(&mut self, slots: impl ExactSizeIterator<Item = SlotIndex>) -> Result<()> {
-        let n = slots.len();
-        self.unverified.try_reserve(n).map_err(|_| Error::out_of_memory("the unverified entries", n as u64 * 16))?;
-        self.unverified.extend(slots);
-        Ok(())
+    /// Whether `key`'s entry was indexed without a read and not read since.
+    pub fn is_unverified(&self, key: &[u8]) -> bool {
+        self.map.get(key).is_some_and(|e| e.unverified)
     }
 
-    pub fn is_unverified(&self, slot: SlotIndex) -> bool {
-        self.unverified.contains(&slot)
+    /// A read found `key`'s entry `e` whole (if the key still names it).
+    pub fn set_verified(&mut self, key: &[u8], e: &Entry) {
+        if let Some(row) = self.map.get_mut(key).filter(|row| row.entry() == *e && row.unverified) {
+            row.unverified = false;
+            self.unverified -= 1;
+        }
     }
 
-    /// A read found the entry in `slot` whole.
-    pub fn set_verified(&mut self, slot: SlotIndex) {
-        self.unverified.remove(&slot);
+    /// The highest generation ever put into this index: a new put must be newer.
+    pub fn newest_generation(&self) -> Generation {
+        self.newest
     }
 
     pub fn unverified_count(&self) -> usize {
-        self.unverified.len()
+        self.unverified
     }
 
     /// Up to `n` unverified entries with their keys (for background verification): one pass
     /// over the index, so a step costs O(entries) in memory besides its reads.
     pub fn some_unverified(&self, n: usize) -> Vec<(Box<[u8]>, Entry)> {
-        if self.unverified.is_empty() {
+        if self.unverified == 0 {
             return Vec::new();
         }
-        self.map.iter().filter(|(_, e)| self.unverified.contains(&e.slot)).take(n).map(|(k, e)| (k.clone(), *e)).collect()
+        self.map.iter().filter(|(_, e)| e.unverified).take(n).map(|(k, e)| (k.into(), e.entry())).collect()
     }
 
-    /// Builds an index from recovered entries. Slots must be below `slot_count`.
-    /// Duplicate keys keep the highest generation; a slot claimed twice keeps the first claim.
-    /// Returns the index and the entries that lost. Memory follows the entries, not
-    /// `slot_count`; an allocation the host refuses is [`Error::OutOfMemory`].
-    pub fn rebuild<'k>(
+    /// Builds an index from recovered entries, every one of them read from the device.
+    /// See [`rebuild_marked`](Self::rebuild_marked).
+    pub fn rebuild<'k>(slot_count: u64, entries: impl IntoIterator<Item = (&'k [u8], Entry)>) -> Result<(Index, Vec<Entry>)> {
+        let entries: Vec<(&[u8], Entry)> = entries.into_iter().collect();
+        Index::rebuild_marked(slot_count, entries.len(), &[], || entries.iter().map(|&(k, e)| (k, e, Source::Read)))
+    }
+
+    /// Builds an index from recovered entries: `sources()` yields them, the same each call.
+    /// Slots must be below `slot_count`. Duplicate keys keep the highest generation; a slot
+    /// claimed twice keeps the first claim. Returns the index and the entries that lost.
+    /// Memory follows the entries, not `slot_count`; an allocation the host refuses is
+    /// [`Error::OutOfMemory`]. Many entries are spread over several threads.
+    /// `n` is about how many there are: the table is sized for it up front (rehashing a
+    /// growing table costs more than the inserts themselves). Keys lying in `buffers` stay
+    /// there (the index keeps the buffers) instead of being copied.
+    pub fn rebuild_marked<'k, I>(slot_count: u64, n: usize, buffers: &[Arc<AlignedBuf>], sources: impl Fn() -> I + Sync) -> Result<(Index, Vec<Entry>)>
+    where
+        I: Iterator<Item = (&'k [u8], Entry, Source)>,
+    {
+        let threads = build_threads(n);
+        if threads > 1 {
+            if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, buffers, &sources)? {
+                return Ok(built);
+            }
+        }
+        Index::rebuild_serial(slot_count, n, buffers, sources())
+    }
+
+    fn rebuild_serial<'k>(
         slot_count: u64,
-        entries: impl IntoIterator<Item = (&'k [u8], Entry)>,
+        n: usize,
+        buffers: &[Arc<AlignedBuf>],
+        entries: impl Iterator<Item = (&'k [u8], Entry, Source)>,
     ) -> Result<(Index, Vec<Entry>)> {
-        let entries = entries.into_iter();
-        let oom = |n: usize| Error::out_of_memory("the index", n.saturating_mul(2 * BUCKET_BYTES + 16));
-        // Sized up front: rehashing a growing map costs more than the inserts themselves.
-        let hint = entries.size_hint().0;
-        let mut map = HashMap::new();
-        map.try_reserve(hint).map_err(|_| oom(hint))?;
-        // The slots claimed so far, to settle a slot claimed twice.
-        let mut claimed: HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>> = HashSet::default();
-        claimed.try_reserve(hint).map_err(|_| oom(hint))?;
-        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: SlotSet::default(), changed: None };
+        let mut map = KeyTable::sharing(buffers);
+        map.reserve_spread(n).ok_or_else(|| oom(n))?;
+        let mut claimed = Claims::new(slot_count, n).ok_or_else(|| oom(n))?;
+        let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: 0, changed: None, newest: Generation::default() };
         let mut losers = Vec::new();
-        for (key, e) in entries {
-            if claimed.contains(&e.slot.0) {
+        for (key, e, source) in entries {
+            if claimed.contains(e.slot.0) {
                 losers.push(e);
                 continue;
             }
-            ix.map.try_reserve(1).map_err(|_| oom(ix.map.len() + 1))?;
-            claimed.try_reserve(1).map_err(|_| oom(claimed.len() + 1))?;
+            claimed.reserve_one().ok_or_else(|| oom(ix.map.len() + 1))?;
             // One hash and probe per entry (a rebuilt index has no eviction order yet).
-            let displaced = match ix.map.entry(key.into()) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(e);
-                    Displaced::Nothing
-                }
-                std::collections::hash_map::Entry::Occupied(o) if o.get().generation > e.generation => Displaced::Superseded(e),
-                std::collections::hash_map::Entry::Occupied(mut o) => Displaced::Replaced(std::mem::replace(o.get_mut(), e)),
-            };
-            match displaced {
-                Displaced::Nothing => {
-                    claimed.insert(e.slot.0);
-                }
+            match ix.put(key, e, source == Source::Trusted).ok_or_else(|| oom(ix.map.len() + 1))? {
+                Displaced::Nothing => claimed.insert(e.slot.0),
                 Displaced::Replaced(old) => {
-                    claimed.remove(&old.slot.0);
+                    claimed.remove(old.slot.0);
                     claimed.insert(e.slot.0);
                     losers.push(old);
                 }
                 Displaced::Superseded(e) => losers.push(e),
             }
         }
-        let mut used = Vec::new();
-        used.try_reserve_exact(claimed.len()).map_err(|_| oom(claimed.len()))?;
-        used.extend(claimed);
-        used.sort_unstable();
+        let used = claimed.into_sorted().ok_or_else(|| oom(ix.map.len()))?;
         ix.free = FreeRanges::all_but(slot_count, &used);
         Ok((ix, losers))
+    }
+
+    /// [`rebuild_serial`](Self::rebuild_serial)'s result on `threads` threads, each filling
+    /// its share of the table's shards from every entry, while another checks that no slot
+    /// is named twice. `None` when one is (only a damaged source names one twice; the serial
+    /// build's first-claim rule settles it) or a thread cannot be started.
+    fn rebuild_parallel<'k, I>(
+        slot_count: u64,
+        n: usize,
+        threads: usize,
+        buffers: &[Arc<AlignedBuf>],
+        sources: &(impl Fn() -> I + Sync),
+    ) -> Result<Option<(Index, Vec<Entry>)>>
+    where
+        I: Iterator<Item = (&'k [u8], Entry, Source)>,
+    {
+        let mut map = KeyTable::sharing(buffers);
+        map.reserve_spread(n).ok_or_else(|| oom(n))?;
+        let (parts, mut groups) = map.split(threads);
+        let first = groups.remove(0);
+        let fills = std::thread::scope(|scope| {
+            let fill = move |g, shards| move || fill_group(shards, g, parts, slot_count, n, sources());
+            let others: Vec<_> = groups.into_iter().enumerate().map(|(g, shards)| spawn(scope, fill(g + 1, shards))).collect();
+            let mut fills = vec![Some(fill(0, first)())];
+            fills.extend(others.into_iter().map(|h| h.map(join)));
+            fills
+        });
+        let Some(fills) = fills.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let (mut losers, mut unverified, mut newest, mut claims) = (Vec::new(), 0, Generation::default(), None::<Claims>);
+        for fill in fills {
+            let Some(filled) = fill? else { return Ok(None) };
+            losers.extend(filled.losers);
+            unverified += filled.unverified;
+            newest = newest.max(filled.newest);
+            claims = match claims {
+                None => Some(filled.claims),
+                Some(mut all) => match all.absorb(filled.claims) {
+                    Some(true) => Some(all),
+                    Some(false) => return Ok(None),
+                    None => return Err(oom(n)),
+                },
+            };
+        }
+        let mut claims = claims.expect("at least one group");
+        // Every slot was named once: a loser's is nobody's.
+        for e in &losers {
+            claims.remove(e.slot.0);
+        }
+        let used = claims.into_sorted().ok_or_else(|| oom(n))?;
+        let free = FreeRanges::all_but(slot_count, &used);
+        Ok(Some((Index { map, free, order: None, unverified, changed: None, newest }, losers)))
     }
 
     /// Marks a slot allocated without an entry (e.g. quarantined until invalidated).
@@ -388,15 +677,9 @@ impl Index {
         }
     }
 
-    /// Rough heap bytes: map buckets, keys, and the free ranges.
+    /// Rough heap bytes: table rows, keys, the free ranges and the eviction order.
     pub fn approx_bytes(&self) -> usize {
-        let keys: usize = self.map.keys().map(|k| k.len()).sum();
-        let unverified = self.unverified.capacity() * 9;
-        self.map.capacity() * BUCKET_BYTES
-            + keys
-            + self.free.approx_bytes()
-            + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
-            + unverified
+        self.map.heap_bytes() + self.free.approx_bytes() + self.order.as_ref().map_or(0, EvictionOrder::approx_bytes)
     }
 }
 
@@ -421,10 +704,10 @@ mod tests {
     #[test]
     fn changes_are_tracked_for_deltas_and_stay_bounded() {
         let mut ix = Index::new(1 << 20);
-        ix.install(b"kept", e(0, 1));
+        ix.install(b"kept", e(0, 1)).unwrap();
         assert!(ix.changed_keys().is_none(), "nothing tracked before a full checkpoint");
         ix.track_changes();
-        ix.install(b"a", e(1, 2));
+        ix.install(b"a", e(1, 2)).unwrap();
         ix.remove(b"kept");
         let changed: Vec<&[u8]> = ix.changed_keys().unwrap().iter().map(|k| &k[..]).collect();
         assert_eq!(changed.len(), 2);
@@ -432,7 +715,7 @@ mod tests {
         // Ever new keys put and deleted: past the entries (+64) tracking stops; the next is full.
         for i in 0..100u64 {
             let k = format!("t{i}");
-            ix.install(k.as_bytes(), e(10 + i, 3));
+            ix.install(k.as_bytes(), e(10 + i, 3)).unwrap();
             ix.remove(k.as_bytes());
         }
         assert!(ix.changed_keys().is_none());
@@ -441,9 +724,9 @@ mod tests {
     #[test]
     fn install_keeps_the_newest_generation() {
         let mut ix = Index::new(10);
-        assert_eq!(ix.install(b"k", e(1, 5)), Displaced::Nothing);
-        assert_eq!(ix.install(b"k", e(2, 7)), Displaced::Replaced(e(1, 5)));
-        assert_eq!(ix.install(b"k", e(3, 6)), Displaced::Superseded(e(3, 6)));
+        assert_eq!(ix.install(b"k", e(1, 5)).unwrap(), Displaced::Nothing);
+        assert_eq!(ix.install(b"k", e(2, 7)).unwrap(), Displaced::Replaced(e(1, 5)));
+        assert_eq!(ix.install(b"k", e(3, 6)).unwrap(), Displaced::Superseded(e(3, 6)));
         assert_eq!(ix.get(b"k"), Some(e(2, 7)));
         assert_eq!(ix.remove(b"k"), Some(e(2, 7)));
         assert!(ix.is_empty());
@@ -465,6 +748,50 @@ mod tests {
         assert!(!used(0) && !used(3) && !used(5));
     }
 
+    /// The threaded build gives the serial one's index: entries, flags, losers, free slots.
+    #[test]
+    fn threaded_rebuild_matches_serial() {
+        let n = 20_000usize;
+        // A tenth of the keys come twice, in either generation order; a third are trusted.
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("key-{}", i % (n - n / 10)).into_bytes()).collect();
+        let items: Vec<(&[u8], Entry, Source)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let source = if i % 3 == 0 { Source::Trusted } else { Source::Read };
+                (&k[..], e(2 * i as u64, 1000 + (i as u64 * 7919) % 5000), source)
+            })
+            .collect();
+        let slot_count = 2 * n as u64 + 10;
+        let (serial, mut serial_losers) = Index::rebuild_serial(slot_count, n, &[], items.iter().copied()).unwrap();
+        let built = Index::rebuild_parallel(slot_count, n, 2, &[], &|| items.iter().copied()).unwrap();
+        let (threaded, mut threaded_losers) = built.expect("every slot named once");
+        assert_eq!(threaded.len(), serial.len());
+        assert!(serial_losers.len() > n / 20, "the input has losers: {}", serial_losers.len());
+        serial_losers.sort_by_key(|e| e.slot);
+        threaded_losers.sort_by_key(|e| e.slot);
+        assert_eq!(threaded_losers, serial_losers);
+        for k in &keys {
+            assert_eq!((threaded.get(k), threaded.is_unverified(k)), (serial.get(k), serial.is_unverified(k)));
+        }
+        assert_eq!(threaded.unverified_count(), serial.unverified_count());
+        assert_eq!(threaded.newest_generation(), serial.newest_generation());
+        assert_eq!(serial.newest_generation(), items.iter().map(|(_, e, _)| e.generation).max().unwrap());
+        assert!(serial.unverified_count() > 0);
+        assert_eq!(threaded.free_slots(), serial.free_slots());
+        assert!((0..slot_count).all(|s| threaded.is_used(SlotIndex(s)) == serial.is_used(SlotIndex(s))));
+
+        // A slot named by two keys: the threaded build declines, and the serial rules apply.
+        let mut damaged = items.clone();
+        // (keys 2005 and 2007 come once each).
+        damaged[2007].1.slot = damaged[2005].1.slot;
+        assert!(Index::rebuild_parallel(slot_count, n, 2, &[], &|| damaged.iter().copied()).unwrap().is_none());
+        let (ix, losers) = Index::rebuild_marked(slot_count, n, &[], || damaged.iter().copied()).unwrap();
+        assert_eq!(ix.get(damaged[2007].0), None, "its slot was claimed first by key 2005");
+        assert_eq!(ix.get(damaged[2005].0), Some(damaged[2005].1));
+        assert!(losers.contains(&damaged[2007].1));
+    }
+
     /// The device: 2^46 bytes of 8 KiB slots. The old index allocated 8 bytes per
     /// slot of capacity here (a 51 GB free list and a 1 GB bitmap) and aborted the process.
     #[test]
@@ -476,7 +803,7 @@ mod tests {
         for i in 0..1000u64 {
             let slot = ix.allocate().unwrap();
             assert_eq!(slot, SlotIndex(i));
-            ix.install(format!("key-{i}").as_bytes(), e(i, i + 1));
+            ix.install(format!("key-{i}").as_bytes(), e(i, i + 1)).unwrap();
         }
         // Every other slot freed: the worst case, one range per freed slot.
         for i in (0..1000u64).step_by(2) {
@@ -488,7 +815,7 @@ mod tests {
         assert!(ix.approx_bytes() < 1000 * 200, "{} bytes for 500 entries", ix.approx_bytes());
         assert!(ix.is_used(SlotIndex(1)) && !ix.is_used(SlotIndex(2)) && !ix.is_used(SlotIndex(slot_count - 1)));
         assert!(!ix.is_used(SlotIndex(slot_count)), "past the end");
-        let entries: Vec<(Vec<u8>, Entry)> = ix.iter().map(|(k, e)| (k.to_vec(), *e)).collect();
+        let entries: Vec<(Vec<u8>, Entry)> = ix.iter().map(|(k, e)| (k.to_vec(), e)).collect();
         let (re, losers) = Index::rebuild(slot_count, entries.iter().map(|(k, e)| (&k[..], *e))).unwrap();
         assert!(losers.is_empty());
         assert_eq!((re.len(), re.free_slots()), (500, ix.free_slots()));

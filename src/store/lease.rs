@@ -360,9 +360,7 @@ impl Store {
             match v {
                 Verdict::Whole => {
                     let mut st = lock(&self.state);
-                    if st.index.get(key) == Some(*e) {
-                        st.index.set_verified(e.slot);
-                    }
+                    st.index.set_verified(key, e);
                     p.verified += 1;
                 }
                 Verdict::Gone(why) => {

@@ -296,9 +296,9 @@ mod tests {
         assert_eq!((p[0].key.as_slice(), cur.window_len()), (&b"k0"[..], 3), "the scan kept 4 keys, one served");
         ix.remove(b"k1");
         let newer = Entry { slot: SlotIndex(20), generation: Generation(999), payload_len: 7, payload_crc: 0 };
-        assert!(matches!(ix.install(b"k2", newer), Displaced::Replaced(_)));
-        assert_eq!(ix.install(b"k2a", entry(21, 1)), Displaced::Nothing, "inside the window: not seen by its scan");
-        assert_eq!(ix.install(b"k4a", entry(22, 1)), Displaced::Nothing, "past the window: found by the next scan");
+        assert!(matches!(ix.install(b"k2", newer), Ok(Displaced::Replaced(_))));
+        assert_eq!(ix.install(b"k2a", entry(21, 1)).unwrap(), Displaced::Nothing, "inside the window: not seen by its scan");
+        assert_eq!(ix.install(b"k4a", entry(22, 1)).unwrap(), Displaced::Nothing, "past the window: found by the next scan");
         let rest: Vec<KeyInfo> = all_pages(&ix, cur, 2, 1 << 20).into_iter().flatten().collect();
         let names: Vec<&[u8]> = rest.iter().map(|k| &k.key[..]).collect();
         assert_eq!(names, [&b"k2"[..], b"k3", b"k4", b"k4a", b"k5", b"k6", b"k7", b"k8", b"k9"]);

@@ -23,6 +23,7 @@ mod evict;
 mod first_start;
 mod headers;
 pub mod index;
+mod keytable;
 mod lease;
 mod listing;
 mod metrics;
@@ -192,11 +193,13 @@ impl State {
         self.index.free_slots() + self.leases.pooled()
     }
 
-    /// Installs a newly written entry: its slot is no longer in flight.
-    fn install(&mut self, key: &[u8], entry: index::Entry) -> index::Displaced {
+    /// Installs a newly written entry: its slot is no longer in flight. An error (no memory
+    /// for the key) changes nothing: the caller undoes the write as a failed one.
+    fn install(&mut self, key: &[u8], entry: index::Entry) -> Result<index::Displaced> {
+        let displaced = self.index.install(key, entry)?;
         self.leases.settle(entry.slot);
         self.changes += 1;
-        self.index.install(key, entry)
+        Ok(displaced)
     }
 
     /// A hybrid clock: increasing within a run, and ahead of every earlier

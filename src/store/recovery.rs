@@ -1,16 +1,19 @@
 //! Rebuilding the index after a restart: from the newest checkpoint, every
 //! entry validated against its slot header, or from a scan of every header.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
-use super::index::{Entry, Index};
+use super::index::{join, spawn, Entry, Index, SlotSet, Source};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::aligned::AlignedBuf;
 use super::lease::{Journal, Leases};
 use super::{Phase, Store};
 use crate::sync::lock;
 use crate::engine::{BatchStats, EngineKind, ReadResult};
 use crate::error::{Error, Result};
-use super::checkpoint::LoadedCheckpoint;
+use super::checkpoint::{EntrySet, LoadedCheckpoint};
 use crate::format::checkpoint::CheckpointEntry;
 use crate::format::lease::SlotRun;
 use crate::format::{SlotHeader, SlotIndex, SlotState};
@@ -113,6 +116,18 @@ impl RecoverReport {
             recovered_since_checkpoint: 0,
         }
     }
+
+    /// Adds the counts [`Store::scan_chunk`] keeps in `part` (reads made on another thread).
+    fn add_scan(&mut self, part: &RecoverReport) {
+        self.io.merge(&part.io);
+        self.header_reads += part.header_reads;
+        self.dropped_stale += part.dropped_stale;
+        self.empty_slots += part.empty_slots;
+        self.dropped_unreadable += part.dropped_unreadable;
+        if self.first_errno == 0 {
+            self.first_errno = part.first_errno;
+        }
+    }
 }
 
 /// Slots a scan reads per engine batch: bounds its memory (about 64 bytes a slot) whatever
@@ -129,6 +144,14 @@ enum Verdict {
     Valid,
     Stale,
     Unreadable(i32),
+}
+
+/// What a fast recovery read from the leased slots.
+struct LeasedHeaders {
+    found: Vec<(Box<[u8]>, Entry)>,
+    invalidate: Vec<SlotIndex>,
+    /// The reads' counts, added to the recovery's report.
+    report: RecoverReport,
 }
 
 /// What one scanned slot holds.
@@ -187,8 +210,7 @@ impl Store {
         report.indexed = index.len() as u64;
         // A writable handle's phase cannot have moved meanwhile: its writes wait for recovery.
         let mut st = lock(&self.state);
-        let newest = index.iter().map(|(_, e)| e.generation).max().unwrap_or_default();
-        st.last_generation = st.last_generation.max(newest);
+        st.last_generation = st.last_generation.max(index.newest_generation());
         st.index = index;
         let policy = st.eviction.policy;
         st.index.set_eviction(policy);
@@ -226,7 +248,7 @@ impl Store {
         report.from = RecoveredFrom::Checkpoint;
         report.checkpoint_sequence = ck.header.sequence;
         report.checkpoint_entries = entries.len() as u64;
-        let index = self.rebuild_from_checkpoint(&entries, opts.keep_unreadable, report)?;
+        let index = self.rebuild_from_checkpoint(&entries, &ck.buffers(), opts.keep_unreadable, report)?;
         let orphans = if opts.scrub_free { self.find_orphans(&index, report) } else { Vec::new() };
         Ok((index, orphans))
     }
@@ -245,8 +267,8 @@ impl Store {
         let g = self.sb.geometry;
         report.from = RecoveredFrom::Journal;
         let (entries, carried) = match ck {
-            Some(ck) => (ck.entries().map_err(Error::Corrupt)?, ck.carried().map_err(Error::Corrupt)?),
-            None => (Vec::new(), Vec::new()),
+            Some(ck) => (ck.entry_set().map_err(Error::Corrupt)?, ck.carried().map_err(Error::Corrupt)?),
+            None => (EntrySet::empty(), Vec::new()),
         };
         let since = ck.map_or(0, |ck| ck.header.sequence);
         report.checkpoint_sequence = since;
@@ -257,53 +279,61 @@ impl Store {
         leased.dedup();
         report.leased_slots = leased.len() as u64;
 
-        // The leased slots' headers, chunk by chunk.
-        let mut found: Vec<(Box<[u8]>, Entry)> = Vec::new();
-        let mut invalidate = Vec::new();
-        for chunk in leased.chunks(SCAN_CHUNK as usize) {
-            // Leased slots holding neither a valid header nor nothing are zeroed.
-            self.scan_chunk(chunk, &mut found, &mut invalidate, report);
-        }
-        let found_at: HashMap<SlotIndex, usize> = found.iter().enumerate().map(|(i, (_, e))| (e.slot, i)).collect();
-
-        // The checkpoint's entries: a leased slot was read, and its header decides.
-        let mut kept: Vec<(&[u8], Entry)> = Vec::with_capacity(entries.len() + found.len());
-        let mut trusted: Vec<SlotIndex> = Vec::with_capacity(entries.len());
-        let mut listed: std::collections::HashSet<SlotIndex> = std::collections::HashSet::new();
-        for ce in &entries {
-            let plausible =
-                g.has_slot(ce.slot) && ce.payload_len <= g.max_payload() && !ce.key.is_empty() && ce.key.len() <= g.max_key_bytes() as usize;
-            let entry = Entry { slot: ce.slot, generation: ce.generation, payload_len: ce.payload_len, payload_crc: ce.payload_crc };
-            if !plausible {
-                report.dropped_stale += 1;
-            } else if leased.binary_search(&ce.slot).is_ok() {
-                match found_at.get(&ce.slot).map(|&i| &found[i]) {
-                    Some((key, e)) if **key == *ce.key && *e == entry => {
-                        listed.insert(ce.slot);
-                    }
-                    _ => report.dropped_stale += 1, // deleted, replaced or evicted since
-                }
-            } else {
-                kept.push((ce.key, entry));
-                trusted.push(ce.slot);
+        // The leased slots' headers, chunk by chunk, on another thread while the checkpoint's
+        // entries are indexed: the reads wait on the device, the index on memory.
+        // Leased slots holding neither a valid header nor nothing are zeroed.
+        let read_leased = || {
+            let mut read = LeasedHeaders { found: Vec::new(), invalidate: Vec::new(), report: RecoverReport::new(report.engine, 0) };
+            for chunk in leased.chunks(SCAN_CHUNK as usize) {
+                self.scan_chunk(chunk, &mut read.found, &mut read.invalidate, &mut read.report);
             }
-        }
-        kept.extend(found.iter().map(|(k, e)| (&k[..], *e)));
-        let (mut index, mut losers) = Index::rebuild(g.slot_count(), kept.iter().copied())?;
-        let torn = self.torn_newer_copies(&kept, &index, &losers);
-        if !torn.is_empty() {
-            let sound: Vec<(&[u8], Entry)> = kept.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
-            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
-            losers.extend(torn);
+            read
+        };
+        let leased_set: SlotSet = leased.iter().copied().collect();
+        // The checkpoint's entries: trusted unread unless their slot was leased, when its
+        // header (read above) decides.
+        let entry_of = |ce: &CheckpointEntry<'_>| Entry { slot: ce.slot, generation: ce.generation, payload_len: ce.payload_len, payload_crc: ce.payload_crc };
+        let trusted = |ce: &CheckpointEntry<'_>| {
+            g.has_slot(ce.slot)
+                && ce.payload_len <= g.max_payload()
+                && !ce.key.is_empty()
+                && ce.key.len() <= g.max_key_bytes() as usize
+                && !leased_set.contains(&ce.slot)
+        };
+        let n = entries.len() + leased.len();
+        let (settled, read) = std::thread::scope(|scope| {
+            let reader = Mutex::new(spawn(scope, read_leased));
+            let read = OnceLock::new();
+            // Whichever builder needs them first waits for the reads (or makes them, when
+            // no thread could be started).
+            let read_now = || read.get_or_init(|| lock(&reader).take().map_or_else(&read_leased, join));
+            let sources = || {
+                let from_checkpoint = entries.iter().filter(trusted).map(|ce| (ce.key, entry_of(&ce), Source::Trusted));
+                let from_leases = std::iter::once(()).flat_map(|()| read_now().found.iter().map(|(k, e)| (&k[..], *e, Source::Read)));
+                from_checkpoint.chain(from_leases)
+            };
+            let buffers = ck.map(LoadedCheckpoint::buffers).unwrap_or_default();
+            let settled = self.settle(g.slot_count(), n, &buffers, sources);
+            read_now();
+            (settled, read.into_inner().expect("read above"))
+        });
+        let (index, losers) = settled?;
+        let LeasedHeaders { found, mut invalidate, report: part } = read;
+        report.add_scan(&part);
+        // Of the leased checkpoint entries, those whose slot still holds them: listed, not put since.
+        let found_at: HashMap<SlotIndex, usize> = found.iter().enumerate().map(|(i, (_, e))| (e.slot, i)).collect();
+        let mut listed: SlotSet = SlotSet::default();
+        for ce in entries.iter().filter(|ce| !trusted(ce)) {
+            match found_at.get(&ce.slot).map(|&i| &found[i]) {
+                Some((key, e)) if **key == *ce.key && *e == entry_of(&ce) => {
+                    listed.insert(ce.slot);
+                }
+                _ => report.dropped_stale += 1, // implausible, or deleted, replaced or evicted since
+            }
         }
         report.dropped_stale += losers.len() as u64;
         invalidate.extend(losers.iter().map(|e| e.slot).filter(|&s| !index.is_used(s)));
-        // A trusted entry's slot was not leased, so no copy read from a leased slot shares it:
-        // it lost only if a newer copy of its key superseded it, and then it is a loser.
-        let lost: std::collections::HashSet<SlotIndex> = losers.iter().map(|e| e.slot).collect();
-        let winners: Vec<SlotIndex> = trusted.into_iter().filter(|s| !lost.contains(s)).collect();
-        report.trusted_unread = winners.len() as u64;
-        index.mark_unverified(winners.into_iter())?;
+        report.trusted_unread = index.unverified_count() as u64;
         report.recovered_since_checkpoint = found
             .iter()
             .filter(|(k, e)| !listed.contains(&e.slot) && index.get(k) == Some(*e))
@@ -313,8 +343,32 @@ impl Store {
         Ok((index, invalidate))
     }
 
+    /// The index of the `n` entries `sources()` yields (see [`Index::rebuild_marked`]):
+    /// copies of a key that lose to a newer one are verified newest first, and a newer copy
+    /// whose record does not verify never supersedes an older one that does.
+    fn settle<'k, I>(&self, slot_count: u64, n: usize, buffers: &[Arc<AlignedBuf>], sources: impl Fn() -> I + Sync) -> Result<(Index, Vec<Entry>)>
+    where
+        I: Iterator<Item = (&'k [u8], Entry, Source)>,
+    {
+        let (index, losers) = Index::rebuild_marked(slot_count, n, buffers, &sources)?;
+        let torn = self.torn_newer_copies(sources().map(|(k, e, _)| (k, e)), &index, &losers);
+        if torn.is_empty() {
+            return Ok((index, losers));
+        }
+        // Rare (a replace torn by a crash): settle again without the torn copies.
+        let (index, mut losers) = Index::rebuild_marked(slot_count, n, buffers, || sources().filter(|(_, e, _)| !torn.contains(e)))?;
+        losers.extend(torn);
+        Ok((index, losers))
+    }
+
     /// Every checkpoint entry checked against its slot header; entries that do not match are dropped.
-    fn rebuild_from_checkpoint(&self, entries: &[CheckpointEntry<'_>], keep_unreadable: bool, report: &mut RecoverReport) -> Result<Index> {
+    fn rebuild_from_checkpoint(
+        &self,
+        entries: &[CheckpointEntry<'_>],
+        buffers: &[Arc<AlignedBuf>],
+        keep_unreadable: bool,
+        report: &mut RecoverReport,
+    ) -> Result<Index> {
         let g = self.sb.geometry;
         // Entries that cannot be right on this device are stale without a read.
         let plausible: Vec<usize> = (0..entries.len())
@@ -352,7 +406,7 @@ impl Store {
             let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
             kept.push((e.key, entry));
         }
-        let (index, losers) = Index::rebuild(g.slot_count(), kept)?;
+        let (index, losers) = Index::rebuild_marked(g.slot_count(), kept.len(), buffers, || kept.iter().map(|&(k, e)| (k, e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
@@ -404,15 +458,7 @@ impl Store {
             chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
             self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
-        let refs: Vec<(&[u8], Entry)> = valid.iter().map(|(k, e)| (&k[..], *e)).collect();
-        let (mut index, mut losers) = Index::rebuild(g.slot_count(), refs.iter().copied())?;
-        let torn = self.torn_newer_copies(&refs, &index, &losers);
-        if !torn.is_empty() {
-            // Rare (a replace torn by a crash): settle again without the torn copies.
-            let sound: Vec<(&[u8], Entry)> = refs.into_iter().filter(|(_, e)| !torn.contains(e)).collect();
-            (index, losers) = Index::rebuild(g.slot_count(), sound)?;
-            losers.extend(torn);
-        }
+        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], || valid.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
@@ -465,14 +511,13 @@ impl Store {
     /// that verifies are returned, to lose to it. One record read per duplicated key while
     /// its newest copy verifies; keys found once are not read. A copy that cannot be read
     /// counts as not verifying; when none verifies, the generation order stands.
-    fn torn_newer_copies(&self, valid: &[(&[u8], Entry)], index: &Index, losers: &[Entry]) -> Vec<Entry> {
+    fn torn_newer_copies<'k>(&self, valid: impl Iterator<Item = (&'k [u8], Entry)>, index: &Index, losers: &[Entry]) -> Vec<Entry> {
         if losers.is_empty() {
             return Vec::new();
         }
         // Every loser came from a valid header: find its key by slot.
-        let loser_slots: HashSet<SlotIndex> = losers.iter().map(|e| e.slot).collect();
-        let key_of: HashMap<SlotIndex, &[u8]> =
-            valid.iter().filter(|(_, e)| loser_slots.contains(&e.slot)).map(|(k, e)| (e.slot, *k)).collect();
+        let loser_slots: SlotSet = losers.iter().map(|e| e.slot).collect();
+        let key_of: HashMap<SlotIndex, &[u8]> = valid.filter(|(_, e)| loser_slots.contains(&e.slot)).map(|(k, e)| (e.slot, k)).collect();
         let mut copies: HashMap<&[u8], Vec<Entry>> = HashMap::new();
         for e in losers {
             if let Some(key) = key_of.get(&e.slot) {
