@@ -299,10 +299,10 @@ impl<V> KeyTable<V> {
     }
 
     /// The shards in `parts` groups, for as many threads to fill: a key belongs to the
-    /// group [`Parts::part_of`] names. `parts` must divide [`SHARDS`].
+    /// group [`Parts::place`] names. `parts` must be a power of two up to [`SHARDS`].
     pub fn split(&mut self, parts: usize) -> (Parts<'_>, Vec<&mut [Shard<V>]>) {
-        debug_assert!(SHARDS % parts == 0);
-        (Parts { hasher: &self.hasher, per: SHARDS / parts }, self.shards.chunks_mut(SHARDS / parts).collect())
+        debug_assert!(parts.is_power_of_two() && parts <= SHARDS);
+        (Parts { hasher: &self.hasher, per_log2: (SHARDS / parts).ilog2() }, self.shards.chunks_mut(SHARDS / parts).collect())
     }
 
     /// Heap bytes: rows (with hashbrown's control byte each) and key chunks.
@@ -315,7 +315,8 @@ impl<V> KeyTable<V> {
 #[derive(Clone, Copy)]
 pub(crate) struct Parts<'a> {
     hasher: &'a RandomState,
-    per: usize,
+    /// log2 of the shards per group (both are powers of two: a shift, not a division, per key).
+    per_log2: u32,
 }
 
 impl Parts<'_> {
@@ -323,7 +324,7 @@ impl Parts<'_> {
     pub fn place(&self, key: &[u8]) -> (u64, usize, usize) {
         let h = self.hasher.hash_one(key);
         let shard = shard_of(h);
-        (h, shard / self.per, shard % self.per)
+        (h, shard >> self.per_log2, shard & ((1 << self.per_log2) - 1))
     }
 
     pub fn hasher(&self) -> &RandomState {
