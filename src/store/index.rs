@@ -296,7 +296,8 @@ impl Claims {
 
     fn contains(&self, slot: u64) -> bool {
         match self {
-            Claims::Bits { words, .. } => words[(slot / 64) as usize] & (1 << (slot % 64)) != 0,
+            // A slot past the end (callers drop those first) is never claimed.
+            Claims::Bits { words, .. } => words.get((slot / 64) as usize).is_some_and(|w| w & (1 << (slot % 64)) != 0),
             Claims::Set(set) => set.contains(&slot),
         }
     }
@@ -312,8 +313,10 @@ impl Claims {
     fn insert(&mut self, slot: u64) {
         match self {
             Claims::Bits { words, count } => {
-                *count += (words[(slot / 64) as usize] & (1 << (slot % 64)) == 0) as usize;
-                words[(slot / 64) as usize] |= 1 << (slot % 64);
+                if let Some(w) = words.get_mut((slot / 64) as usize) {
+                    *count += (*w & (1 << (slot % 64)) == 0) as usize;
+                    *w |= 1 << (slot % 64);
+                }
             }
             Claims::Set(set) => {
                 set.insert(slot);
@@ -324,8 +327,10 @@ impl Claims {
     fn remove(&mut self, slot: u64) {
         match self {
             Claims::Bits { words, count } => {
-                *count -= (words[(slot / 64) as usize] & (1 << (slot % 64)) != 0) as usize;
-                words[(slot / 64) as usize] &= !(1 << (slot % 64));
+                if let Some(w) = words.get_mut((slot / 64) as usize) {
+                    *count -= (*w & (1 << (slot % 64)) != 0) as usize;
+                    *w &= !(1 << (slot % 64));
+                }
             }
             Claims::Set(set) => {
                 set.remove(&slot);
