@@ -78,6 +78,9 @@ pub(super) struct LoadedCheckpoint {
     /// Fast recovery may start here: this is the newest commit record of the device, or
     /// every newer one is a delta (deltas keep the journal's records since their base).
     pub fast_ok: bool,
+    /// [`entry_set`](Self::entry_set) found every entry well formed: a later call need not
+    /// walk the payload again (about 4 ms per 500k entries).
+    entries_checked: bool,
 }
 
 impl LoadedCheckpoint {
@@ -100,11 +103,15 @@ impl LoadedCheckpoint {
     /// [`entries`](Self::entries), checked, to go over as often as needed without a copy.
     pub fn entry_set(&self) -> std::result::Result<EntrySet<'_>, String> {
         let parts = payload_parts(self.bytes(), self.header.flags)?;
-        check_payload(parts.entries, self.header.entry_count)?;
+        if !self.entries_checked {
+            check_payload(parts.entries, self.header.entry_count)?;
+        }
         let own = parts.entries;
         let Some(base) = &self.base else { return Ok(EntrySet { own, base: None, len: self.header.entry_count as usize }) };
         let base_entries = payload_parts(base.bytes(), base.header.flags)?.entries;
-        check_payload(base_entries, base.header.entry_count)?;
+        if !self.entries_checked {
+            check_payload(base_entries, base.header.entry_count)?;
+        }
         let superseded = Superseded {
             keys: PayloadEntries::new(own).map(|e| e.key).chain(parts.removed.iter().copied()).collect(),
             slots: PayloadEntries::new(own).map(|e| e.slot).collect(),
@@ -397,6 +404,7 @@ impl Store {
                 only_deltas_above = false;
                 continue;
             }
+            loaded.entries_checked = true;
             loaded.fast_ok = only_deltas_above;
             return Ok((cursor, Some(loaded)));
         }
@@ -409,7 +417,7 @@ impl Store {
         if crc32(&payload[..header.payload_len as usize]) != header.payload_crc {
             return Ok(None);
         }
-        Ok(Some(LoadedCheckpoint { header, payload: Arc::new(payload), base: None, fast_ok: false }))
+        Ok(Some(LoadedCheckpoint { header, payload: Arc::new(payload), base: None, fast_ok: false, entries_checked: false }))
     }
 
     /// The well-formed commit records of this device, and the highest sequence of any.
