@@ -246,8 +246,7 @@ impl DataJob for GetJob<'_> {
         let key = self.keys[i];
         let (out, cap) = self.outs[i];
         let lookup = s.check_key(key).and_then(|()| s.ready()).and_then(|mut st| {
-            let e = st.index.lookup(key).ok_or(Error::NotFound)?;
-            Ok((e, st.index.is_unverified(key)))
+            st.index.lookup(key).ok_or(Error::NotFound)
         });
         let e = match lookup {
             Ok((e, _)) if (cap as u64) < e.payload_len => Err(Error::BufferTooSmall { needed: e.payload_len }),

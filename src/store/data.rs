@@ -172,8 +172,7 @@ impl Store {
         for _ in 0..64 {
             let (e, unverified) = {
                 let mut st = self.ready()?;
-                let e = st.index.lookup(key).ok_or(Error::NotFound)?;
-                (e, st.index.is_unverified(key))
+                st.index.lookup(key).ok_or(Error::NotFound)?
             };
             if (out.len() as u64) < e.payload_len {
                 return Err(Error::BufferTooSmall { needed: e.payload_len });

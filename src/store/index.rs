@@ -407,13 +407,14 @@ impl Index {
         self.map.get(key).map(Indexed::entry)
     }
 
-    /// [`get`](Self::get) for a read that counts as a use (LRU eviction).
-    pub fn lookup(&mut self, key: &[u8]) -> Option<Entry> {
-        let e = self.get(key);
-        if let (Some(_), Some(order)) = (e, self.order.as_mut()) {
+    /// [`get`](Self::get) for a read that counts as a use (LRU eviction), and whether the
+    /// entry is still unverified (one probe of the table for both).
+    pub fn lookup(&mut self, key: &[u8]) -> Option<(Entry, bool)> {
+        let found = self.map.get(key).map(|row| (row.entry(), row.unverified));
+        if let (Some(_), Some(order)) = (found, self.order.as_mut()) {
             order.touch(key);
         }
-        e
+        found
     }
 
     /// Keeps the entries in `policy`'s eviction order from now on, starting from
