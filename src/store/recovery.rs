@@ -150,6 +150,8 @@ enum Verdict {
 struct LeasedHeaders {
     found: Vec<(Box<[u8]>, Entry)>,
     invalidate: Vec<SlotIndex>,
+    /// Slots of checkpoint entries found unchanged in their leased slot.
+    listed: SlotSet,
     /// The reads' counts, added to the recovery's report.
     report: RecoverReport,
 }
@@ -279,19 +281,9 @@ impl Store {
         leased.dedup();
         report.leased_slots = leased.len() as u64;
 
-        // The leased slots' headers, chunk by chunk, on another thread while the checkpoint's
-        // entries are indexed: the reads wait on the device, the index on memory.
-        // Leased slots holding neither a valid header nor nothing are zeroed.
-        let read_leased = || {
-            let mut read = LeasedHeaders { found: Vec::new(), invalidate: Vec::new(), report: RecoverReport::new(report.engine, 0) };
-            for chunk in leased.chunks(SCAN_CHUNK as usize) {
-                self.scan_chunk(chunk, &mut read.found, &mut read.invalidate, &mut read.report);
-            }
-            read
-        };
         let leased_set: SlotSet = leased.iter().copied().collect();
         // The checkpoint's entries: trusted unread unless their slot was leased, when its
-        // header (read above) decides.
+        // header (read below) decides.
         let entry_of = |ce: &CheckpointEntry<'_>| Entry { slot: ce.slot, generation: ce.generation, payload_len: ce.payload_len, payload_crc: ce.payload_crc };
         let trusted = |ce: &CheckpointEntry<'_>| {
             g.has_slot(ce.slot)
@@ -299,6 +291,32 @@ impl Store {
                 && !ce.key.is_empty()
                 && ce.key.len() <= g.max_key_bytes() as usize
                 && !leased_set.contains(&ce.slot)
+        };
+        // The leased slots' headers, chunk by chunk, on another thread while the checkpoint's
+        // entries are indexed: the reads wait on the device, the index on memory. Leased
+        // slots holding neither a valid header nor nothing are zeroed.
+        let read_leased = || {
+            let mut read = LeasedHeaders {
+                found: Vec::new(),
+                invalidate: Vec::new(),
+                listed: SlotSet::default(),
+                report: RecoverReport::new(report.engine, 0),
+            };
+            for chunk in leased.chunks(SCAN_CHUNK as usize) {
+                self.scan_chunk(chunk, &mut read.found, &mut read.invalidate, &mut read.report);
+            }
+            // The checkpoint entries not trusted: those whose slot still holds them are listed
+            // (not put since); the rest are stale. Done here, while the index is still being built.
+            let found_at: HashMap<SlotIndex, usize> = read.found.iter().enumerate().map(|(i, (_, e))| (e.slot, i)).collect();
+            for ce in entries.iter().filter(|ce| !trusted(ce)) {
+                match found_at.get(&ce.slot).map(|&i| &read.found[i]) {
+                    Some((key, e)) if **key == *ce.key && *e == entry_of(&ce) => {
+                        read.listed.insert(ce.slot);
+                    }
+                    _ => read.report.dropped_stale += 1, // implausible, or deleted, replaced or evicted since
+                }
+            }
+            read
         };
         let n = entries.len() + leased.len();
         let (settled, read) = std::thread::scope(|scope| {
@@ -318,19 +336,8 @@ impl Store {
             (settled, read.into_inner().expect("read above"))
         });
         let (index, losers) = settled?;
-        let LeasedHeaders { found, mut invalidate, report: part } = read;
+        let LeasedHeaders { found, mut invalidate, listed, report: part } = read;
         report.add_scan(&part);
-        // Of the leased checkpoint entries, those whose slot still holds them: listed, not put since.
-        let found_at: HashMap<SlotIndex, usize> = found.iter().enumerate().map(|(i, (_, e))| (e.slot, i)).collect();
-        let mut listed: SlotSet = SlotSet::default();
-        for ce in entries.iter().filter(|ce| !trusted(ce)) {
-            match found_at.get(&ce.slot).map(|&i| &found[i]) {
-                Some((key, e)) if **key == *ce.key && *e == entry_of(&ce) => {
-                    listed.insert(ce.slot);
-                }
-                _ => report.dropped_stale += 1, // implausible, or deleted, replaced or evicted since
-            }
-        }
         report.dropped_stale += losers.len() as u64;
         invalidate.extend(losers.iter().map(|e| e.slot).filter(|&s| !index.is_used(s)));
         report.trusted_unread = index.unverified_count() as u64;
