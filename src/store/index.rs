@@ -212,7 +212,7 @@ const PARALLEL_MIN: usize = 64;
 
 /// Threads to rebuild `n` entries on: one below [`PARALLEL_MIN`], else the cores up to the
 /// table's shards, a power of two so groups are even.
-fn build_threads(n: usize) -> usize {
+pub(super) fn build_threads(n: usize) -> usize {
     if n < PARALLEL_MIN {
         return 1;
     }
@@ -565,7 +565,8 @@ impl Index {
     }
 
     /// Builds an index from recovered entries, every one of them read from the device.
-    /// See [`rebuild_marked`](Self::rebuild_marked).
+    /// See [`rebuild_marked`](Self::rebuild_marked). (Recovery calls that; tests, this.)
+    #[cfg(test)]
     pub fn rebuild<'k>(slot_count: u64, entries: impl IntoIterator<Item = (&'k [u8], Entry)>) -> Result<(Index, Vec<Entry>)> {
         let entries: Vec<(&[u8], Entry)> = entries.into_iter().collect();
         Index::rebuild_marked(slot_count, entries.len(), &[], || entries.iter().map(|&(k, e)| (k, e, Source::Read)))

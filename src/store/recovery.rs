@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::index::{join, spawn, Entry, Index, SlotSet, Source};
+use super::index::{build_threads, join, spawn, Entry, Index, SlotSet, Source};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::aligned::AlignedBuf;
@@ -320,10 +320,11 @@ impl Store {
         };
         let n = entries.len() + leased.len();
         let (settled, read) = std::thread::scope(|scope| {
-            let reader = Mutex::new(spawn(scope, read_leased));
+            // A small index builds in less time than a thread costs to start: read inline then.
+            let reader = Mutex::new(if build_threads(n) > 1 { spawn(scope, read_leased) } else { None });
             let read = OnceLock::new();
-            // Whichever builder needs them first waits for the reads (or makes them, when
-            // no thread could be started).
+            // Whichever builder needs them first waits for the reads (or makes them, when no
+            // thread was started).
             let read_now = || read.get_or_init(|| lock(&reader).take().map_or_else(&read_leased, join));
             let sources = || {
                 let from_checkpoint = entries.iter().filter(trusted).map(|ce| (ce.key, entry_of(&ce), Source::Trusted));
