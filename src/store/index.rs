@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::aligned::AlignedBuf;
-
 use crate::error::{Error, Result};
 use super::evict::{EvictionOrder, EvictionPolicy};
 use super::keytable::{KeyTable, Parts, Shard, SHARDS};

@@ -2,12 +2,11 @@
 //! entry validated against its slot header, or from a scan of every header.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use super::index::{build_threads, join, spawn, Entry, Index, SlotSet, Source};
-use std::sync::{Arc, Mutex, OnceLock};
-
 use crate::aligned::AlignedBuf;
+use super::index::{build_threads, join, spawn, Entry, Index, SlotSet, Source};
 use super::lease::{Journal, Leases};
 use super::{Phase, Store};
 use crate::sync::lock;
