@@ -174,6 +174,37 @@ fn checkpoint_then_recover_with_every_engine() {
     }
 }
 
+/// A payload of several load chunks (8 KiB in unit tests) is read by several lanes at once:
+/// every entry comes back, and a damaged byte in a chunk another lane read fails the CRC.
+#[test]
+fn a_payload_of_many_chunks_loads_whole_or_not_at_all() {
+    let (p, s) = small("many-chunks");
+    let key = |i: usize| format!("key-{i}-{}", "k".repeat(500)).into_bytes();
+    for i in 0..100 {
+        s.put(&key(i), &value(i, 64)).unwrap();
+    }
+    let info = s.checkpoint().unwrap();
+    assert!(info.payload_bytes > 5 * 8192, "five chunks or more: {}", info.payload_bytes);
+    let g = *s.geometry();
+    drop(s);
+    for mode in [RecoverOptions::default(), full()] {
+        let s = reopen(&p, EngineChoice::IoUring, true);
+        let r = s.recover(&mode).unwrap();
+        assert_eq!((r.checkpoint_entries, r.indexed), (100, 100));
+        assert!((0..100).all(|i| get(&s, &key(i)).unwrap() == value(i, 64)));
+    }
+    // One byte of the fourth chunk (read by the fourth lane) is changed: the checkpoint is not used.
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let at = g.container_offset(Container::A) + g.block_size() as u64 + 3 * 8192 + 100;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    drop(f);
+    let s = reopen(&p, EngineChoice::IoUring, true);
+    let r = s.recover(&full()).unwrap();
+    assert_eq!((r.from, r.indexed), (RecoveredFrom::Nothing, 0));
+}
+
 /// Raw access to a slot's header block, as a crash or a bad disk would leave it.
 fn header_offset(s: &Store, key: &[u8]) -> u64 {
     let e = lock(&s.state).index.get(key).unwrap();
