@@ -29,7 +29,7 @@ use std::sync::Arc;
 use foldhash::quality::RandomState;
 use hashbrown::HashTable;
 
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, HugePages};
 
 /// Bytes per chunk, once the keys fill a few: far above any key (at most 64 KiB), so little
 /// is lost at chunk ends. Chunks start small and double up to this, so a small index stays small.
@@ -152,7 +152,7 @@ impl Chunks {
 
 /// One shard: its rows and the chunks of their keys.
 pub(crate) struct Shard<V> {
-    rows: HashTable<Row<V>>,
+    rows: HashTable<Row<V>, HugePages>,
     keys: Chunks,
     live: usize,
     dead: usize,
@@ -160,7 +160,7 @@ pub(crate) struct Shard<V> {
 
 impl<V> Shard<V> {
     fn new() -> Shard<V> {
-        Shard { rows: HashTable::new(), keys: Chunks::default(), live: 0, dead: 0 }
+        Shard { rows: HashTable::new_in(HugePages), keys: Chunks::default(), live: 0, dead: 0 }
     }
 
     fn reserve(&mut self, rows: usize, hasher: &RandomState) -> Option<()> {
