@@ -150,46 +150,76 @@ impl Chunks {
     }
 }
 
-/// One shard: its rows and the chunks of their keys.
+/// One shard: its rows, where each key's row is, and the chunks of their keys.
+///
+/// The rows are dense (a `Vec`): the hash table holds only a row number per key. Filling
+/// the table at a restart then writes a 4-byte number at a random place and appends a row,
+/// instead of writing a 40-byte row at a random place of a table ten times larger; measured
+/// on this project's machine, 524k inserts took 0.030 s against 0.056-0.128 s.
 pub(crate) struct Shard<V> {
-    rows: HashTable<Row<V>, HugePages>,
+    /// The row number of each key, placed by the key's hash.
+    at: HashTable<u32, HugePages>,
+    /// An insert appends; a remove moves the last row into the hole.
+    rows: Rows<V>,
     keys: Chunks,
     live: usize,
     dead: usize,
 }
 
+/// cbindgen:ignore
+type Rows<V> = allocator_api2::vec::Vec<Row<V>, HugePages>;
+
+/// Rows a shard may hold: row numbers are `u32`.
+const MAX_ROWS: usize = u32::MAX as usize;
+
 impl<V> Shard<V> {
     fn new() -> Shard<V> {
-        Shard { rows: HashTable::new_in(HugePages), keys: Chunks::default(), live: 0, dead: 0 }
+        Shard { at: HashTable::new_in(HugePages), rows: Rows::new_in(HugePages), keys: Chunks::default(), live: 0, dead: 0 }
     }
 
-    fn reserve(&mut self, rows: usize, hasher: &RandomState) -> Option<()> {
-        let keys = &self.keys;
-        self.rows.try_reserve(rows, |r| hasher.hash_one(keys.get(r.key))).ok()
+    fn reserve(&mut self, more: usize, hasher: &RandomState) -> Option<()> {
+        if self.rows.len().checked_add(more)? > MAX_ROWS {
+            return None;
+        }
+        let (rows, keys) = (&self.rows, &self.keys);
+        self.at.try_reserve(more, |&i| hasher.hash_one(keys.get(rows[i as usize].key))).ok()?;
+        self.rows.try_reserve(more).ok()
     }
 
-    fn find(&self, h: u64, key: &[u8]) -> Option<&Row<V>> {
-        self.rows.find(h, |r| self.keys.get(r.key) == key)
+    fn find(&self, h: u64, key: &[u8]) -> Option<usize> {
+        self.at.find(h, |&i| self.keys.get(self.rows[i as usize].key) == key).map(|&i| i as usize)
     }
 
     /// See [`KeyTable::get_or_insert_with`]; `h` is `key`'s hash.
     pub fn get_or_insert_with(&mut self, h: u64, key: &[u8], hasher: &RandomState, make: impl FnOnce() -> V) -> Option<(&mut V, bool)> {
         self.reserve(1, hasher)?;
-        let keys = &self.keys;
-        let entry = self.rows.entry(h, |r| keys.get(r.key) == key, |r| hasher.hash_one(keys.get(r.key)));
+        let (rows, keys) = (&self.rows, &self.keys);
+        let entry = self.at.entry(h, |&i| keys.get(rows[i as usize].key) == key, |&i| hasher.hash_one(keys.get(rows[i as usize].key)));
         match entry {
-            hashbrown::hash_table::Entry::Occupied(o) => Some((&mut o.into_mut().value, false)),
+            hashbrown::hash_table::Entry::Occupied(o) => Some((&mut self.rows[*o.get() as usize].value, false)),
             hashbrown::hash_table::Entry::Vacant(v) => {
                 let at = self.keys.push(key)?;
                 self.live += key.len();
-                Some((&mut v.insert(Row { key: at, value: make() }).into_mut().value, true))
+                let i = self.rows.len();
+                v.insert(i as u32); // below MAX_ROWS: reserved above
+                self.rows.push(Row { key: at, value: make() }); // within the reserved capacity
+                Some((&mut self.rows[i].value, true))
             }
         }
     }
 
-    fn remove(&mut self, h: u64, key: &[u8]) -> Option<V> {
-        let keys = &self.keys;
-        let row = self.rows.find_entry(h, |r| keys.get(r.key) == key).ok()?.remove().0;
+    fn remove(&mut self, h: u64, key: &[u8], hasher: &RandomState) -> Option<V> {
+        let (rows, keys) = (&self.rows, &self.keys);
+        let i = self.at.find_entry(h, |&i| keys.get(rows[i as usize].key) == key).ok()?.remove().0 as usize;
+        let row = self.rows.swap_remove(i);
+        if let Some(moved) = self.rows.get(i) {
+            // The last row now sits at `i`: its number in the table follows it.
+            let last = self.rows.len() as u32;
+            let mh = hasher.hash_one(self.keys.get(moved.key));
+            if let Some(n) = self.at.find_mut(mh, |&n| n == last) {
+                *n = i as u32;
+            }
+        }
         self.live -= row.key.len();
         self.dead += row.key.len();
         if self.dead > self.live.max(CHUNK_BYTES) {
@@ -277,14 +307,14 @@ impl<V> KeyTable<V> {
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         let h = self.hash(key);
-        self.shards[shard_of(h)].find(h, key).map(|r| &r.value)
+        let shard = &self.shards[shard_of(h)];
+        shard.find(h, key).map(|i| &shard.rows[i].value)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let h = self.hash(key);
         let shard = &mut self.shards[shard_of(h)];
-        let keys = &shard.keys;
-        shard.rows.find_mut(h, |r| keys.get(r.key) == key).map(|r| &mut r.value)
+        shard.find(h, key).map(|i| &mut shard.rows[i].value)
     }
 
     /// The value of `key` and `false`, or `make()`'s inserted for it and `true`. `None` when
@@ -296,7 +326,7 @@ impl<V> KeyTable<V> {
 
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
         let h = self.hash(key);
-        self.shards[shard_of(h)].remove(h, key)
+        self.shards[shard_of(h)].remove(h, key, &self.hasher)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &V)> {
@@ -310,9 +340,10 @@ impl<V> KeyTable<V> {
         (Parts { hasher: &self.hasher, per_log2: (SHARDS / parts).ilog2() }, self.shards.chunks_mut(SHARDS / parts).collect())
     }
 
-    /// Heap bytes: rows (with hashbrown's control byte each) and key chunks.
+    /// Heap bytes: rows, row numbers (with hashbrown's control byte each) and key chunks.
     pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.rows.capacity() * (std::mem::size_of::<Row<V>>() + 1) + s.keys.heap_bytes()).sum()
+        let shard = |s: &Shard<V>| s.rows.capacity() * std::mem::size_of::<Row<V>>() + s.at.capacity() * 5 + s.keys.heap_bytes();
+        self.shards.iter().map(shard).sum()
     }
 }
 
@@ -391,11 +422,12 @@ mod tests {
         let mut t: KeyTable<u8> = KeyTable::default();
         assert_eq!(t.heap_bytes(), 0);
         t.reserve(100).unwrap();
-        let caps: Vec<usize> = t.shards.iter().map(|s| s.rows.capacity()).collect();
+        let caps = |t: &KeyTable<u8>| t.shards.iter().map(|s| (s.rows.capacity(), s.at.capacity())).collect::<Vec<_>>();
+        let reserved = caps(&t);
         for i in 0..100u8 {
             t.get_or_insert_with(&[i; 20], || i).unwrap();
         }
-        assert_eq!(t.shards.iter().map(|s| s.rows.capacity()).collect::<Vec<_>>(), caps);
+        assert_eq!(caps(&t), reserved);
         assert!(t.shards.iter().all(|s| s.keys.heap_bytes() <= FIRST_CHUNK_BYTES));
         assert!(t.heap_bytes() < 64 * 1024, "{} bytes for 100 keys", t.heap_bytes());
     }
@@ -429,6 +461,34 @@ mod tests {
         assert_eq!(Arc::strong_count(&buf), 1, "every shard let the buffer go");
         assert!((kept..n).all(|i| t.get(&key(i)) == Some(&(i as u32))));
         assert_eq!(t.get(b"copied"), Some(&7));
+    }
+
+    /// Random inserts, replaces and removes against a model: a remove moves the last row
+    /// into the hole, and every key still finds its own row.
+    #[test]
+    fn rows_stay_found_as_removes_move_them() {
+        let mut t: KeyTable<u64> = KeyTable::default();
+        let mut model = std::collections::HashMap::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for step in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % 3000).into_bytes();
+            if x % 3 == 0 {
+                assert_eq!(t.remove(&key), model.remove(&key), "step {step}");
+            } else {
+                let (v, new) = t.get_or_insert_with(&key, || step).unwrap();
+                assert_eq!(new, !model.contains_key(&key));
+                *v = step;
+                model.insert(key, step);
+            }
+            if step % 20_000 == 0 {
+                assert_eq!(t.len(), model.len());
+                assert!(model.iter().all(|(k, v)| t.get(k) == Some(v)));
+                assert!(t.iter().all(|(k, v)| model.get(k) == Some(v)));
+            }
+        }
     }
 
     /// Keys put through the split groups are found through the table.
