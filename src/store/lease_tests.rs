@@ -426,6 +426,8 @@ fn a_torn_delta_falls_back_to_its_base_and_a_lost_base_to_a_scan() {
     let r = s.recover(&auto()).unwrap();
     assert_eq!((r.from, r.checkpoint_sequence), (RecoveredFrom::Journal, 1), "fast, from the base");
     assert_eq!(r.recovered_since_checkpoint, 15, "every put since the base, through the journal");
+    // Every slot leased since the base is read, once.
+    assert_eq!(r.header_reads, r.leased_slots);
     assert_holds(&s, &model, 200);
     drop(s);
     // The base lost instead: the delta cannot be used alone.
