@@ -67,6 +67,20 @@ pub struct AutoCheckpoint {
     pub every: std::time::Duration,
 }
 
+/// The commit records read from both containers: the well-formed ones of this device, and
+/// the highest sequence of any record.
+pub(super) struct CommitRecords {
+    headers: Vec<(Container, CheckpointHeader)>,
+    max_seq: u64,
+}
+
+impl CommitRecords {
+    /// The newest well-formed record: the checkpoint a recovery most likely loads.
+    pub fn newest(&self) -> Option<&CheckpointHeader> {
+        self.headers.iter().map(|(_, h)| h).max_by_key(|h| h.sequence)
+    }
+}
+
 /// A checkpoint whose header and payload both verified (a delta with its verified base).
 pub(super) struct LoadedCheckpoint {
     pub header: CheckpointHeader,
@@ -377,8 +391,8 @@ impl Store {
 
     /// Finds the newest checkpoint of this device whose header and payload both verify.
     /// None verifying is `Ok(None)`, not an error.
-    pub(super) fn load_checkpoint(&self) -> Result<(Cursor, Option<LoadedCheckpoint>)> {
-        let (mut headers, max_seq) = self.read_checkpoint_headers()?;
+    pub(super) fn load_checkpoint(&self, found: CommitRecords) -> Result<(Cursor, Option<LoadedCheckpoint>)> {
+        let CommitRecords { mut headers, max_seq } = found;
         headers.sort_by_key(|(_, h)| std::cmp::Reverse(h.sequence));
         let mut cursor = Cursor { newest: None, next_sequence: max_seq + 1, base: None };
         // Only deltas were passed over so far (and no foreign record is newer).
@@ -428,7 +442,7 @@ impl Store {
     }
 
     /// The well-formed commit records of this device, and the highest sequence of any.
-    fn read_checkpoint_headers(&self) -> Result<(Vec<(Container, CheckpointHeader)>, u64)> {
+    pub(super) fn read_checkpoint_headers(&self) -> Result<CommitRecords> {
         let g = self.sb.geometry;
         let mut headers = Vec::with_capacity(2);
         let mut max_seq = 0;
@@ -444,7 +458,7 @@ impl Store {
                 }
             }
         }
-        Ok((headers, max_seq))
+        Ok(CommitRecords { headers, max_seq })
     }
 
     fn read_payload(&self, which: Container, len: u64) -> Result<AlignedBuf> {

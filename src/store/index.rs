@@ -236,6 +236,9 @@ struct Filled {
     claims: Claims,
 }
 
+/// An index table made ahead of a rebuild (see [`Index::prepare`]).
+pub struct Prepared(KeyTable<Indexed>);
+
 /// Puts the entries of group `group` into its shards. `None` when the group names a slot twice.
 fn fill_group<'k>(
     shards: &mut [Shard<Indexed>],
@@ -568,7 +571,7 @@ impl Index {
     #[cfg(test)]
     pub fn rebuild<'k>(slot_count: u64, entries: impl IntoIterator<Item = (&'k [u8], Entry)>) -> Result<(Index, Vec<Entry>)> {
         let entries: Vec<(&[u8], Entry)> = entries.into_iter().collect();
-        Index::rebuild_marked(slot_count, entries.len(), &[], || entries.iter().map(|&(k, e)| (k, e, Source::Read)))
+        Index::rebuild_marked(slot_count, entries.len(), &[], None, || entries.iter().map(|&(k, e)| (k, e, Source::Read)))
     }
 
     /// Builds an index from recovered entries: `sources()` yields them, the same each call.
@@ -578,28 +581,51 @@ impl Index {
     /// [`Error::OutOfMemory`]. Many entries are spread over several threads.
     /// `n` is about how many there are: the table is sized for it up front (rehashing a
     /// growing table costs more than the inserts themselves). Keys lying in `buffers` stay
-    /// there (the index keeps the buffers) instead of being copied.
-    pub fn rebuild_marked<'k, I>(slot_count: u64, n: usize, buffers: &[Arc<AlignedBuf>], sources: impl Fn() -> I + Sync) -> Result<(Index, Vec<Entry>)>
+    /// there (the index keeps the buffers) instead of being copied. A `prepared` table
+    /// (see [`Index::prepare`]) is filled instead of a new one.
+    pub fn rebuild_marked<'k, I>(
+        slot_count: u64,
+        n: usize,
+        buffers: &[Arc<AlignedBuf>],
+        prepared: Option<Prepared>,
+        sources: impl Fn() -> I + Sync,
+    ) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
         let threads = build_threads(n);
+        let mut prepared = prepared;
         if threads > 1 {
-            if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, buffers, &sources)? {
+            let map = Index::table(buffers, prepared.take(), n)?;
+            if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, map, &sources)? {
                 return Ok(built);
             }
         }
-        Index::rebuild_serial(slot_count, n, buffers, sources())
+        Index::rebuild_serial(slot_count, n, Index::table(buffers, prepared, n)?, sources())
+    }
+
+    /// An empty table for `n` keys that keeps those lying in `buffers` in place.
+    fn table(buffers: &[Arc<AlignedBuf>], prepared: Option<Prepared>, n: usize) -> Result<KeyTable<Indexed>> {
+        let mut map = prepared.map_or_else(KeyTable::default, |p| p.0);
+        map.share(buffers);
+        map.reserve_spread(n).ok_or_else(|| oom(n))?;
+        Ok(map)
+    }
+
+    /// A table for about `n` keys, its memory touched, for [`rebuild_marked`](Self::rebuild_marked)
+    /// to fill (see [`KeyTable::prepared`]); `None` when refused memory (the rebuild then
+    /// makes its own, and reports the refusal itself).
+    pub fn prepare(n: usize) -> Option<Prepared> {
+        let filler = Indexed::new(Entry { slot: SlotIndex(0), generation: Generation(0), payload_len: 0, payload_crc: 0 }, false);
+        KeyTable::prepared(n, filler).map(Prepared)
     }
 
     fn rebuild_serial<'k>(
         slot_count: u64,
         n: usize,
-        buffers: &[Arc<AlignedBuf>],
+        map: KeyTable<Indexed>,
         entries: impl Iterator<Item = (&'k [u8], Entry, Source)>,
     ) -> Result<(Index, Vec<Entry>)> {
-        let mut map = KeyTable::sharing(buffers);
-        map.reserve_spread(n).ok_or_else(|| oom(n))?;
         let mut claimed = Claims::new(slot_count, n).ok_or_else(|| oom(n))?;
         let mut ix = Index { map, free: FreeRanges::all_but(slot_count, &[]), order: None, unverified: 0, changed: None, newest: Generation::default() };
         let mut losers = Vec::new();
@@ -633,14 +659,12 @@ impl Index {
         slot_count: u64,
         n: usize,
         threads: usize,
-        buffers: &[Arc<AlignedBuf>],
+        mut map: KeyTable<Indexed>,
         sources: &(impl Fn() -> I + Sync),
     ) -> Result<Option<(Index, Vec<Entry>)>>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let mut map = KeyTable::sharing(buffers);
-        map.reserve_spread(n).ok_or_else(|| oom(n))?;
         let (parts, mut groups) = map.split(threads);
         let first = groups.remove(0);
         let fills = std::thread::scope(|scope| {
@@ -769,8 +793,9 @@ mod tests {
             })
             .collect();
         let slot_count = 2 * n as u64 + 10;
-        let (serial, mut serial_losers) = Index::rebuild_serial(slot_count, n, &[], items.iter().copied()).unwrap();
-        let built = Index::rebuild_parallel(slot_count, n, 2, &[], &|| items.iter().copied()).unwrap();
+        let table = || Index::table(&[], None, n).unwrap();
+        let (serial, mut serial_losers) = Index::rebuild_serial(slot_count, n, table(), items.iter().copied()).unwrap();
+        let built = Index::rebuild_parallel(slot_count, n, 2, table(), &|| items.iter().copied()).unwrap();
         let (threaded, mut threaded_losers) = built.expect("every slot named once");
         assert_eq!(threaded.len(), serial.len());
         assert!(serial_losers.len() > n / 20, "the input has losers: {}", serial_losers.len());
@@ -791,8 +816,8 @@ mod tests {
         let mut damaged = items.clone();
         // (keys 2005 and 2007 come once each).
         damaged[2007].1.slot = damaged[2005].1.slot;
-        assert!(Index::rebuild_parallel(slot_count, n, 2, &[], &|| damaged.iter().copied()).unwrap().is_none());
-        let (ix, losers) = Index::rebuild_marked(slot_count, n, &[], || damaged.iter().copied()).unwrap();
+        assert!(Index::rebuild_parallel(slot_count, n, 2, table(), &|| damaged.iter().copied()).unwrap().is_none());
+        let (ix, losers) = Index::rebuild_marked(slot_count, n, &[], Index::prepare(n), || damaged.iter().copied()).unwrap();
         assert_eq!(ix.get(damaged[2007].0), None, "its slot was claimed first by key 2005");
         assert_eq!(ix.get(damaged[2005].0), Some(damaged[2005].1));
         assert!(losers.contains(&damaged[2007].1));

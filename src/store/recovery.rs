@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::aligned::AlignedBuf;
-use super::index::{build_threads, join, spawn, Entry, Index, SlotSet, Source};
+use super::index::{build_threads, join, spawn, Entry, Index, Prepared, SlotSet, Source};
 use super::lease::{Journal, Leases};
 use super::{Phase, Store};
 use crate::sync::lock;
@@ -43,6 +43,14 @@ pub struct RecoverOptions {
     /// writable handle it is invalidated before the first write, so no later scan can bring it
     /// back after the key was deleted.
     pub scrub_free: bool,
+}
+
+impl RecoverOptions {
+    /// Fast recovery, where the device allows it: what [`RecoverMode::Auto`] asks for unless
+    /// unreadable entries are to be kept or free slots scrubbed.
+    fn wants_fast(&self) -> bool {
+        self.mode == RecoverMode::Auto && !self.keep_unreadable && !self.scrub_free
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +145,14 @@ const SCAN_CHUNK: u64 = 1 << 20;
 #[cfg(test)]
 const SCAN_CHUNK: u64 = 7;
 
+/// A fast recovery makes its table while the checkpoint loads only from this payload size on
+/// (several milliseconds of loading); a smaller one starts no thread for it.
+#[cfg(not(test))]
+const PREPARE_FROM: u64 = 4 << 20;
+/// Every unit test recovery with a checkpoint makes it ahead.
+#[cfg(test)]
+const PREPARE_FROM: u64 = 0;
+
 /// What one checkpoint entry's header says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
@@ -182,8 +198,22 @@ impl Store {
                 return Err(Error::AlreadyRecovered);
             }
         }
-        let (cursor, loaded) = self.load_checkpoint()?;
         let journal = if self.has_journal() { Some(self.read_journal()?) } else { None };
+        let records = self.read_checkpoint_headers()?;
+        // A fast recovery indexes about as many entries as the newest checkpoint lists, plus
+        // the slots leased since: its table is made while that checkpoint loads (see
+        // `Index::prepare`); the load waits on the device, the table on memory.
+        let size = match (&journal, records.newest()) {
+            (Some(j), Some(h)) if opts.wants_fast() && h.payload_len >= PREPARE_FROM => {
+                Some(h.entry_count as usize + j.leased_since(h.sequence, self.sb.geometry.slot_count()).len())
+            }
+            _ => None,
+        };
+        let (loaded, prepared) = std::thread::scope(|scope| {
+            let prepared = size.and_then(|n| spawn(scope, move || Index::prepare(n)));
+            (self.load_checkpoint(records), prepared.and_then(join))
+        });
+        let (cursor, loaded) = loaded?;
         let mut report = RecoverReport::new(self.engine.kind(), start.elapsed().as_nanos() as u64);
         let validate_start = Instant::now();
         // Fast recovery needs the newest commit record on the device to be the checkpoint
@@ -195,7 +225,7 @@ impl Store {
             (None, Some(j)) => cursor.next_sequence <= 1 && !j.saw_a_checkpoint(),
             (None, None) => false,
         };
-        let fast = opts.mode == RecoverMode::Auto && !opts.keep_unreadable && !opts.scrub_free && newest_loaded;
+        let fast = opts.wants_fast() && newest_loaded;
         let since = loaded.as_ref().map_or(0, |ck| ck.header.sequence);
         // Journal records from here on are kept (a delta keeps those since its base).
         let floor = loaded.as_ref().map_or(0, |ck| ck.journal_floor());
@@ -204,7 +234,7 @@ impl Store {
             (Some(j), true) if j.overflowed_since(floor) => {
                 self.rebuild(&RecoverOptions { mode: RecoverMode::Scan, ..*opts }, loaded.as_ref(), &mut report)?
             }
-            (Some(j), true) => self.rebuild_fast(loaded.as_ref(), j, &mut report)?,
+            (Some(j), true) => self.rebuild_fast(loaded.as_ref(), j, prepared, &mut report)?,
             _ => self.rebuild(opts, loaded.as_ref(), &mut report)?,
         };
         report.validate_ns = validate_start.elapsed().as_nanos() as u64;
@@ -263,6 +293,7 @@ impl Store {
         &self,
         ck: Option<&LoadedCheckpoint>,
         journal: &Journal,
+        prepared: Option<Prepared>,
         report: &mut RecoverReport,
     ) -> Result<(Index, Vec<SlotIndex>)> {
         let g = self.sb.geometry;
@@ -331,7 +362,7 @@ impl Store {
                 from_checkpoint.chain(from_leases)
             };
             let buffers = ck.map(LoadedCheckpoint::buffers).unwrap_or_default();
-            let settled = self.settle(g.slot_count(), n, &buffers, sources);
+            let settled = self.settle(g.slot_count(), n, &buffers, prepared, sources);
             read_now();
             (settled, read.into_inner().expect("read above"))
         });
@@ -353,17 +384,24 @@ impl Store {
     /// The index of the `n` entries `sources()` yields (see [`Index::rebuild_marked`]):
     /// copies of a key that lose to a newer one are verified newest first, and a newer copy
     /// whose record does not verify never supersedes an older one that does.
-    fn settle<'k, I>(&self, slot_count: u64, n: usize, buffers: &[Arc<AlignedBuf>], sources: impl Fn() -> I + Sync) -> Result<(Index, Vec<Entry>)>
+    fn settle<'k, I>(
+        &self,
+        slot_count: u64,
+        n: usize,
+        buffers: &[Arc<AlignedBuf>],
+        prepared: Option<Prepared>,
+        sources: impl Fn() -> I + Sync,
+    ) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let (index, losers) = Index::rebuild_marked(slot_count, n, buffers, &sources)?;
+        let (index, losers) = Index::rebuild_marked(slot_count, n, buffers, prepared, &sources)?;
         let torn = self.torn_newer_copies(sources().map(|(k, e, _)| (k, e)), &index, &losers);
         if torn.is_empty() {
             return Ok((index, losers));
         }
         // Rare (a replace torn by a crash): settle again without the torn copies.
-        let (index, mut losers) = Index::rebuild_marked(slot_count, n, buffers, || sources().filter(|(_, e, _)| !torn.contains(e)))?;
+        let (index, mut losers) = Index::rebuild_marked(slot_count, n, buffers, None, || sources().filter(|(_, e, _)| !torn.contains(e)))?;
         losers.extend(torn);
         Ok((index, losers))
     }
@@ -413,7 +451,7 @@ impl Store {
             let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
             kept.push((e.key, entry));
         }
-        let (index, losers) = Index::rebuild_marked(g.slot_count(), kept.len(), buffers, || kept.iter().map(|&(k, e)| (k, e, Source::Read)))?;
+        let (index, losers) = Index::rebuild_marked(g.slot_count(), kept.len(), buffers, None, || kept.iter().map(|&(k, e)| (k, e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
@@ -465,7 +503,7 @@ impl Store {
             chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
             self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
-        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], || valid.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
+        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], None, || valid.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
