@@ -192,16 +192,26 @@ pub fn decode_payload(payload: &[u8], count: u64) -> Result<Vec<CheckpointEntry<
 
 /// Whether `payload` holds exactly `count` well-formed entries, without keeping them.
 pub fn check_payload(payload: &[u8], count: u64) -> Result<(), String> {
+    check_payload_marking(payload, count, u64::MAX).map(drop)
+}
+
+/// [`check_payload`], also returning where every `every`-th entry starts (entry 0 at 0):
+/// the payload cut there is pieces of whole entries, for several threads to go over.
+pub fn check_payload_marking(payload: &[u8], count: u64, every: u64) -> Result<Vec<usize>, String> {
     // Every entry takes at least ENTRY_FIXED_BYTES, which bounds an absurd count.
     if count > payload.len() as u64 / ENTRY_FIXED_BYTES {
         return Err(format!("{count} entries cannot fit in {} payload bytes", payload.len()));
     }
+    let mut marks = Vec::new();
     let mut entries = PayloadEntries::new(payload);
     for i in 0..count {
+        if i % every == 0 {
+            marks.push(payload.len() - entries.d.remaining());
+        }
         entries.next().ok_or_else(|| format!("entry {i} runs past the end of the payload"))?;
     }
     match entries.d.remaining() {
-        0 => Ok(()),
+        0 => Ok(marks),
         n => Err(format!("{n} bytes follow the last entry")),
     }
 }
@@ -281,6 +291,23 @@ mod tests {
         let mut buf = vec![0u8; len as usize];
         assert_eq!(encode_payload(es.iter().copied(), &mut buf), len as usize);
         assert_eq!(decode_payload(&buf, es.len() as u64).unwrap(), es);
+    }
+
+    /// Cut at its marks, a payload is pieces of whole entries that together are all of them.
+    #[test]
+    fn marks_cut_the_payload_into_whole_entries() {
+        let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("key-{i}").repeat(i % 3 + 1).into_bytes()).collect();
+        let es = entries(&keys);
+        let mut buf = vec![0u8; es.iter().map(|e| e.encoded_len()).sum::<u64>() as usize];
+        encode_payload(es.iter().copied(), &mut buf);
+        let marks = check_payload_marking(&buf, 10, 3).unwrap();
+        assert_eq!(marks.len(), 4, "entries 0, 3, 6 and 9");
+        let ends = marks.iter().skip(1).copied().chain([buf.len()]);
+        let pieces: Vec<Vec<CheckpointEntry<'_>>> = marks.iter().zip(ends).map(|(&a, b)| PayloadEntries::new(&buf[a..b]).collect()).collect();
+        assert_eq!(pieces.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(pieces.concat(), es);
+        assert_eq!(check_payload_marking(&buf, 10, u64::MAX).unwrap(), [0]);
+        assert!(check_payload_marking(&buf[..buf.len() - 1], 10, 3).is_err());
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The in-memory index: key -> where its newest value lives, plus slot allocation.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use super::evict::{EvictionOrder, EvictionPolicy};
 use super::keytable::{KeyTable, Parts, Shard, SHARDS};
 use crate::format::{Generation, SlotIndex};
+use crate::sync::lock;
 
 /// Where a key's value lives and what its header must say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +30,13 @@ pub enum Source {
 }
 
 /// Puts `entry` into `row` (made for it just now when `new`) unless the row holds a newer
-/// generation. Returns what it displaced and whether the row was, and is, unverified.
+/// generation. Of two copies of one generation (only a damaged device has them) the lower
+/// slot stays, so a rebuild settles them alike in whatever order its threads meet them.
+/// Returns what it displaced and whether the row was, and is, unverified.
 fn settle_row(row: &mut Indexed, new: bool, entry: Entry, unverified: bool) -> (Displaced, bool, bool) {
     if new {
         (Displaced::Nothing, false, unverified)
-    } else if row.generation > entry.generation {
+    } else if (row.generation, std::cmp::Reverse(row.slot)) > (entry.generation, std::cmp::Reverse(entry.slot)) {
         (Displaced::Superseded(entry), row.unverified, row.unverified)
     } else {
         let old = std::mem::replace(row, Indexed::new(entry, unverified));
@@ -210,13 +214,12 @@ const PARALLEL_MIN: usize = 1 << 16;
 const PARALLEL_MIN: usize = 64;
 
 /// Threads to rebuild `n` entries on: one below [`PARALLEL_MIN`], else the cores up to the
-/// table's shards, a power of two so groups are even.
+/// table's shards.
 pub(super) fn build_threads(n: usize) -> usize {
     if n < PARALLEL_MIN {
         return 1;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()).min(SHARDS);
-    1 << cores.ilog2()
+    std::thread::available_parallelism().map_or(1, |c| c.get()).min(SHARDS)
 }
 
 pub(super) fn spawn<'s, T: Send + 's>(scope: &'s std::thread::Scope<'s, '_>, f: impl FnOnce() -> T + Send + 's) -> Option<std::thread::ScopedJoinHandle<'s, T>> {
@@ -227,51 +230,91 @@ pub(super) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// What one thread of a threaded rebuild put into its shards.
+/// What one thread of a threaded rebuild put into the shards.
 struct Filled {
     losers: Vec<Entry>,
-    unverified: usize,
+    /// Rows this thread made unverified, less those it made verified (another thread's, too).
+    unverified: isize,
     newest: Generation,
-    /// The slots of every entry of the group, winner or loser.
+    /// The slots of every entry this thread put, winner or loser.
     claims: Claims,
 }
 
 /// An index table made ahead of a rebuild (see [`Index::prepare`]).
 pub struct Prepared(KeyTable<Indexed>);
 
-/// Puts the entries of group `group` into its shards. `None` when the group names a slot twice.
-fn fill_group<'k>(
-    shards: &mut [Shard<Indexed>],
-    group: usize,
+/// An entry on its way into its shard, hashed.
+struct Placed<'k> {
+    h: u64,
+    key: &'k [u8],
+    entry: Entry,
+    source: Source,
+}
+
+/// Entries a thread gathers per shard before it takes the shard's lock to put them.
+const BATCH: usize = 256;
+
+/// One thread's part of a threaded rebuild: it takes pieces until none is left, and puts
+/// their entries into the shards, each behind its lock, a batch at a time. `None` when a
+/// slot is named twice.
+fn fill_pieces<'k, 'p, P, I>(
+    shards: &[Mutex<&mut [Shard<Indexed>]>],
     parts: Parts<'_>,
+    next: &AtomicUsize,
+    pieces: &'p [P],
+    each: &(impl Fn(&'p P) -> I + Sync),
     slot_count: u64,
     n: usize,
-    entries: impl Iterator<Item = (&'k [u8], Entry, Source)>,
-) -> Result<Option<Filled>> {
-    let mut claims = Claims::new(slot_count, n).ok_or_else(|| oom(n))?;
-    let (mut losers, mut unverified, mut newest) = (Vec::new(), 0, Generation::default());
-    for (key, e, source) in entries {
-        let (h, g, shard) = parts.place(key);
-        if g != group {
-            continue;
-        }
-        newest = newest.max(e.generation);
-        if claims.contains(e.slot.0) {
-            return Ok(None);
-        }
-        claims.reserve_one().ok_or_else(|| oom(n))?;
-        claims.insert(e.slot.0);
-        let trusted = source == Source::Trusted;
-        let (row, new) = shards[shard].get_or_insert_with(h, key, parts.hasher(), || Indexed::new(e, trusted)).ok_or_else(|| oom(1))?;
-        let (displaced, was, now) = settle_row(row, new, e, trusted);
-        unverified = unverified - was as usize + now as usize;
-        match displaced {
-            Displaced::Nothing => {}
-            Displaced::Replaced(old) => losers.push(old),
-            Displaced::Superseded(e) => losers.push(e),
+) -> Result<Option<Filled>>
+where
+    I: Iterator<Item = (&'k [u8], Entry, Source)>,
+{
+    let claims = Claims::new(slot_count, n).ok_or_else(|| oom(n))?;
+    let mut filled = Filled { losers: Vec::new(), unverified: 0, newest: Generation::default(), claims };
+    let mut batches: Vec<Vec<Placed<'k>>> = Vec::new();
+    for _ in shards {
+        let mut batch = Vec::new();
+        batch.try_reserve_exact(BATCH).map_err(|_| oom(BATCH))?;
+        batches.push(batch);
+    }
+    while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
+        for (key, entry, source) in each(piece) {
+            let (h, g, _) = parts.place(key);
+            batches[g].push(Placed { h, key, entry, source });
+            if batches[g].len() == BATCH && !filled.put(&mut lock(&shards[g])[0], &mut batches[g], parts, n)? {
+                return Ok(None);
+            }
         }
     }
-    Ok(Some(Filled { losers, unverified, newest, claims }))
+    for (g, batch) in batches.iter_mut().enumerate() {
+        if !batch.is_empty() && !filled.put(&mut lock(&shards[g])[0], batch, parts, n)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(filled))
+}
+
+impl Filled {
+    /// Puts `batch` into `shard`, emptying it; `false` when an entry's slot was put before.
+    fn put(&mut self, shard: &mut Shard<Indexed>, batch: &mut Vec<Placed<'_>>, parts: Parts<'_>, n: usize) -> Result<bool> {
+        for Placed { h, key, entry: e, source } in batch.drain(..) {
+            self.newest = self.newest.max(e.generation);
+            if self.claims.contains(e.slot.0) {
+                return Ok(false);
+            }
+            self.claims.reserve_one().ok_or_else(|| oom(n))?;
+            self.claims.insert(e.slot.0);
+            let trusted = source == Source::Trusted;
+            let (row, new) = shard.get_or_insert_with(h, key, parts.hasher(), || Indexed::new(e, trusted)).ok_or_else(|| oom(1))?;
+            let (displaced, was, now) = settle_row(row, new, e, trusted);
+            self.unverified += now as isize - was as isize;
+            match displaced {
+                Displaced::Nothing => {}
+                Displaced::Replaced(lost) | Displaced::Superseded(lost) => self.losers.push(lost),
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The slots claimed while an index is rebuilt, to settle a slot claimed twice: a bitmap
@@ -567,28 +610,31 @@ impl Index {
     }
 
     /// Builds an index from recovered entries, every one of them read from the device.
-    /// See [`rebuild_marked`](Self::rebuild_marked). (Recovery calls that; tests, this.)
+    /// See [`rebuild_pieces`](Self::rebuild_pieces). (Recovery calls that; tests, this.)
     #[cfg(test)]
     pub fn rebuild<'k>(slot_count: u64, entries: impl IntoIterator<Item = (&'k [u8], Entry)>) -> Result<(Index, Vec<Entry>)> {
-        let entries: Vec<(&[u8], Entry)> = entries.into_iter().collect();
-        Index::rebuild_marked(slot_count, entries.len(), &[], None, || entries.iter().map(|&(k, e)| (k, e, Source::Read)))
+        let entries: Vec<(&[u8], Entry, Source)> = entries.into_iter().map(|(k, e)| (k, e, Source::Read)).collect();
+        let pieces: Vec<&[(&[u8], Entry, Source)]> = entries.chunks(7).collect();
+        Index::rebuild_pieces(slot_count, entries.len(), &[], None, &pieces, |p| p.iter().copied())
     }
 
-    /// Builds an index from recovered entries: `sources()` yields them, the same each call.
-    /// Slots must be below `slot_count`. Duplicate keys keep the highest generation; a slot
-    /// claimed twice keeps the first claim. Returns the index and the entries that lost.
-    /// Memory follows the entries, not `slot_count`; an allocation the host refuses is
-    /// [`Error::OutOfMemory`]. Many entries are spread over several threads.
+    /// Builds an index from recovered entries: those of `each(piece)` for every piece, the
+    /// same each call. Slots must be below `slot_count`. Duplicate keys keep the highest
+    /// generation; a slot claimed twice keeps the first claim, in the pieces' order. Returns
+    /// the index and the entries that lost. Memory follows the entries, not `slot_count`;
+    /// an allocation the host refuses is [`Error::OutOfMemory`]. Many entries are spread
+    /// over several threads, each taking the next piece left.
     /// `n` is about how many there are: the table is sized for it up front (rehashing a
     /// growing table costs more than the inserts themselves). Keys lying in `buffers` stay
     /// there (the index keeps the buffers) instead of being copied. A `prepared` table
     /// (see [`Index::prepare`]) is filled instead of a new one.
-    pub fn rebuild_marked<'k, I>(
+    pub fn rebuild_pieces<'k, 'p, P: Sync, I>(
         slot_count: u64,
         n: usize,
         buffers: &[Arc<AlignedBuf>],
         prepared: Option<Prepared>,
-        sources: impl Fn() -> I + Sync,
+        pieces: &'p [P],
+        each: impl Fn(&'p P) -> I + Sync,
     ) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
@@ -597,11 +643,11 @@ impl Index {
         let mut prepared = prepared;
         if threads > 1 {
             let map = Index::table(buffers, prepared.take(), n)?;
-            if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, map, &sources)? {
+            if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, map, pieces, &each)? {
                 return Ok(built);
             }
         }
-        Index::rebuild_serial(slot_count, n, Index::table(buffers, prepared, n)?, sources())
+        Index::rebuild_serial(slot_count, n, Index::table(buffers, prepared, n)?, pieces.iter().flat_map(each))
     }
 
     /// An empty table for `n` keys that keeps those lying in `buffers` in place.
@@ -651,31 +697,33 @@ impl Index {
         Ok((ix, losers))
     }
 
-    /// [`rebuild_serial`](Self::rebuild_serial)'s result on `threads` threads, each filling
-    /// its share of the table's shards from every entry, while another checks that no slot
-    /// is named twice. `None` when one is (only a damaged source names one twice; the serial
-    /// build's first-claim rule settles it) or a thread cannot be started.
-    fn rebuild_parallel<'k, I>(
+    /// [`rebuild_serial`](Self::rebuild_serial)'s result on up to `threads` threads (see
+    /// [`fill_pieces`]). `None` when a slot is named twice (only a damaged source names one
+    /// twice; the serial build's first-claim rule settles it).
+    fn rebuild_parallel<'k, 'p, P: Sync, I>(
         slot_count: u64,
         n: usize,
         threads: usize,
         mut map: KeyTable<Indexed>,
-        sources: &(impl Fn() -> I + Sync),
+        pieces: &'p [P],
+        each: &(impl Fn(&'p P) -> I + Sync),
     ) -> Result<Option<(Index, Vec<Entry>)>>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let (parts, mut groups) = map.split(threads);
-        let first = groups.remove(0);
+        let (parts, groups) = map.split(SHARDS);
+        let shards: Vec<Mutex<&mut [Shard<Indexed>]>> = groups.into_iter().map(Mutex::new).collect();
+        let next = AtomicUsize::new(0);
+        let fill = || fill_pieces(&shards, parts, &next, pieces, each, slot_count, n);
         let fills = std::thread::scope(|scope| {
-            let fill = move |g, shards| move || fill_group(shards, g, parts, slot_count, n, sources());
-            let others: Vec<_> = groups.into_iter().enumerate().map(|(g, shards)| spawn(scope, fill(g + 1, shards))).collect();
-            let mut fills = vec![Some(fill(0, first)())];
-            fills.extend(others.into_iter().map(|h| h.map(join)));
+            // A thread that cannot start leaves its pieces to the others.
+            let others: Vec<_> = (1..threads).filter_map(|_| spawn(scope, fill)).collect();
+            let mut fills = vec![fill()];
+            fills.extend(others.into_iter().map(join));
             fills
         });
-        let Some(fills) = fills.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
-        let (mut losers, mut unverified, mut newest, mut claims) = (Vec::new(), 0, Generation::default(), None::<Claims>);
+        drop(shards);
+        let (mut losers, mut unverified, mut newest, mut claims) = (Vec::new(), 0isize, Generation::default(), None::<Claims>);
         for fill in fills {
             let Some(filled) = fill? else { return Ok(None) };
             losers.extend(filled.losers);
@@ -697,6 +745,7 @@ impl Index {
         }
         let used = claims.into_sorted().ok_or_else(|| oom(n))?;
         let free = FreeRanges::all_but(slot_count, &used);
+        let unverified = usize::try_from(unverified).expect("every row counted once");
         Ok(Some((Index { map, free, order: None, unverified, changed: None, newest }, losers)))
     }
 
@@ -778,13 +827,14 @@ mod tests {
         assert!(!used(0) && !used(3) && !used(5));
     }
 
-    /// The threaded build gives the serial one's index: entries, flags, losers, free slots.
+    /// The threaded build gives the serial one's index (entries, flags, losers, free slots),
+    /// whichever thread takes which piece.
     #[test]
     fn threaded_rebuild_matches_serial() {
         let n = 20_000usize;
         // A tenth of the keys come twice, in either generation order; a third are trusted.
         let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("key-{}", i % (n - n / 10)).into_bytes()).collect();
-        let items: Vec<(&[u8], Entry, Source)> = keys
+        let mut items: Vec<(&[u8], Entry, Source)> = keys
             .iter()
             .enumerate()
             .map(|(i, k)| {
@@ -792,35 +842,48 @@ mod tests {
                 (&k[..], e(2 * i as u64, 1000 + (i as u64 * 7919) % 5000), source)
             })
             .collect();
+        // Copies of one generation (a damaged device): the lower slot stays, in either order.
+        items[18_001].1.generation = items[1].1.generation;
+        items[3].1.generation = items[18_003].1.generation;
         let slot_count = 2 * n as u64 + 10;
         let table = || Index::table(&[], None, n).unwrap();
         let (serial, mut serial_losers) = Index::rebuild_serial(slot_count, n, table(), items.iter().copied()).unwrap();
-        let built = Index::rebuild_parallel(slot_count, n, 2, table(), &|| items.iter().copied()).unwrap();
-        let (threaded, mut threaded_losers) = built.expect("every slot named once");
-        assert_eq!(threaded.len(), serial.len());
-        assert!(serial_losers.len() > n / 20, "the input has losers: {}", serial_losers.len());
-        serial_losers.sort_by_key(|e| e.slot);
-        threaded_losers.sort_by_key(|e| e.slot);
-        assert_eq!(threaded_losers, serial_losers);
-        for k in &keys {
-            assert_eq!((threaded.get(k), threaded.is_unverified(k)), (serial.get(k), serial.is_unverified(k)));
+        assert_eq!(serial.get(items[1].0), Some(items[1].1));
+        assert_eq!(serial.get(items[3].0), Some(items[3].1));
+        let pieces: Vec<&[(&[u8], Entry, Source)]> = items.chunks(97).collect();
+        for threads in [2, 3, 2] {
+            let built = Index::rebuild_parallel(slot_count, n, threads, table(), &pieces, &|p| p.iter().copied()).unwrap();
+            let (threaded, mut threaded_losers) = built.expect("every slot named once");
+            check_same(&threaded, &mut threaded_losers, &serial, &mut serial_losers, &keys, slot_count);
         }
-        assert_eq!(threaded.unverified_count(), serial.unverified_count());
-        assert_eq!(threaded.newest_generation(), serial.newest_generation());
+        assert!(serial_losers.len() > n / 20, "the input has losers: {}", serial_losers.len());
         assert_eq!(serial.newest_generation(), items.iter().map(|(_, e, _)| e.generation).max().unwrap());
         assert!(serial.unverified_count() > 0);
-        assert_eq!(threaded.free_slots(), serial.free_slots());
-        assert!((0..slot_count).all(|s| threaded.is_used(SlotIndex(s)) == serial.is_used(SlotIndex(s))));
 
         // A slot named by two keys: the threaded build declines, and the serial rules apply.
         let mut damaged = items.clone();
         // (keys 2005 and 2007 come once each).
         damaged[2007].1.slot = damaged[2005].1.slot;
-        assert!(Index::rebuild_parallel(slot_count, n, 2, table(), &|| damaged.iter().copied()).unwrap().is_none());
-        let (ix, losers) = Index::rebuild_marked(slot_count, n, &[], Index::prepare(n), || damaged.iter().copied()).unwrap();
+        let pieces: Vec<&[(&[u8], Entry, Source)]> = damaged.chunks(97).collect();
+        assert!(Index::rebuild_parallel(slot_count, n, 2, table(), &pieces, &|p| p.iter().copied()).unwrap().is_none());
+        let (ix, losers) = Index::rebuild_pieces(slot_count, n, &[], Index::prepare(n), &pieces, |p| p.iter().copied()).unwrap();
         assert_eq!(ix.get(damaged[2007].0), None, "its slot was claimed first by key 2005");
         assert_eq!(ix.get(damaged[2005].0), Some(damaged[2005].1));
         assert!(losers.contains(&damaged[2007].1));
+    }
+
+    fn check_same(threaded: &Index, threaded_losers: &mut [Entry], serial: &Index, serial_losers: &mut [Entry], keys: &[Vec<u8>], slot_count: u64) {
+        assert_eq!(threaded.len(), serial.len());
+        serial_losers.sort_by_key(|e| e.slot);
+        threaded_losers.sort_by_key(|e| e.slot);
+        assert_eq!(threaded_losers, serial_losers);
+        for k in keys {
+            assert_eq!((threaded.get(k), threaded.is_unverified(k)), (serial.get(k), serial.is_unverified(k)));
+        }
+        assert_eq!(threaded.unverified_count(), serial.unverified_count());
+        assert_eq!(threaded.newest_generation(), serial.newest_generation());
+        assert_eq!(threaded.free_slots(), serial.free_slots());
+        assert!((0..slot_count).all(|s| threaded.is_used(SlotIndex(s)) == serial.is_used(SlotIndex(s))));
     }
 
     /// The device: 2^46 bytes of 8 KiB slots. The old index allocated 8 bytes per

@@ -12,7 +12,7 @@ use super::{Phase, Store};
 use crate::sync::lock;
 use crate::engine::{BatchStats, EngineKind, ReadResult};
 use crate::error::{Error, Result};
-use super::checkpoint::{EntrySet, LoadedCheckpoint};
+use super::checkpoint::{EntryPiece, EntrySet, LoadedCheckpoint};
 use crate::format::checkpoint::CheckpointEntry;
 use crate::format::lease::SlotRun;
 use crate::format::{SlotHeader, SlotIndex, SlotState};
@@ -152,6 +152,19 @@ const PREPARE_FROM: u64 = 4 << 20;
 /// Every unit test recovery with a checkpoint makes it ahead.
 #[cfg(test)]
 const PREPARE_FROM: u64 = 0;
+
+/// `each`, typed as taking the pieces of `pieces` (a closure alone would take a reference
+/// of any lifetime, and could not return an iterator borrowing from it).
+fn over<'p, P, I>(_pieces: &'p [P], each: impl Fn(&'p P) -> I + Sync) -> impl Fn(&'p P) -> I + Sync {
+    each
+}
+
+/// Entries per piece of a rebuild from entries in memory (see [`Index::rebuild_pieces`]).
+#[cfg(not(test))]
+const PIECE: usize = 1 << 14;
+/// Small in unit tests, so their rebuilds go over many pieces.
+#[cfg(test)]
+const PIECE: usize = 5;
 
 /// What one checkpoint entry's header says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,13 +369,17 @@ impl Store {
             // Whichever builder needs them first waits for the reads (or makes them, when no
             // thread was started).
             let read_now = || read.get_or_init(|| lock(&reader).take().map_or_else(&read_leased, join));
-            let sources = || {
-                let from_checkpoint = entries.iter().filter(trusted).map(|ce| (ce.key, entry_of(&ce), Source::Trusted));
-                let from_leases = std::iter::once(()).flat_map(|()| read_now().found.iter().map(|(k, e)| (&k[..], *e, Source::Read)));
-                from_checkpoint.chain(from_leases)
-            };
+            // The checkpoint's entries in pieces, then the leased slots' (the thread that takes
+            // that last piece waits for the reads while the others go on).
+            let mut pieces: Vec<Option<EntryPiece<'_, '_>>> = entries.pieces().into_iter().map(Some).collect();
+            pieces.push(None);
+            let each = over(&pieces, |piece| {
+                let from_checkpoint = piece.as_ref().map(|p| p.iter().filter(trusted).map(|ce| (ce.key, entry_of(&ce), Source::Trusted)));
+                let from_leases = piece.is_none().then(|| read_now().found.iter().map(|(k, e)| (&k[..], *e, Source::Read)));
+                from_checkpoint.into_iter().flatten().chain(from_leases.into_iter().flatten())
+            });
             let buffers = ck.map(LoadedCheckpoint::buffers).unwrap_or_default();
-            let settled = self.settle(g.slot_count(), n, &buffers, prepared, sources);
+            let settled = self.settle(g.slot_count(), n, &buffers, prepared, &pieces, each);
             read_now();
             (settled, read.into_inner().expect("read above"))
         });
@@ -381,27 +398,28 @@ impl Store {
         Ok((index, invalidate))
     }
 
-    /// The index of the `n` entries `sources()` yields (see [`Index::rebuild_marked`]):
-    /// copies of a key that lose to a newer one are verified newest first, and a newer copy
-    /// whose record does not verify never supersedes an older one that does.
-    fn settle<'k, I>(
+    /// The index of the `n` entries of the pieces (see [`Index::rebuild_pieces`]): copies of
+    /// a key that lose to a newer one are verified newest first, and a newer copy whose
+    /// record does not verify never supersedes an older one that does.
+    fn settle<'k, 'p, P: Sync, I>(
         &self,
         slot_count: u64,
         n: usize,
         buffers: &[Arc<AlignedBuf>],
         prepared: Option<Prepared>,
-        sources: impl Fn() -> I + Sync,
+        pieces: &'p [P],
+        each: impl Fn(&'p P) -> I + Sync,
     ) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let (index, losers) = Index::rebuild_marked(slot_count, n, buffers, prepared, &sources)?;
-        let torn = self.torn_newer_copies(sources().map(|(k, e, _)| (k, e)), &index, &losers);
+        let (index, losers) = Index::rebuild_pieces(slot_count, n, buffers, prepared, pieces, &each)?;
+        let torn = self.torn_newer_copies(pieces.iter().flat_map(&each).map(|(k, e, _)| (k, e)), &index, &losers);
         if torn.is_empty() {
             return Ok((index, losers));
         }
         // Rare (a replace torn by a crash): settle again without the torn copies.
-        let (index, mut losers) = Index::rebuild_marked(slot_count, n, buffers, None, || sources().filter(|(_, e, _)| !torn.contains(e)))?;
+        let (index, mut losers) = Index::rebuild_pieces(slot_count, n, buffers, None, pieces, |p| each(p).filter(|(_, e, _)| !torn.contains(e)))?;
         losers.extend(torn);
         Ok((index, losers))
     }
@@ -451,7 +469,8 @@ impl Store {
             let entry = Entry { slot: e.slot, generation: e.generation, payload_len: e.payload_len, payload_crc: e.payload_crc };
             kept.push((e.key, entry));
         }
-        let (index, losers) = Index::rebuild_marked(g.slot_count(), kept.len(), buffers, None, || kept.iter().map(|&(k, e)| (k, e, Source::Read)))?;
+        let pieces: Vec<&[(&[u8], Entry)]> = kept.chunks(PIECE).collect();
+        let (index, losers) = Index::rebuild_pieces(g.slot_count(), kept.len(), buffers, None, &pieces, |p| p.iter().map(|&(k, e)| (k, e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
@@ -503,7 +522,8 @@ impl Store {
             chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
             self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
-        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], None, || valid.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
+        let pieces: Vec<&[(Box<[u8]>, Entry)]> = valid.chunks(PIECE).collect();
+        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], None, &pieces, |p| p.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
