@@ -316,10 +316,8 @@ impl Store {
         let mut st = self.writable()?;
         let carried = if self.has_journal() { Some(st.leases.carried()) } else { None };
         let small = |n: usize| n as u64 * 1000 <= st.index.len() as u64 * st.delta_max_permille as u64;
-        let delta_base = match (base, st.index.changed_keys()) {
-            (Some((b, _)), Some(changed))
-                if carried.is_some() && small(changed.len()) && !st.leases.half_full() && !st.leases.overflowed =>
-            {
+        let delta_base = match (base, st.index.changed_count()) {
+            (Some((b, _)), Some(changed)) if carried.is_some() && small(changed) && !st.leases.half_full() && !st.leases.overflowed => {
                 Some(b)
             }
             _ => None,
@@ -327,9 +325,9 @@ impl Store {
         // A delta lists the keys changed since its base: those indexed now, and those removed.
         let mut removed: Vec<&[u8]> = Vec::new();
         let mut written_entries: Vec<(&[u8], super::index::Entry)> = Vec::new();
-        if let (Some(_), Some(changed)) = (delta_base, st.index.changed_keys()) {
-            for k in changed {
-                match st.index.get(k) {
+        if let (Some(_), Some(changes)) = (delta_base, st.index.changes()) {
+            for (k, now) in changes {
+                match now {
                     Some(e) => written_entries.push((k, e)),
                     None => removed.push(k),
                 }

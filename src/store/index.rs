@@ -54,9 +54,10 @@ pub enum Displaced {
     Superseded(Entry),
 }
 
-/// Keys the index changed, hashed as its table hashes them (see [`KeyTable`]).
-/// cbindgen:ignore
-type KeySet = HashSet<Box<[u8]>, foldhash::quality::RandomState>;
+/// The keys the index changed since a full checkpoint, each with its entry now (`None`:
+/// removed), so a delta checkpoint is written from it without looking each key up (which
+/// cost ~0.6 us a key, 3 ms of a 5-ms delta at 5k changes).
+type Changes = KeyTable<Option<Entry>>;
 
 /// What the index keeps per key: its entry, and whether a fast recovery indexed it without
 /// reading its header (the first read verifies it, or finds it gone). One flat struct, so a
@@ -92,7 +93,7 @@ pub struct Index {
     newest: Generation,
     /// Keys put or removed since the last full checkpoint's snapshot, while a delta
     /// checkpoint may follow it (`None`: not tracked, the next checkpoint is full).
-    changed: Option<KeySet>,
+    changed: Option<Changes>,
 }
 
 /// Slot indices are ours (not caller input) and already well spread: a multiply hashes them
@@ -481,7 +482,7 @@ impl Index {
             }
         }
         for (key, _) in &out {
-            self.note_change(key);
+            self.note_change(key, None);
         }
         out
     }
@@ -522,7 +523,7 @@ impl Index {
     pub fn install(&mut self, key: &[u8], entry: Entry) -> Result<Displaced> {
         let displaced = self.put(key, entry, false).ok_or_else(|| Error::out_of_memory("the index", key.len() as u64 + ROW_BYTES as u64))?;
         if !matches!(displaced, Displaced::Superseded(_)) {
-            self.note_change(key);
+            self.note_change(key, Some(entry));
             if let Some(order) = self.order.as_mut() {
                 order.insert(key);
             }
@@ -546,26 +547,28 @@ impl Index {
         }
         let e = self.map.remove(key)?;
         self.unverified -= e.unverified as usize;
-        self.note_change(key);
+        self.note_change(key, None);
         Some(e.entry())
     }
 
-    fn note_change(&mut self, key: &[u8]) {
+    fn note_change(&mut self, key: &[u8], now: Option<Entry>) {
         if let Some(changed) = self.changed.as_mut() {
-            if !changed.contains(key) {
-                changed.insert(key.into());
+            match changed.get_or_insert_with(key, || now) {
+                Some((entry, _)) => *entry = now,
+                // Refused memory: no delta can be complete, so the next checkpoint is full.
+                None => self.changed = None,
             }
-            // Past this no delta would be written anyway: stop, so memory stays bounded by
-            // the entries even when deletes of ever new keys go on without a checkpoint.
-            if changed.len() > self.map.len() + 64 {
-                self.changed = None;
-            }
+        }
+        // Past this no delta would be written anyway: stop, so memory stays bounded by
+        // the entries even when deletes of ever new keys go on without a checkpoint.
+        if self.changed.as_ref().is_some_and(|c| c.len() > self.map.len() + 64) {
+            self.changed = None;
         }
     }
 
     /// Starts recording changed keys afresh (a full checkpoint's snapshot).
     pub fn track_changes(&mut self) {
-        self.changed = Some(KeySet::default());
+        self.changed = Some(Changes::default());
     }
 
     /// Stops recording: the next checkpoint must be full.
@@ -573,9 +576,15 @@ impl Index {
         self.changed = None;
     }
 
-    /// Keys put or removed since [`track_changes`](Self::track_changes), if tracked.
-    pub fn changed_keys(&self) -> Option<&KeySet> {
-        self.changed.as_ref()
+    /// How many keys were put or removed since [`track_changes`](Self::track_changes), if tracked.
+    pub fn changed_count(&self) -> Option<usize> {
+        self.changed.as_ref().map(KeyTable::len)
+    }
+
+    /// The keys put or removed since [`track_changes`](Self::track_changes), each with its
+    /// entry now (`None`: removed), if tracked.
+    pub fn changes(&self) -> Option<impl Iterator<Item = (&[u8], Option<Entry>)>> {
+        self.changed.as_ref().map(|c| c.iter().map(|(k, e)| (k, *e)))
     }
 
     /// Whether `key`'s entry was indexed without a read and not read since.
@@ -784,20 +793,26 @@ mod tests {
     fn changes_are_tracked_for_deltas_and_stay_bounded() {
         let mut ix = Index::new(1 << 20);
         ix.install(b"kept", e(0, 1)).unwrap();
-        assert!(ix.changed_keys().is_none(), "nothing tracked before a full checkpoint");
+        assert!(ix.changes().is_none(), "nothing tracked before a full checkpoint");
         ix.track_changes();
         ix.install(b"a", e(1, 2)).unwrap();
         ix.remove(b"kept");
-        let changed: Vec<&[u8]> = ix.changed_keys().unwrap().iter().map(|k| &k[..]).collect();
-        assert_eq!(changed.len(), 2);
-        assert!(changed.contains(&&b"a"[..]) && changed.contains(&&b"kept"[..]));
+        ix.install(b"b", e(2, 3)).unwrap();
+        ix.install(b"b", e(3, 4)).unwrap();
+        ix.install(b"gone", e(4, 5)).unwrap();
+        ix.remove(b"gone");
+        let mut changed: Vec<(&[u8], Option<Entry>)> = ix.changes().unwrap().collect();
+        changed.sort_by_key(|&(k, _)| k);
+        let expected: Vec<(&[u8], Option<Entry>)> = vec![(b"a", Some(e(1, 2))), (b"b", Some(e(3, 4))), (b"gone", None), (b"kept", None)];
+        assert_eq!(changed, expected, "each key once, with its entry now");
+        assert_eq!(ix.changed_count(), Some(4));
         // Ever new keys put and deleted: past the entries (+64) tracking stops; the next is full.
         for i in 0..100u64 {
             let k = format!("t{i}");
             ix.install(k.as_bytes(), e(10 + i, 3)).unwrap();
             ix.remove(k.as_bytes());
         }
-        assert!(ix.changed_keys().is_none());
+        assert!(ix.changes().is_none());
     }
 
     #[test]
