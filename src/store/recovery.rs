@@ -151,7 +151,7 @@ const SCAN_CHUNK: u64 = 7;
 const PREPARE_FROM: u64 = 4 << 20;
 /// Every unit test recovery with a checkpoint makes it ahead.
 #[cfg(test)]
-const PREPARE_FROM: u64 = 0;
+const PREPARE_FROM: u64 = 1;
 
 /// `each`, typed as taking the pieces of `pieces` (a closure alone would take a reference
 /// of any lifetime, and could not return an iterator borrowing from it).
@@ -174,9 +174,12 @@ enum Verdict {
     Unreadable(i32),
 }
 
+/// A valid header read from a slot: its key and entry.
+type Found = (Box<[u8]>, Entry);
+
 /// What a fast recovery read from the leased slots.
 struct LeasedHeaders {
-    found: Vec<(Box<[u8]>, Entry)>,
+    found: Vec<Found>,
     invalidate: Vec<SlotIndex>,
     /// Slots of checkpoint entries found unchanged in their leased slot.
     listed: SlotSet,
@@ -515,14 +518,14 @@ impl Store {
         report.from = RecoveredFrom::Scan;
         // Chunk by chunk, keeping only the valid headers: memory follows the entries, not the
         // device's slot count.
-        let mut valid: Vec<(Box<[u8]>, Entry)> = Vec::new();
+        let mut valid: Vec<Found> = Vec::new();
         let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(g.slot_count()) as usize);
         for first in (0..g.slot_count()).step_by(SCAN_CHUNK as usize) {
             chunk.clear();
             chunk.extend((first..(first + SCAN_CHUNK).min(g.slot_count())).map(SlotIndex));
             self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
-        let pieces: Vec<&[(Box<[u8]>, Entry)]> = valid.chunks(PIECE).collect();
+        let pieces: Vec<&[Found]> = valid.chunks(PIECE).collect();
         let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], None, &pieces, |p| p.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
@@ -530,7 +533,7 @@ impl Store {
 
     /// Reads one chunk's headers; valid ones join `valid`, slots holding anything else but
     /// nothing (stale or unreadable) join `dropped`; all are counted.
-    fn scan_chunk(&self, slots: &[SlotIndex], valid: &mut Vec<(Box<[u8]>, Entry)>, dropped: &mut Vec<SlotIndex>, report: &mut RecoverReport) {
+    fn scan_chunk(&self, slots: &[SlotIndex], valid: &mut Vec<Found>, dropped: &mut Vec<SlotIndex>, report: &mut RecoverReport) {
         let g = self.sb.geometry;
         let mut scanned: Vec<Scanned> = (0..slots.len()).map(|_| Scanned::Empty).collect();
         let id = self.sb.device_id;
