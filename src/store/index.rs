@@ -244,6 +244,22 @@ struct Filled {
 /// An index table made ahead of a rebuild (see [`Index::prepare`]).
 pub struct Prepared(KeyTable<Indexed>);
 
+/// The index a rebuild makes: for a device of `slot_count` slots, about `n` entries (the
+/// table is sized for them up front), keys lying in `buffers` kept where they lie, in a
+/// `prepared` table if one was made.
+pub struct Rebuilt<'b> {
+    pub slot_count: u64,
+    pub n: usize,
+    pub buffers: &'b [Arc<AlignedBuf>],
+    pub prepared: Option<Prepared>,
+}
+
+impl<'b> Rebuilt<'b> {
+    pub fn new(slot_count: u64, n: usize, buffers: &'b [Arc<AlignedBuf>]) -> Rebuilt<'b> {
+        Rebuilt { slot_count, n, buffers, prepared: None }
+    }
+}
+
 /// An entry on its way into its shard, hashed.
 struct Placed<'k> {
     h: u64,
@@ -624,11 +640,11 @@ impl Index {
     pub fn rebuild<'k>(slot_count: u64, entries: impl IntoIterator<Item = (&'k [u8], Entry)>) -> Result<(Index, Vec<Entry>)> {
         let entries: Vec<(&[u8], Entry, Source)> = entries.into_iter().map(|(k, e)| (k, e, Source::Read)).collect();
         let pieces: Vec<&[(&[u8], Entry, Source)]> = entries.chunks(7).collect();
-        Index::rebuild_pieces(slot_count, entries.len(), &[], None, &pieces, |p| p.iter().copied())
+        Index::rebuild_pieces(Rebuilt::new(slot_count, entries.len(), &[]), &pieces, |p| p.iter().copied())
     }
 
     /// Builds an index from recovered entries: those of `each(piece)` for every piece, the
-    /// same each call. Slots must be below `slot_count`. Duplicate keys keep the highest
+    /// same each call, into the index `into` describes. Slots must be below `slot_count`. Duplicate keys keep the highest
     /// generation; a slot claimed twice keeps the first claim, in the pieces' order. Returns
     /// the index and the entries that lost. Memory follows the entries, not `slot_count`;
     /// an allocation the host refuses is [`Error::OutOfMemory`]. Many entries are spread
@@ -637,17 +653,11 @@ impl Index {
     /// growing table costs more than the inserts themselves). Keys lying in `buffers` stay
     /// there (the index keeps the buffers) instead of being copied. A `prepared` table
     /// (see [`Index::prepare`]) is filled instead of a new one.
-    pub fn rebuild_pieces<'k, 'p, P: Sync, I>(
-        slot_count: u64,
-        n: usize,
-        buffers: &[Arc<AlignedBuf>],
-        prepared: Option<Prepared>,
-        pieces: &'p [P],
-        each: impl Fn(&'p P) -> I + Sync,
-    ) -> Result<(Index, Vec<Entry>)>
+    pub fn rebuild_pieces<'k, 'p, P: Sync, I>(into: Rebuilt<'_>, pieces: &'p [P], each: impl Fn(&'p P) -> I + Sync) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
+        let Rebuilt { slot_count, n, buffers, prepared } = into;
         let threads = build_threads(n);
         let mut prepared = prepared;
         if threads > 1 {
@@ -881,7 +891,8 @@ mod tests {
         damaged[2007].1.slot = damaged[2005].1.slot;
         let pieces: Vec<&[(&[u8], Entry, Source)]> = damaged.chunks(97).collect();
         assert!(Index::rebuild_parallel(slot_count, n, 2, table(), &pieces, &|p| p.iter().copied()).unwrap().is_none());
-        let (ix, losers) = Index::rebuild_pieces(slot_count, n, &[], Index::prepare(n), &pieces, |p| p.iter().copied()).unwrap();
+        let into = Rebuilt { prepared: Index::prepare(n), ..Rebuilt::new(slot_count, n, &[]) };
+        let (ix, losers) = Index::rebuild_pieces(into, &pieces, |p| p.iter().copied()).unwrap();
         assert_eq!(ix.get(damaged[2007].0), None, "its slot was claimed first by key 2005");
         assert_eq!(ix.get(damaged[2005].0), Some(damaged[2005].1));
         assert!(losers.contains(&damaged[2007].1));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::aligned::AlignedBuf;
-use super::index::{build_threads, join, spawn, Entry, Index, Prepared, SlotSet, Source};
+use super::index::{build_threads, join, spawn, Entry, Index, Prepared, Rebuilt, SlotSet, Source};
 use super::lease::{Journal, Leases};
 use super::{Phase, Store};
 use crate::sync::lock;
@@ -382,7 +382,7 @@ impl Store {
                 from_checkpoint.into_iter().flatten().chain(from_leases.into_iter().flatten())
             });
             let buffers = ck.map(LoadedCheckpoint::buffers).unwrap_or_default();
-            let settled = self.settle(g.slot_count(), n, &buffers, prepared, &pieces, each);
+            let settled = self.settle(Rebuilt { prepared, ..Rebuilt::new(g.slot_count(), n, &buffers) }, &pieces, each);
             read_now();
             (settled, read.into_inner().expect("read above"))
         });
@@ -404,25 +404,18 @@ impl Store {
     /// The index of the `n` entries of the pieces (see [`Index::rebuild_pieces`]): copies of
     /// a key that lose to a newer one are verified newest first, and a newer copy whose
     /// record does not verify never supersedes an older one that does.
-    fn settle<'k, 'p, P: Sync, I>(
-        &self,
-        slot_count: u64,
-        n: usize,
-        buffers: &[Arc<AlignedBuf>],
-        prepared: Option<Prepared>,
-        pieces: &'p [P],
-        each: impl Fn(&'p P) -> I + Sync,
-    ) -> Result<(Index, Vec<Entry>)>
+    fn settle<'k, 'p, P: Sync, I>(&self, into: Rebuilt<'_>, pieces: &'p [P], each: impl Fn(&'p P) -> I + Sync) -> Result<(Index, Vec<Entry>)>
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let (index, losers) = Index::rebuild_pieces(slot_count, n, buffers, prepared, pieces, &each)?;
+        let again = Rebuilt::new(into.slot_count, into.n, into.buffers);
+        let (index, losers) = Index::rebuild_pieces(into, pieces, &each)?;
         let torn = self.torn_newer_copies(pieces.iter().flat_map(&each).map(|(k, e, _)| (k, e)), &index, &losers);
         if torn.is_empty() {
             return Ok((index, losers));
         }
         // Rare (a replace torn by a crash): settle again without the torn copies.
-        let (index, mut losers) = Index::rebuild_pieces(slot_count, n, buffers, None, pieces, |p| each(p).filter(|(_, e, _)| !torn.contains(e)))?;
+        let (index, mut losers) = Index::rebuild_pieces(again, pieces, |p| each(p).filter(|(_, e, _)| !torn.contains(e)))?;
         losers.extend(torn);
         Ok((index, losers))
     }
@@ -473,7 +466,8 @@ impl Store {
             kept.push((e.key, entry));
         }
         let pieces: Vec<&[(&[u8], Entry)]> = kept.chunks(PIECE).collect();
-        let (index, losers) = Index::rebuild_pieces(g.slot_count(), kept.len(), buffers, None, &pieces, |p| p.iter().map(|&(k, e)| (k, e, Source::Read)))?;
+        let into = Rebuilt::new(g.slot_count(), kept.len(), buffers);
+        let (index, losers) = Index::rebuild_pieces(into, &pieces, |p| p.iter().map(|&(k, e)| (k, e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         // A checkpoint never lists a key or slot twice; losers here came from a damaged one
         // and their slots must not be invalidated (another entry may own them).
@@ -526,7 +520,8 @@ impl Store {
             self.scan_chunk(&chunk, &mut valid, &mut Vec::new(), report);
         }
         let pieces: Vec<&[Found]> = valid.chunks(PIECE).collect();
-        let (index, losers) = self.settle(g.slot_count(), valid.len(), &[], None, &pieces, |p| p.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
+        let into = Rebuilt::new(g.slot_count(), valid.len(), &[]);
+        let (index, losers) = self.settle(into, &pieces, |p| p.iter().map(|(k, e)| (&k[..], *e, Source::Read)))?;
         report.dropped_stale += losers.len() as u64;
         Ok((index, losers.iter().map(|e| e.slot).collect()))
     }
