@@ -275,7 +275,7 @@ const BATCH: usize = 256;
 /// their entries into the shards, each behind its lock, a batch at a time. `None` when a
 /// slot is named twice.
 fn fill_pieces<'k, 'p, P, I>(
-    shards: &[Mutex<&mut [Shard<Indexed>]>],
+    shards: &[Mutex<&mut Shard<Indexed>>],
     parts: Parts<'_>,
     next: &AtomicUsize,
     pieces: &'p [P],
@@ -296,15 +296,15 @@ where
     }
     while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
         for (key, entry, source) in each(piece) {
-            let (h, g, _) = parts.place(key);
-            batches[g].push(Placed { h, key, entry, source });
-            if batches[g].len() == BATCH && !filled.put(&mut lock(&shards[g])[0], &mut batches[g], parts, n)? {
+            let (h, s) = parts.place(key);
+            batches[s].push(Placed { h, key, entry, source });
+            if batches[s].len() == BATCH && !filled.put(&mut lock(&shards[s]), &mut batches[s], parts, n)? {
                 return Ok(None);
             }
         }
     }
-    for (g, batch) in batches.iter_mut().enumerate() {
-        if !batch.is_empty() && !filled.put(&mut lock(&shards[g])[0], batch, parts, n)? {
+    for (s, batch) in batches.iter_mut().enumerate() {
+        if !batch.is_empty() && !filled.put(&mut lock(&shards[s]), batch, parts, n)? {
             return Ok(None);
         }
     }
@@ -657,9 +657,8 @@ impl Index {
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let Rebuilt { slot_count, n, buffers, prepared } = into;
+        let Rebuilt { slot_count, n, buffers, mut prepared } = into;
         let threads = build_threads(n);
-        let mut prepared = prepared;
         if threads > 1 {
             let map = Index::table(buffers, prepared.take(), n)?;
             if let Some(built) = Index::rebuild_parallel(slot_count, n, threads, map, pieces, &each)? {
@@ -677,7 +676,7 @@ impl Index {
         Ok(map)
     }
 
-    /// A table for about `n` keys, its memory touched, for [`rebuild_marked`](Self::rebuild_marked)
+    /// A table for about `n` keys, its memory touched, for [`rebuild_pieces`](Self::rebuild_pieces)
     /// to fill (see [`KeyTable::prepared`]); `None` when refused memory (the rebuild then
     /// makes its own, and reports the refusal itself).
     pub fn prepare(n: usize) -> Option<Prepared> {
@@ -730,8 +729,8 @@ impl Index {
     where
         I: Iterator<Item = (&'k [u8], Entry, Source)>,
     {
-        let (parts, groups) = map.split(SHARDS);
-        let shards: Vec<Mutex<&mut [Shard<Indexed>]>> = groups.into_iter().map(Mutex::new).collect();
+        let (parts, shards) = map.split();
+        let shards: Vec<Mutex<&mut Shard<Indexed>>> = shards.into_iter().map(Mutex::new).collect();
         let next = AtomicUsize::new(0);
         let fill = || fill_pieces(&shards, parts, &next, pieces, each, slot_count, n);
         let fills = std::thread::scope(|scope| {

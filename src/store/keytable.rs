@@ -11,6 +11,7 @@
 //! It is split in [`SHARDS`] by hash so that several threads can fill it at once.
 //!
 //! Invariants:
+//! - each shard's `at` holds every row number of its `rows` once, placed by its key's hash;
 //! - every row's [`KeyRef`] names bytes of its shard's chunks that no other row names;
 //! - `live` counts the bytes rows name, `dead` the bytes of removed keys still in chunks;
 //!   when `dead` outgrows `live` (and a chunk) the chunks are rewritten without them, so
@@ -361,11 +362,10 @@ impl<V> KeyTable<V> {
         self.shards.iter().flat_map(|s| s.rows.iter().map(|r| (s.keys.get(r.key), &r.value)))
     }
 
-    /// The shards in `parts` groups, for as many threads to fill: a key belongs to the
-    /// group [`Parts::place`] names. `parts` must be a power of two up to [`SHARDS`].
-    pub fn split(&mut self, parts: usize) -> (Parts<'_>, Vec<&mut [Shard<V>]>) {
-        debug_assert!(parts.is_power_of_two() && parts <= SHARDS);
-        (Parts { hasher: &self.hasher, per_log2: (SHARDS / parts).ilog2() }, self.shards.chunks_mut(SHARDS / parts).collect())
+    /// The shards apart, for several threads to fill: a key belongs to the shard
+    /// [`Parts::place`] names.
+    pub fn split(&mut self) -> (Parts<'_>, Vec<&mut Shard<V>>) {
+        (Parts { hasher: &self.hasher }, self.shards.iter_mut().collect())
     }
 
     /// Heap bytes: rows, row numbers (with hashbrown's control byte each) and key chunks.
@@ -375,20 +375,17 @@ impl<V> KeyTable<V> {
     }
 }
 
-/// How keys map to the groups of [`KeyTable::split`].
+/// How keys map to the shards of [`KeyTable::split`].
 #[derive(Clone, Copy)]
 pub(crate) struct Parts<'a> {
     hasher: &'a RandomState,
-    /// log2 of the shards per group (both are powers of two: a shift, not a division, per key).
-    per_log2: u32,
 }
 
 impl Parts<'_> {
-    /// `key`'s hash, its group, and its shard within the group.
-    pub fn place(&self, key: &[u8]) -> (u64, usize, usize) {
+    /// `key`'s hash and its shard.
+    pub fn place(&self, key: &[u8]) -> (u64, usize) {
         let h = self.hasher.hash_one(key);
-        let shard = shard_of(h);
-        (h, shard >> self.per_log2, shard & ((1 << self.per_log2) - 1))
+        (h, shard_of(h))
     }
 
     pub fn hasher(&self) -> &RandomState {
@@ -541,15 +538,15 @@ mod tests {
         assert!(t.shards.iter().all(|s| s.keys.chunks.len() == 1), "no key was copied");
     }
 
-    /// Keys put through the split groups are found through the table.
+    /// Keys put through the split shards are found through the table.
     #[test]
-    fn split_groups_fill_the_table() {
+    fn split_shards_fill_the_table() {
         let mut t: KeyTable<u32> = KeyTable::default();
         let keys: Vec<Vec<u8>> = (0..5000u32).map(|i| format!("k{i}").into_bytes()).collect();
-        let (parts, mut groups) = t.split(2);
+        let (parts, mut shards) = t.split();
         for (i, k) in keys.iter().enumerate() {
-            let (h, group, shard) = parts.place(k);
-            groups[group][shard].get_or_insert_with(h, k, parts.hasher(), || i as u32).unwrap();
+            let (h, shard) = parts.place(k);
+            shards[shard].get_or_insert_with(h, k, parts.hasher(), || i as u32).unwrap();
         }
         assert_eq!(t.len(), 5000);
         assert!(keys.iter().enumerate().all(|(i, k)| t.get(k) == Some(&(i as u32))));
